@@ -1,0 +1,2 @@
+//! The `tempest` command line.
+fn main() {}
