@@ -1,0 +1,2 @@
+//! Engine tests that cross modules: one scripted host, history snapshots per feature.
+mod smoke;

@@ -1,0 +1,46 @@
+use crate::activity::Failure;
+use crate::retry::RetryPolicy;
+use crate::testing::Host;
+use crate::workflow::{Ctx, Registry, WorkflowResult};
+use serde_json::json;
+use std::time::Duration;
+
+async fn summarize(ctx: Ctx, doc: String) -> WorkflowResult<String> {
+    let summary: String = ctx
+        .activity("llm", &doc)
+        .retry(RetryPolicy::attempts(5))
+        .await?;
+    ctx.sleep(Duration::from_secs(365 * 86_400)).await?;
+    let approved: bool = ctx.signal("approve").await?;
+    Ok(format!("{summary} approved={approved}"))
+}
+
+#[test]
+fn smoke_retry_timer_signal() {
+    let mut registry = Registry::new();
+    registry.register("summarize", summarize);
+    let mut host = Host::new(registry);
+    let run = host.start("summarize", "wf-1", json!("doc"));
+    host.signal("wf-1", "s1", "approve", json!(true));
+    let task = host.task("llm");
+    host.fail(
+        &task,
+        Failure::RateLimited {
+            retry_after_ms: Some(30_000),
+        },
+    );
+    let task = host.task("llm");
+    assert_eq!(task.attempt, 2);
+    assert_eq!(task.not_before.0, 30_000);
+    host.complete(&task, json!("short"));
+    host.fire_next_timer();
+    let rendered = host.render(&run);
+    assert!(
+        rendered.contains("workflow_completed output=\"short approved=true\""),
+        "{rendered}"
+    );
+    // Replay reproduces the history without new commands.
+    let events = host.appended[&run].clone();
+    let (_, extra) = crate::machine::Machine::replay(host.engine.registry(), &events).unwrap();
+    assert!(extra.is_empty());
+}
