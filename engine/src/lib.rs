@@ -13,6 +13,7 @@ pub mod history;
 pub mod machine;
 pub mod retry;
 pub mod run;
+pub mod store;
 pub mod time;
 pub mod workflow;
 

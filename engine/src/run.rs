@@ -132,17 +132,23 @@ impl RunState {
                 event.time_ms, self.last_time
             ));
         }
-        if self.event_count == 0 && !matches!(event.kind, Kind::WorkflowStarted { .. }) {
+        self.accept(event.time_ms, &event.kind)
+    }
+
+    /// Folds one event in by content alone, without a position: the store uses this for its
+    /// logical view of a run (history plus accepted inputs not yet in the history).
+    pub fn accept(&mut self, time: Time, kind: &Kind) -> Result<(), String> {
+        if self.event_count == 0 && !matches!(kind, Kind::WorkflowStarted { .. }) {
             return Err(format!(
                 "first event is {}, not workflow_started",
-                event.kind.name()
+                kind.name()
             ));
         }
         if self.is_closed() {
-            return Err(format!("{} after the run closed", event.kind.name()));
+            return Err(format!("{} after the run closed", kind.name()));
         }
-        if event.kind.is_command() {
-            if let Some(seq) = event.kind.seq() {
+        if kind.is_command() {
+            if let Some(seq) = kind.seq() {
                 if self.seq_last.is_some_and(|last| seq <= last) {
                     return Err(format!(
                         "command seq {seq} does not follow {:?}",
@@ -152,9 +158,9 @@ impl RunState {
                 self.seq_last = Some(seq);
             }
         }
-        self.apply_kind(event.time_ms, &event.kind)?;
+        self.apply_kind(time, kind)?;
         self.event_count += 1;
-        self.last_time = event.time_ms;
+        self.last_time = self.last_time.max(time);
         Ok(())
     }
 
