@@ -106,17 +106,17 @@ impl Report {
         writeln!(
             out,
             "replay: {} events, best of {}: {:.3} ms = {} events/s ({}: >= {})",
-            self.replay_event_count,
+            grouped(self.replay_event_count as u64),
             self.replay_repeat_count,
             self.replay_seconds_best * 1e3,
-            self.events_per_second,
+            grouped(self.events_per_second),
             verdict(self.events_per_second >= self.events_per_second_goal),
-            self.events_per_second_goal,
+            grouped(self.events_per_second_goal),
         )?;
         writeln!(
             out,
             "memory: {} runs waiting on a signal (RSS growth / runs)",
-            self.waiting_run_count
+            grouped(self.waiting_run_count as u64)
         )?;
         match (
             self.bytes_per_waiting_run,
@@ -137,6 +137,19 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// `1234567` as `1,234,567`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut text = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            text.push(',');
+        }
+        text.push(digit);
+    }
+    text
 }
 
 /// Which parts step `step_index` of the mix has. The pattern repeats every 120 steps.
@@ -244,7 +257,10 @@ fn record_mix(event_count_min: usize) -> Vec<Event> {
             host.signal(workflow_id, &signal_id, "nudge", json!(1));
         }
     }
-    let events = host.appended.remove(&run_id).expect("the run appended events");
+    let events = host
+        .appended
+        .remove(&run_id)
+        .expect("the run appended events");
     assert_eq!(events.len(), event_count, "run {run_id}: events planned");
     events
 }
@@ -259,7 +275,10 @@ fn time_replay(events: &[Event], repeat_count: usize) -> Duration {
         let replayed = Machine::replay(&registry, std::hint::black_box(events));
         let elapsed = started.elapsed();
         let (machine, commands) = replayed.expect("the bench history replays");
-        assert!(commands.is_empty(), "replay of a closed run issued commands");
+        assert!(
+            commands.is_empty(),
+            "replay of a closed run issued commands"
+        );
         assert!(machine.is_closed(), "replay of a closed run left it open");
         if repeat_index > 0 {
             best = best.min(elapsed);
@@ -308,7 +327,9 @@ fn measure_waiting_runs(run_count: usize) -> Option<Memory> {
             .latest_run(&workflow_id(run_index))
             .expect("every bench run started")
             .to_owned();
-        let history = engine.history(&run_id).expect("a started run has a history");
+        let history = engine
+            .history(&run_id)
+            .expect("a started run has a history");
         histories.push(history.events);
     }
     let after = resident_bytes()?;
@@ -316,14 +337,22 @@ fn measure_waiting_runs(run_count: usize) -> Option<Memory> {
     // its own per-run record; only the events' heap belongs to the history.
     let outer_bytes = (run_count * std::mem::size_of::<Vec<Event>>()) as u64;
 
-    let sample = engine.latest_run(&workflow_id(WARM_UP_RUN_COUNT)).expect("started");
+    let sample = engine
+        .latest_run(&workflow_id(WARM_UP_RUN_COUNT))
+        .expect("started");
     let snapshot = engine.machine(sample).expect("started").snapshot();
-    assert_eq!(snapshot.awaited_signals, ["go"], "bench runs wait on a signal");
+    assert_eq!(
+        snapshot.awaited_signals,
+        ["go"],
+        "bench runs wait on a signal"
+    );
     assert!(histories.iter().all(|events| events.len() == 1));
 
     Some(Memory {
         with_history_bytes: with_engine.saturating_sub(before),
-        history_bytes: after.saturating_sub(with_engine).saturating_sub(outer_bytes),
+        history_bytes: after
+            .saturating_sub(with_engine)
+            .saturating_sub(outer_bytes),
     })
 }
 
@@ -389,6 +418,14 @@ mod tests {
         let json = serde_json::to_value(&report).unwrap();
         assert!(json["events_per_second"].is_u64());
         assert!(json["bytes_per_waiting_run"].is_f64());
+    }
+
+    #[test]
+    fn numbers_are_grouped_by_thousands() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1_000), "1,000");
+        assert_eq!(grouped(5_037_714), "5,037,714");
     }
 
     #[test]

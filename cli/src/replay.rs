@@ -205,10 +205,8 @@ mod tests {
 
     impl Scratch {
         fn new(name: &str) -> Scratch {
-            let dir = std::env::temp_dir().join(format!(
-                "tempest-replay-test-{}-{name}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("tempest-replay-test-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             Scratch(dir)
@@ -281,10 +279,16 @@ mod tests {
         let (outcome, out, err) = replay(&[file]);
         assert_eq!(outcome, Outcome::Failed);
         assert_eq!(out, "");
-        assert!(err.contains("changed.json: replay diverges: run r"), "{err}");
+        assert!(
+            err.contains("changed.json: replay diverges: run r"),
+            "{err}"
+        );
         assert!(err.contains("at event 1"), "{err}");
         assert!(err.contains("activity_scheduled seq=1 llm_v2"), "{err}");
-        assert!(err.contains("code now issues:   activity_scheduled seq=1 llm "), "{err}");
+        assert!(
+            err.contains("code now issues:   activity_scheduled seq=1 llm "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -325,7 +329,10 @@ mod tests {
             let (outcome, out, err) = replay(&[file]);
             assert_eq!(outcome, Outcome::BadInput, "{name}: {err}");
             assert_eq!(out, "", "{name}");
-            assert!(err.contains(&format!("{name}: {expected}")), "{name}: {err}");
+            assert!(
+                err.contains(&format!("{name}: {expected}")),
+                "{name}: {err}"
+            );
         }
     }
 
@@ -339,8 +346,14 @@ mod tests {
         let (outcome, out, err) = replay(&[missing, empty_dir, good]);
         assert_eq!(outcome, Outcome::BadInput);
         assert!(out.starts_with("ok "), "{out}");
-        assert!(err.contains("missing.json: cannot read: No such file"), "{err}");
-        assert!(err.contains("empty: directory holds no .json history files"), "{err}");
+        assert!(
+            err.contains("missing.json: cannot read: No such file"),
+            "{err}"
+        );
+        assert!(
+            err.contains("empty: directory holds no .json history files"),
+            "{err}"
+        );
     }
 
     #[test]
