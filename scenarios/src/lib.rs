@@ -7,6 +7,7 @@
 
 mod agent_loop;
 mod common;
+pub mod hello_llm;
 mod human_approval;
 
 use tempest_engine::Registry;
@@ -28,6 +29,7 @@ pub fn find(name: &str) -> Option<Box<dyn Scenario>> {
 /// Every built-in workflow type, for replaying recorded histories.
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
+    hello_llm::register(&mut registry);
     agent_loop::register(&mut registry);
     human_approval::register(&mut registry);
     registry
