@@ -445,15 +445,14 @@ impl Engine {
             time_ms: now,
             kind,
         };
-        if let Kind::CancelRequested { .. } = event.kind {
-            // Cancellation reaches the activities still open at this moment.
-            for (seq, _) in run.state.open_activities() {
-                effects.push(Effect::CancelActivity {
-                    run_id: run_id.to_owned(),
-                    seq,
-                });
+        // Cancellation reaches the activities still open at this moment; their cancel
+        // effects follow the append of the event that decided it.
+        let canceled: Vec<u32> = match event.kind {
+            Kind::CancelRequested { .. } => {
+                run.state.open_activities().map(|(seq, _)| seq).collect()
             }
-        }
+            _ => Vec::new(),
+        };
         if let Err(detail) = run.state.apply(&event) {
             panic!("run {run_id}: engine produced a malformed event {event}: {detail}");
         }
@@ -462,6 +461,10 @@ impl Engine {
             run_id: run_id.to_owned(),
             event: event.clone(),
         });
+        effects.extend(canceled.into_iter().map(|seq| Effect::CancelActivity {
+            run_id: run_id.to_owned(),
+            seq,
+        }));
         self.follow_up(run_id, &event, effects);
         event
     }
