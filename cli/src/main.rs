@@ -7,6 +7,7 @@
 
 mod bench;
 mod replay;
+mod simulate;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -82,6 +83,9 @@ struct RunArgs {
     /// Replay this fault plan (JSON, as written by a failing sweep) instead of drawing one
     #[arg(long, value_name = "FILE")]
     plan: Option<PathBuf>,
+    /// Print the world's log, one line per event (filter with RUST_LOG, e.g. tempest=trace)
+    #[arg(long)]
+    trace: bool,
 }
 
 #[derive(Debug, Args)]
@@ -217,9 +221,27 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             BenchTarget::Sim => Ok(unavailable("bench sim")),
             BenchTarget::Runtime => Ok(unavailable("bench runtime")),
         },
-        Command::Scenarios => Ok(unavailable("scenarios")),
-        Command::Run(_) => Ok(unavailable("run")),
-        Command::Sweep(_) => Ok(unavailable("sweep")),
+        Command::Scenarios => simulate::list(&mut out),
+        Command::Run(args) => simulate::run(
+            simulate::RunRequest {
+                scenario: &args.scenario,
+                seed: args.seed,
+                record: args.record.as_deref(),
+                plan: args.plan.as_deref(),
+                trace: args.trace,
+            },
+            &mut out,
+        ),
+        Command::Sweep(args) => simulate::sweep(
+            simulate::SweepRequest {
+                scenario: args.scenario.as_deref(),
+                seed_count: args.seeds,
+                seed_base: args.seed_base,
+                jobs: args.jobs,
+                json: args.json.as_deref(),
+            },
+            &mut out,
+        ),
         Command::Debug(_) => Ok(unavailable("debug")),
         Command::Report(_) => Ok(unavailable("report")),
         Command::Serve(_) => Ok(unavailable("serve")),

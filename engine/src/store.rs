@@ -627,7 +627,7 @@ impl Store {
             .count();
         self.workflow_leases.retain(|_, l| l.expires_at > now);
         report.workflow_leases_expired = u32::try_from(expired_workflow_leases).unwrap_or(u32::MAX);
-        for (run_id, run) in &self.runs {
+        for (run_id, run) in self.runs.iter().filter(|(_, run)| !run.logical.is_closed()) {
             for (seq, timer) in run.logical.open_timers() {
                 if timer.fire_at <= now {
                     records.push(Record::Inbox {
@@ -662,14 +662,18 @@ impl Store {
             .values()
             .chain(self.workflow_leases.values())
             .map(|l| l.expires_at);
-        let timers = self.runs.values().flat_map(|run| {
-            let timers = run.logical.open_timers().map(|(_, t)| t.fire_at);
-            let deadlines = run
-                .logical
-                .open_activities()
-                .filter_map(|(_, a)| a.deadline());
-            timers.chain(deadlines).collect::<Vec<_>>()
-        });
+        let timers = self
+            .runs
+            .values()
+            .filter(|run| !run.logical.is_closed())
+            .flat_map(|run| {
+                let timers = run.logical.open_timers().map(|(_, t)| t.fire_at);
+                let deadlines = run
+                    .logical
+                    .open_activities()
+                    .filter_map(|(_, a)| a.deadline());
+                timers.chain(deadlines).collect::<Vec<_>>()
+            });
         leases.chain(timers).min()
     }
 

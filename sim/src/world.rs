@@ -531,6 +531,8 @@ pub struct World<'s> {
     digest: Digest,
     step_count: u64,
     heal_at: Time,
+    /// A run closed since the last look: time to see whether the world is done.
+    run_closed: bool,
     done: bool,
     failure: Option<CheckFailure>,
     evidence: Evidence,
@@ -606,6 +608,7 @@ impl<'s> World<'s> {
             digest: Digest::new(),
             step_count: 0,
             heal_at,
+            run_closed: false,
             done: false,
             failure: None,
             evidence,
@@ -645,6 +648,7 @@ impl<'s> World<'s> {
         self.agenda.push(self.heal_at, Ev::Heal);
         for index in 0..self.workers.len() {
             self.worker_poll_workflow(index);
+            self.worker_poll_activity(Time::ZERO, index);
         }
     }
 
@@ -654,6 +658,9 @@ impl<'s> World<'s> {
             self.step_count += 1;
             self.trace(now, &ev);
             self.handle(now, ev);
+            if std::mem::take(&mut self.run_closed) && self.all_done() {
+                self.done = true;
+            }
             if self.done || self.failure.is_some() {
                 break;
             }
@@ -835,6 +842,7 @@ impl<'s> World<'s> {
             Ev::Restart { host } => self.restart(now, host),
             Ev::Heal => self.heal(now),
             Ev::LivenessDeadline => {
+                self.run_closed = true;
                 if !self.all_done() {
                     let open = self.open_workflows();
                     self.fail(
@@ -1131,6 +1139,7 @@ impl<'s> World<'s> {
     fn note_record(&mut self, _now: Time, record: &Record) {
         if let Record::Append { events, .. } = record {
             for event in events {
+                self.run_closed |= event.kind.is_terminal();
                 if let Kind::ActivityAttemptFailed {
                     failure: Failure::RateLimited { .. },
                     retry_at_ms,
