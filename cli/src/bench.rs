@@ -19,9 +19,7 @@ use serde_json::{json, Value};
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 use tempest_engine::testing::Host;
-use tempest_engine::{
-    Ctx, Engine, Event, Failure, Input, Machine, Registry, RetryPolicy, Time, WorkflowResult,
-};
+use tempest_engine::{Ctx, Engine, Event, Failure, Input, Machine, Registry, RetryPolicy, Time, WorkflowResult};
 
 /// The replay speed the engine aims for.
 const EVENTS_PER_SECOND_GOAL: f64 = 1_000_000.0;
@@ -40,11 +38,7 @@ pub(crate) struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config {
-            replay_event_count: 10_000,
-            replay_repeat_count: 10,
-            waiting_run_count: 100_000,
-        }
+        Config { replay_event_count: 10_000, replay_repeat_count: 10, waiting_run_count: 100_000 }
     }
 }
 
@@ -74,19 +68,14 @@ pub(crate) fn run(config: &Config) -> Report {
     let best = time_replay(&events, config.replay_repeat_count);
     let per_run = |bytes: u64| bytes as f64 / config.waiting_run_count as f64;
     Report {
-        build: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
+        build: if cfg!(debug_assertions) { "debug" } else { "release" },
         replay_event_count: events.len(),
         replay_repeat_count: config.replay_repeat_count,
         replay_seconds_best: best.as_secs_f64(),
         events_per_second: (events.len() as f64 / best.as_secs_f64().max(1e-9)) as u64,
         events_per_second_goal: EVENTS_PER_SECOND_GOAL as u64,
         waiting_run_count: config.waiting_run_count,
-        bytes_per_waiting_run: memory
-            .map(|m| per_run(m.with_history_bytes) - per_run(m.history_bytes)),
+        bytes_per_waiting_run: memory.map(|m| per_run(m.with_history_bytes) - per_run(m.history_bytes)),
         bytes_per_waiting_run_with_history: memory.map(|m| per_run(m.with_history_bytes)),
         history_bytes_per_waiting_run: memory.map(|m| per_run(m.history_bytes)),
         bytes_per_waiting_run_goal: BYTES_PER_WAITING_RUN_GOAL as u64,
@@ -98,10 +87,7 @@ impl Report {
         let verdict = |met: bool| if met { "goal met" } else { "GOAL MISSED" };
         writeln!(out, "tempest bench engine ({} build)", self.build)?;
         if self.build == "debug" {
-            writeln!(
-                out,
-                "  note: a debug build; run `cargo run --release -- bench engine` for real figures"
-            )?;
+            writeln!(out, "  note: a debug build; run `cargo run --release -- bench engine` for real figures")?;
         }
         writeln!(
             out,
@@ -118,11 +104,8 @@ impl Report {
             "memory: {} runs waiting on a signal (RSS growth / runs)",
             grouped(self.waiting_run_count as u64)
         )?;
-        match (
-            self.bytes_per_waiting_run,
-            self.bytes_per_waiting_run_with_history,
-            self.history_bytes_per_waiting_run,
-        ) {
+        match (self.bytes_per_waiting_run, self.bytes_per_waiting_run_with_history, self.history_bytes_per_waiting_run)
+        {
             (Some(bare), Some(with_history), Some(history)) => {
                 writeln!(
                     out,
@@ -187,10 +170,7 @@ async fn mix(ctx: Ctx, step_count: u64) -> WorkflowResult<u64> {
     let mut total: u64 = 0;
     for step_index in 0..step_count {
         let step = Step::of(step_index);
-        let output: u64 = ctx
-            .activity("tool", &step_index)
-            .retry(RetryPolicy::attempts(5))
-            .await?;
+        let output: u64 = ctx.activity("tool", &step_index).retry(RetryPolicy::attempts(5)).await?;
         total = total.wrapping_add(output);
         if step.sleeps {
             ctx.sleep(Duration::from_secs(30)).await?;
@@ -229,21 +209,14 @@ fn record_mix(event_count_min: usize) -> Vec<Event> {
     let run_id = host.start("bench_mix", workflow_id, json!(step_count));
     let mut signal_count = 0;
     while !host.closed.contains(&run_id) {
-        assert!(
-            host.appended[&run_id].len() <= event_count,
-            "run {run_id} outgrew its planned {event_count} events"
-        );
+        assert!(host.appended[&run_id].len() <= event_count, "run {run_id} outgrew its planned {event_count} events");
         if let Some(task) = host.activities.values().next().cloned() {
             let step_index = task.input.as_u64().expect("tool input is the step index");
             if task.attempt <= Step::of(step_index).failed_attempt_count {
                 let failure = if task.attempt == 1 {
-                    Failure::Overloaded {
-                        retry_after_ms: None,
-                    }
+                    Failure::Overloaded { retry_after_ms: None }
                 } else {
-                    Failure::RateLimited {
-                        retry_after_ms: Some(2_000),
-                    }
+                    Failure::RateLimited { retry_after_ms: Some(2_000) }
                 };
                 host.fail(&task, failure);
             } else {
@@ -257,10 +230,7 @@ fn record_mix(event_count_min: usize) -> Vec<Event> {
             host.signal(workflow_id, &signal_id, "nudge", json!(1));
         }
     }
-    let events = host
-        .appended
-        .remove(&run_id)
-        .expect("the run appended events");
+    let events = host.appended.remove(&run_id).expect("the run appended events");
     assert_eq!(events.len(), event_count, "run {run_id}: events planned");
     events
 }
@@ -275,10 +245,7 @@ fn time_replay(events: &[Event], repeat_count: usize) -> Duration {
         let replayed = Machine::replay(&registry, std::hint::black_box(events));
         let elapsed = started.elapsed();
         let (machine, commands) = replayed.expect("the bench history replays");
-        assert!(
-            commands.is_empty(),
-            "replay of a closed run issued commands"
-        );
+        assert!(commands.is_empty(), "replay of a closed run issued commands");
         assert!(machine.is_closed(), "replay of a closed run left it open");
         if repeat_index > 0 {
             best = best.min(elapsed);
@@ -305,9 +272,7 @@ fn measure_waiting_runs(run_count: usize) -> Option<Memory> {
             workflow_type: "bench_wait_signal".to_owned(),
             input: Value::Null,
         };
-        engine
-            .handle(Time::ZERO, input, &mut effects)
-            .expect("the engine starts a bench run");
+        engine.handle(Time::ZERO, input, &mut effects).expect("the engine starts a bench run");
         effects.clear();
     };
     for run_index in 0..WARM_UP_RUN_COUNT {
@@ -323,13 +288,8 @@ fn measure_waiting_runs(run_count: usize) -> Option<Memory> {
     // The histories again, alone: the same events, cloned into vectors of the same capacity.
     let mut histories: Vec<Vec<Event>> = Vec::with_capacity(run_count);
     for run_index in measured {
-        let run_id = engine
-            .latest_run(&workflow_id(run_index))
-            .expect("every bench run started")
-            .to_owned();
-        let history = engine
-            .history(&run_id)
-            .expect("a started run has a history");
+        let run_id = engine.latest_run(&workflow_id(run_index)).expect("every bench run started").to_owned();
+        let history = engine.history(&run_id).expect("a started run has a history");
         histories.push(history.events);
     }
     let after = resident_bytes()?;
@@ -337,22 +297,14 @@ fn measure_waiting_runs(run_count: usize) -> Option<Memory> {
     // its own per-run record; only the events' heap belongs to the history.
     let outer_bytes = (run_count * std::mem::size_of::<Vec<Event>>()) as u64;
 
-    let sample = engine
-        .latest_run(&workflow_id(WARM_UP_RUN_COUNT))
-        .expect("started");
+    let sample = engine.latest_run(&workflow_id(WARM_UP_RUN_COUNT)).expect("started");
     let snapshot = engine.machine(sample).expect("started").snapshot();
-    assert_eq!(
-        snapshot.awaited_signals,
-        ["go"],
-        "bench runs wait on a signal"
-    );
+    assert_eq!(snapshot.awaited_signals, ["go"], "bench runs wait on a signal");
     assert!(histories.iter().all(|events| events.len() == 1));
 
     Some(Memory {
         with_history_bytes: with_engine.saturating_sub(before),
-        history_bytes: after
-            .saturating_sub(with_engine)
-            .saturating_sub(outer_bytes),
+        history_bytes: after.saturating_sub(with_engine).saturating_sub(outer_bytes),
     })
 }
 
@@ -387,8 +339,7 @@ mod tests {
     fn mix_history_has_the_planned_events_and_every_kind() {
         let events = record_mix(300);
         assert!((300..310).contains(&events.len()), "{}", events.len());
-        let names: std::collections::BTreeSet<&str> =
-            events.iter().map(|e| e.kind.name()).collect();
+        let names: std::collections::BTreeSet<&str> = events.iter().map(|e| e.kind.name()).collect();
         for name in [
             "activity_scheduled",
             "activity_attempt_failed",
@@ -404,11 +355,7 @@ mod tests {
 
     #[test]
     fn small_bench_reports_every_figure() {
-        let report = run(&Config {
-            replay_event_count: 200,
-            replay_repeat_count: 2,
-            waiting_run_count: 500,
-        });
+        let report = run(&Config { replay_event_count: 200, replay_repeat_count: 2, waiting_run_count: 500 });
         assert!(report.events_per_second > 0);
         assert!(report.bytes_per_waiting_run.is_some());
         let mut summary = Vec::new();

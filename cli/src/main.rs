@@ -183,9 +183,7 @@ enum BenchTarget {
 fn parse_seed(text: &str) -> Result<u64, String> {
     match text.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(hex, 16).map_err(|e| format!("not a hex seed: {e}")),
-        None => text
-            .parse()
-            .map_err(|e| format!("not a seed (decimal, or hex with 0x): {e}")),
+        None => text.parse().map_err(|e| format!("not a seed (decimal, or hex with 0x): {e}")),
     }
 }
 
@@ -294,30 +292,10 @@ mod tests {
     fn every_documented_command_parses_its_flags() {
         let lines: &[&[&str]] = &[
             &["scenarios"],
-            &[
-                "run",
-                "hello_llm",
-                "--seed",
-                "42",
-                "--record",
-                "out",
-                "--plan",
-                "p.json",
-            ],
+            &["run", "hello_llm", "--seed", "42", "--record", "out", "--plan", "p.json"],
             &["run", "hello_llm", "--seed", "0x2a"],
             &["sweep", "--all", "--seeds", "1000"],
-            &[
-                "sweep",
-                "hello_llm",
-                "--seeds",
-                "2000",
-                "--seed-base",
-                "a1e2468",
-                "--jobs",
-                "2",
-                "--json",
-                "s.json",
-            ],
+            &["sweep", "hello_llm", "--seeds", "2000", "--seed-base", "a1e2468", "--jobs", "2", "--json", "s.json"],
             &["replay", "a.json", "dir"],
             &["debug", "a.json"],
             &["report", "a.json", "-o", "a.html"],

@@ -58,10 +58,7 @@ impl fmt::Display for Error {
             Error::Shape(error) => write!(f, "not a valid history: {error}"),
             Error::NotHistory(error @ history::Error::Format { .. }) => write!(f, "{error}"),
             Error::NotHistory(error) => write!(f, "not a valid history: {error}"),
-            Error::UnknownWorkflowType {
-                workflow_type,
-                known,
-            } => write!(
+            Error::UnknownWorkflowType { workflow_type, known } => write!(
                 f,
                 "workflow type {workflow_type:?} is not registered in this build (registered: {})",
                 known.join(", ")
@@ -72,10 +69,9 @@ impl fmt::Display for Error {
                 n.run_id, n.event_index, n.recorded, n.issued
             ),
             Error::Machine(error) => write!(f, "replay failed: {error}"),
-            Error::Panicked(message) => write!(
-                f,
-                "replay panicked, a bug in tempest or in the workflow code: {message}"
-            ),
+            Error::Panicked(message) => {
+                write!(f, "replay panicked, a bug in tempest or in the workflow code: {message}")
+            }
         }
     }
 }
@@ -105,13 +101,9 @@ pub(crate) fn run(
         };
         for file in files {
             match replay_file(registry, &file) {
-                Ok(replayed) => writeln!(
-                    out,
-                    "ok {} run={} events={}",
-                    file.display(),
-                    replayed.run_id,
-                    replayed.event_count
-                )?,
+                Ok(replayed) => {
+                    writeln!(out, "ok {} run={} events={}", file.display(), replayed.run_id, replayed.event_count)?
+                }
                 Err(error) => {
                     writeln!(err, "tempest replay: {}: {error}", file.display())?;
                     outcome = outcome.max(error.outcome());
@@ -170,14 +162,9 @@ fn replay_file(registry: &Registry, path: &Path) -> Result<Replayed, Error> {
     }
     // A panic while replaying is a bug, but one bad file must not hide the verdict on the
     // others, so it is reported like a failed replay and the next file goes on.
-    let replayed = panic::catch_unwind(AssertUnwindSafe(|| {
-        Machine::replay(registry, &history.events).map(|_| ())
-    }));
+    let replayed = panic::catch_unwind(AssertUnwindSafe(|| Machine::replay(registry, &history.events).map(|_| ())));
     match replayed {
-        Ok(Ok(())) => Ok(Replayed {
-            run_id: history.run_id,
-            event_count: history.events.len(),
-        }),
+        Ok(Ok(())) => Ok(Replayed { run_id: history.run_id, event_count: history.events.len() }),
         Ok(Err(machine::Error::Nondeterminism(n))) => Err(Error::Nondeterminism(n)),
         Ok(Err(error)) => Err(Error::Machine(error)),
         Err(payload) => Err(Error::Panicked(panic_message(payload.as_ref()))),
@@ -205,8 +192,7 @@ mod tests {
 
     impl Scratch {
         fn new(name: &str) -> Scratch {
-            let dir = std::env::temp_dir()
-                .join(format!("tempest-replay-test-{}-{name}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("tempest-replay-test-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             Scratch(dir)
@@ -237,11 +223,7 @@ mod tests {
     fn replay(paths: &[PathBuf]) -> (Outcome, String, String) {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let outcome = run(&tempest_scenarios::registry(), paths, &mut out, &mut err).unwrap();
-        (
-            outcome,
-            String::from_utf8(out).unwrap(),
-            String::from_utf8(err).unwrap(),
-        )
+        (outcome, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
     }
 
     #[test]
@@ -251,10 +233,7 @@ mod tests {
         let (outcome, out, err) = replay(std::slice::from_ref(&file));
         assert_eq!(outcome, Outcome::Ok, "{err}");
         let run_id = tempest_engine::engine::first_run_id("wf-hello");
-        assert_eq!(
-            out,
-            format!("ok {} run={run_id} events=4\n", file.display())
-        );
+        assert_eq!(out, format!("ok {} run={run_id} events=4\n", file.display()));
     }
 
     #[test]
@@ -279,16 +258,10 @@ mod tests {
         let (outcome, out, err) = replay(&[file]);
         assert_eq!(outcome, Outcome::Failed);
         assert_eq!(out, "");
-        assert!(
-            err.contains("changed.json: replay diverges: run r"),
-            "{err}"
-        );
+        assert!(err.contains("changed.json: replay diverges: run r"), "{err}");
         assert!(err.contains("at event 1"), "{err}");
         assert!(err.contains("activity_scheduled seq=1 llm_v2"), "{err}");
-        assert!(
-            err.contains("code now issues:   activity_scheduled seq=1 llm "),
-            "{err}"
-        );
+        assert!(err.contains("code now issues:   activity_scheduled seq=1 llm "), "{err}");
     }
 
     #[test]
@@ -329,10 +302,7 @@ mod tests {
             let (outcome, out, err) = replay(&[file]);
             assert_eq!(outcome, Outcome::BadInput, "{name}: {err}");
             assert_eq!(out, "", "{name}");
-            assert!(
-                err.contains(&format!("{name}: {expected}")),
-                "{name}: {err}"
-            );
+            assert!(err.contains(&format!("{name}: {expected}")), "{name}: {err}");
         }
     }
 
@@ -346,14 +316,8 @@ mod tests {
         let (outcome, out, err) = replay(&[missing, empty_dir, good]);
         assert_eq!(outcome, Outcome::BadInput);
         assert!(out.starts_with("ok "), "{out}");
-        assert!(
-            err.contains("missing.json: cannot read: No such file"),
-            "{err}"
-        );
-        assert!(
-            err.contains("empty: directory holds no .json history files"),
-            "{err}"
-        );
+        assert!(err.contains("missing.json: cannot read: No such file"), "{err}");
+        assert!(err.contains("empty: directory holds no .json history files"), "{err}");
     }
 
     #[test]

@@ -31,11 +31,7 @@ pub(crate) enum Error {
 fn scenario(name: &str) -> Result<Box<dyn Scenario>, Error> {
     tempest_scenarios::find(name).ok_or_else(|| Error::UnknownScenario {
         name: name.to_owned(),
-        known: tempest_scenarios::all()
-            .iter()
-            .map(|s| s.name())
-            .collect::<Vec<_>>()
-            .join(", "),
+        known: tempest_scenarios::all().iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
     })
 }
 
@@ -55,16 +51,9 @@ fn install_quiet_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let message = match info.payload().downcast_ref::<&str>() {
             Some(s) => (*s).to_owned(),
-            None => info
-                .payload()
-                .downcast_ref::<String>()
-                .cloned()
-                .unwrap_or_else(|| "panic".to_owned()),
+            None => info.payload().downcast_ref::<String>().cloned().unwrap_or_else(|| "panic".to_owned()),
         };
-        let location = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("{message}{location}")));
     }));
 }
@@ -75,16 +64,11 @@ fn run_world(scenario: &dyn Scenario, options: Options) -> tempest_sim::Outcome 
     match catch_unwind(AssertUnwindSafe(|| World::new(scenario, options).run())) {
         Ok(outcome) => outcome,
         Err(_) => {
-            let message = LAST_PANIC
-                .with(|p| p.borrow_mut().take())
-                .unwrap_or_else(|| "panic".to_owned());
+            let message = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "panic".to_owned());
             tempest_sim::Outcome {
                 seed,
                 scenario: scenario.name(),
-                failure: Some(CheckFailure {
-                    check: "panic".to_owned(),
-                    message,
-                }),
+                failure: Some(CheckFailure { check: "panic".to_owned(), message }),
                 faults: Default::default(),
                 sometimes: BTreeMap::new(),
                 runs_completed: 0,
@@ -114,14 +98,9 @@ pub(crate) fn run(request: RunRequest<'_>, out: &mut impl Write) -> anyhow::Resu
     let scenario = scenario(request.scenario)?;
     let plan = match request.plan {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::Plan {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            FaultPlan::from_json(&text).map_err(|message| Error::Plan {
-                path: path.display().to_string(),
-                message,
-            })?
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Plan { path: path.display().to_string(), message: e.to_string() })?;
+            FaultPlan::from_json(&text).map_err(|message| Error::Plan { path: path.display().to_string(), message })?
         }
         None => FaultPlan::draw(request.seed),
     };
@@ -148,71 +127,29 @@ pub(crate) fn run(request: RunRequest<'_>, out: &mut impl Write) -> anyhow::Resu
     writeln!(out, "scenario {} seed {}", outcome.scenario, outcome.seed)?;
     match &outcome.failure {
         None => writeln!(out, "outcome: passed")?,
-        Some(failure) => writeln!(
-            out,
-            "outcome: FAILED {}: {}",
-            failure.check, failure.message
-        )?,
+        Some(failure) => writeln!(out, "outcome: FAILED {}: {}", failure.check, failure.message)?,
     }
-    writeln!(
-        out,
-        "workflows: {} accepted, {} runs completed",
-        outcome.workflows_accepted, outcome.runs_completed
-    )?;
+    writeln!(out, "workflows: {} accepted, {} runs completed", outcome.workflows_accepted, outcome.runs_completed)?;
     writeln!(out, "faults: {}", outcome.faults)?;
-    let sometimes: Vec<String> = outcome
-        .sometimes
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    writeln!(
-        out,
-        "sometimes: {}",
-        if sometimes.is_empty() {
-            "none".to_owned()
-        } else {
-            sometimes.join(" ")
-        }
-    )?;
-    writeln!(
-        out,
-        "simulated: {:.1} s in {} steps",
-        outcome.simulated_ms as f64 / 1000.0,
-        outcome.step_count
-    )?;
+    let sometimes: Vec<String> = outcome.sometimes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    writeln!(out, "sometimes: {}", if sometimes.is_empty() { "none".to_owned() } else { sometimes.join(" ") })?;
+    writeln!(out, "simulated: {:.1} s in {} steps", outcome.simulated_ms as f64 / 1000.0, outcome.step_count)?;
     writeln!(out, "trace digest: {}", outcome.trace_digest)?;
     if let Some(dir) = request.record {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for history in &outcome.histories {
-            let path = dir.join(format!(
-                "{}-seed{}-{}.json",
-                outcome.scenario, outcome.seed, history.run_id
-            ));
-            std::fs::write(&path, history.to_json())
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            let path = dir.join(format!("{}-seed{}-{}.json", outcome.scenario, outcome.seed, history.run_id));
+            std::fs::write(&path, history.to_json()).with_context(|| format!("cannot write {}", path.display()))?;
         }
-        writeln!(
-            out,
-            "recorded {} histories in {}",
-            outcome.histories.len(),
-            dir.display()
-        )?;
+        writeln!(out, "recorded {} histories in {}", outcome.histories.len(), dir.display())?;
     }
     if outcome.failure.is_some() {
         if request.plan.is_none() {
-            let path = PathBuf::from(format!(
-                "tempest-plan-{}-{}.json",
-                outcome.scenario, outcome.seed
-            ));
-            std::fs::write(&path, plan.to_json())
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            let path = PathBuf::from(format!("tempest-plan-{}-{}.json", outcome.scenario, outcome.seed));
+            std::fs::write(&path, plan.to_json()).with_context(|| format!("cannot write {}", path.display()))?;
             writeln!(out, "fault plan: {}", path.display())?;
         }
-        writeln!(
-            out,
-            "rerun with:\n    {}",
-            repro_line(outcome.scenario, outcome.seed)
-        )?;
+        writeln!(out, "rerun with:\n    {}", repro_line(outcome.scenario, outcome.seed))?;
         return Ok(Exit::Failed);
     }
     Ok(Exit::Ok)
@@ -258,9 +195,9 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
         Some(name) => vec![scenario(name)?],
         None => tempest_scenarios::all(),
     };
-    let jobs = request.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
-    });
+    let jobs = request
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1)));
     install_quiet_panic_hook();
     let total = request.seed_count * scenarios.len() as u64;
     let progress = if std::io::stderr().is_terminal() {
@@ -269,10 +206,8 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
         indicatif::ProgressBar::hidden()
     };
     progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} worlds, {per_sec}, eta {eta}",
-        )
-        .expect("a valid template"),
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} worlds, {per_sec}, eta {eta}")
+            .expect("a valid template"),
     );
     let started = Instant::now();
     let next = AtomicU64::new(0);
@@ -314,8 +249,7 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
             match outcome.failure {
                 None => summary.passed += 1,
                 Some(failure) => {
-                    let plan_path =
-                        format!("tempest-plan-{}-{}.json", outcome.scenario, outcome.seed);
+                    let plan_path = format!("tempest-plan-{}-{}.json", outcome.scenario, outcome.seed);
                     let _ = std::fs::write(&plan_path, FaultPlan::draw(outcome.seed).to_json());
                     summary.failed.push(SweepFailure {
                         seed: outcome.seed,
@@ -333,18 +267,12 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
     summary.seeds = total;
     summary.wall_seconds = started.elapsed().as_secs_f64();
     summary.seeds_per_second = total as f64 / summary.wall_seconds.max(1e-9);
-    summary
-        .failed
-        .sort_by(|a, b| (&a.scenario, a.seed).cmp(&(&b.scenario, b.seed)));
+    summary.failed.sort_by(|a, b| (&a.scenario, a.seed).cmp(&(&b.scenario, b.seed)));
     write_summary(&summary, out)?;
     if let Some(path) = request.json {
         crate::write_json(path, &summary)?;
     }
-    Ok(if summary.failed.is_empty() {
-        Exit::Ok
-    } else {
-        Exit::Failed
-    })
+    Ok(if summary.failed.is_empty() { Exit::Ok } else { Exit::Failed })
 }
 
 fn write_summary(summary: &Summary, out: &mut impl Write) -> std::io::Result<()> {
@@ -378,11 +306,7 @@ fn write_summary(summary: &Summary, out: &mut impl Write) -> std::io::Result<()>
         }
     }
     for failure in &summary.failed {
-        writeln!(
-            out,
-            "FAILED {} seed {}: {}: {}",
-            failure.scenario, failure.seed, failure.check, failure.message
-        )?;
+        writeln!(out, "FAILED {} seed {}: {}: {}", failure.scenario, failure.seed, failure.check, failure.message)?;
         writeln!(out, "    rerun with: {}", failure.repro)?;
         writeln!(out, "    fault plan: {}", failure.plan)?;
     }

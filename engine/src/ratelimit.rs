@@ -33,14 +33,20 @@ struct KeyState {
 pub struct Limiter {
     limits: BTreeMap<String, Limit>,
     keys: BTreeMap<String, KeyState>,
+    /// Nothing limited is dispatched before this time (see `after_restart`).
+    quiet_until: Time,
 }
 
 impl Limiter {
     pub fn new(limits: BTreeMap<String, Limit>) -> Limiter {
-        Limiter {
-            limits,
-            keys: BTreeMap::new(),
-        }
+        Limiter { limits, keys: BTreeMap::new(), quiet_until: Time::ZERO }
+    }
+
+    /// A limiter for a process that restarted at `now` and forgot what it dispatched before:
+    /// it stays quiet for one window, so no window ever holds dispatches of two lives and
+    /// "at most N in any minute" survives the restart.
+    pub fn after_restart(limits: BTreeMap<String, Limit>, now: Time) -> Limiter {
+        Limiter { quiet_until: now.plus(WINDOW), ..Limiter::new(limits) }
     }
 
     pub fn limits(&self) -> &BTreeMap<String, Limit> {
@@ -48,11 +54,7 @@ impl Limiter {
     }
 
     fn forget_old(state: &mut KeyState, now: Time) {
-        while state
-            .window
-            .front()
-            .is_some_and(|(t, _)| t.0 + WINDOW_MS <= now.0)
-        {
+        while state.window.front().is_some_and(|(t, _)| t.0 + WINDOW_MS <= now.0) {
             state.window.pop_front();
         }
     }
@@ -65,13 +67,10 @@ impl Limiter {
         };
         let state = self.keys.entry(key.to_owned()).or_default();
         Self::forget_old(state, now);
-        if limit
-            .concurrency_max
-            .is_some_and(|max| state.in_flight >= max)
-        {
+        if limit.concurrency_max.is_some_and(|max| state.in_flight >= max) {
             return None;
         }
-        let mut at = now;
+        let mut at = now.max(self.quiet_until);
         if let Some(rpm) = limit.requests_per_minute {
             assert!(rpm > 0, "key {key}: requests_per_minute must be positive");
             let count = state.window.len() as u64;
@@ -82,7 +81,10 @@ impl Limiter {
             }
         }
         if let Some(tpm) = limit.tokens_per_minute {
-            assert!(token_count <= tpm, "key {key}: one activity needs {token_count} tokens, over the {tpm} per minute limit");
+            assert!(
+                token_count <= tpm,
+                "key {key}: one activity needs {token_count} tokens, over the {tpm} per minute limit"
+            );
             let mut used: u64 = state.window.iter().map(|(_, n)| n).sum();
             for (t, n) in &state.window {
                 if used + token_count <= tpm {
@@ -98,25 +100,16 @@ impl Limiter {
     /// Keys under which nothing can be dispatched at `now` (for a zero-token request).
     pub fn blocked_keys(&mut self, now: Time) -> BTreeSet<String> {
         let keys: Vec<String> = self.limits.keys().cloned().collect();
-        keys.into_iter()
-            .filter(|k| self.next_allowed(now, k, 0) != Some(now))
-            .collect()
+        keys.into_iter().filter(|k| self.next_allowed(now, k, 0) != Some(now)).collect()
     }
 
     /// Records a dispatch; the caller checked `next_allowed` first.
     pub fn dispatch(&mut self, now: Time, key: &str, token_count: u64) {
-        assert_eq!(
-            self.next_allowed(now, key, token_count),
-            Some(now),
-            "key {key}: dispatch over the limit"
-        );
+        assert_eq!(self.next_allowed(now, key, token_count), Some(now), "key {key}: dispatch over the limit");
         if !self.limits.contains_key(key) {
             return;
         }
-        let state = self
-            .keys
-            .get_mut(key)
-            .expect("next_allowed created the state");
+        let state = self.keys.get_mut(key).expect("next_allowed created the state");
         state.window.push_back((now, token_count));
         state.in_flight += 1;
     }
@@ -135,11 +128,7 @@ mod tests {
     use super::*;
 
     fn limiter(rpm: Option<u64>, tpm: Option<u64>, conc: Option<u32>) -> Limiter {
-        let limit = Limit {
-            requests_per_minute: rpm,
-            tokens_per_minute: tpm,
-            concurrency_max: conc,
-        };
+        let limit = Limit { requests_per_minute: rpm, tokens_per_minute: tpm, concurrency_max: conc };
         Limiter::new(BTreeMap::from([("llm".to_owned(), limit)]))
     }
 
@@ -171,6 +160,13 @@ mod tests {
         assert!(l.blocked_keys(Time(1)).contains("llm"));
         l.finish("llm");
         assert_eq!(l.next_allowed(Time(1), "llm", 0), Some(Time(1)));
+    }
+
+    #[test]
+    fn restarted_limiter_waits_one_window() {
+        let limit = Limit { requests_per_minute: Some(10), tokens_per_minute: None, concurrency_max: None };
+        let mut l = Limiter::after_restart(BTreeMap::from([("llm".to_owned(), limit)]), Time(5_000));
+        assert_eq!(l.next_allowed(Time(5_000), "llm", 0), Some(Time(65_000)));
     }
 
     #[test]

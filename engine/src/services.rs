@@ -24,31 +24,19 @@ pub struct Message {
 
 impl Message {
     pub fn system(content: impl Into<String>) -> Message {
-        Message {
-            role: "system".to_owned(),
-            content: content.into(),
-        }
+        Message { role: "system".to_owned(), content: content.into() }
     }
 
     pub fn user(content: impl Into<String>) -> Message {
-        Message {
-            role: "user".to_owned(),
-            content: content.into(),
-        }
+        Message { role: "user".to_owned(), content: content.into() }
     }
 
     pub fn assistant(content: impl Into<String>) -> Message {
-        Message {
-            role: "assistant".to_owned(),
-            content: content.into(),
-        }
+        Message { role: "assistant".to_owned(), content: content.into() }
     }
 
     pub fn tool(content: impl Into<String>) -> Message {
-        Message {
-            role: "tool".to_owned(),
-            content: content.into(),
-        }
+        Message { role: "tool".to_owned(), content: content.into() }
     }
 }
 
@@ -87,12 +75,7 @@ pub type ServiceFuture<T> = Pin<Box<dyn Future<Output = Result<T, Failure>>>>;
 pub trait Services {
     fn llm(&self, request: LlmRequest) -> ServiceFuture<LlmResponse>;
     /// Calls a tool; an `idempotency_key` makes the tool apply its side effect at most once.
-    fn tool(
-        &self,
-        name: &str,
-        arguments: Value,
-        idempotency_key: Option<String>,
-    ) -> ServiceFuture<Value>;
+    fn tool(&self, name: &str, arguments: Value, idempotency_key: Option<String>) -> ServiceFuture<Value>;
 }
 
 /// An activity's handle: which attempt this is, and the services it may call.
@@ -104,10 +87,7 @@ pub struct ActivityCtx {
 
 impl ActivityCtx {
     pub fn new(task: ActivityTask, services: Rc<dyn Services>) -> ActivityCtx {
-        ActivityCtx {
-            task: Rc::new(task),
-            services,
-        }
+        ActivityCtx { task: Rc::new(task), services }
     }
 
     pub fn task(&self) -> &ActivityTask {
@@ -134,17 +114,11 @@ impl ActivityCtx {
 
     /// Calls a tool under this activity's idempotency key, so retries apply it once.
     pub fn tool(&self, name: &str, arguments: Value) -> ServiceFuture<Value> {
-        self.services
-            .tool(name, arguments, Some(self.task.idempotency_key.clone()))
+        self.services.tool(name, arguments, Some(self.task.idempotency_key.clone()))
     }
 
     /// Calls a tool under a key of the caller's choosing (`None`: no protection at all).
-    pub fn tool_with_key(
-        &self,
-        name: &str,
-        arguments: Value,
-        idempotency_key: Option<String>,
-    ) -> ServiceFuture<Value> {
+    pub fn tool_with_key(&self, name: &str, arguments: Value, idempotency_key: Option<String>) -> ServiceFuture<Value> {
         self.services.tool(name, arguments, idempotency_key)
     }
 }
@@ -185,8 +159,7 @@ impl Activities {
                 })
             })
         });
-        self.implementations
-            .insert(activity_type.to_owned(), function);
+        self.implementations.insert(activity_type.to_owned(), function);
         self
     }
 
@@ -197,9 +170,7 @@ impl Activities {
             Some(function) => function(ctx, input),
             None => Box::pin(async move {
                 Err(Failure::Refused {
-                    message: format!(
-                        "activity type {activity_type} is not registered on this worker"
-                    ),
+                    message: format!("activity type {activity_type} is not registered on this worker"),
                 })
             }),
         }

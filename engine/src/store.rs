@@ -32,10 +32,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            workflow_lease_ms: 10_000,
-            activity_lease_ms: 60_000,
-        }
+        Config { workflow_lease_ms: 10_000, activity_lease_ms: 60_000 }
     }
 }
 
@@ -46,19 +43,10 @@ pub enum Record {
     /// The store (re)started; tokens of earlier epochs are stale.
     Epoch { epoch: u32 },
     /// An accepted input waiting for a workflow task.
-    Inbox {
-        run_id: String,
-        time_ms: Time,
-        kind: Kind,
-    },
+    Inbox { run_id: String, time_ms: Time, kind: Kind },
     /// A completed workflow task: `events` appended, the first `consumed` inbox inputs
     /// moved into them.
-    Append {
-        run_id: String,
-        time_ms: Time,
-        events: Vec<Event>,
-        consumed: usize,
-    },
+    Append { run_id: String, time_ms: Time, events: Vec<Event>, consumed: usize },
 }
 
 /// A run as the store keeps it.
@@ -178,9 +166,7 @@ impl Store {
         for record in records {
             store.apply(&record);
         }
-        let epoch = Record::Epoch {
-            epoch: store.epoch + 1,
-        };
+        let epoch = Record::Epoch { epoch: store.epoch + 1 };
         store.apply(&epoch);
         (store, epoch)
     }
@@ -199,10 +185,7 @@ impl Store {
 
     /// Runs of a workflow id, first to latest.
     pub fn chain(&self, workflow_id: &str) -> &[String] {
-        self.chains
-            .get(workflow_id)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.chains.get(workflow_id).map(Vec::as_slice).unwrap_or(&[])
     }
 
     pub fn workflow_ids(&self) -> impl Iterator<Item = &str> {
@@ -210,10 +193,7 @@ impl Store {
     }
 
     pub fn latest_run(&self, workflow_id: &str) -> Option<&str> {
-        self.chains
-            .get(workflow_id)
-            .and_then(|c| c.last())
-            .map(String::as_str)
+        self.chains.get(workflow_id).and_then(|c| c.last()).map(String::as_str)
     }
 
     pub fn activity_lease(&self, run_id: &str, seq: u32) -> Option<&Lease> {
@@ -228,13 +208,7 @@ impl Store {
     // ---- writes -------------------------------------------------------------------------
 
     /// Starts a run, or returns the existing one for this workflow id.
-    pub fn start(
-        &mut self,
-        now: Time,
-        workflow_id: &str,
-        workflow_type: &str,
-        input: Value,
-    ) -> (String, Vec<Record>) {
+    pub fn start(&mut self, now: Time, workflow_id: &str, workflow_type: &str, input: Value) -> (String, Vec<Record>) {
         if let Some(run_id) = self.latest_run(workflow_id) {
             return (run_id.to_owned(), Vec::new());
         }
@@ -247,11 +221,7 @@ impl Store {
             parent: None,
             continued_from: None,
         };
-        let record = Record::Inbox {
-            run_id: run_id.clone(),
-            time_ms: now,
-            kind,
-        };
+        let record = Record::Inbox { run_id: run_id.clone(), time_ms: now, kind };
         self.apply(&record);
         (run_id, vec![record])
     }
@@ -275,19 +245,13 @@ impl Store {
         let Some(kind) = self.runs[&run_id].logical.signal(signal_id, name, payload) else {
             return (SignalStatus::RunClosed, Vec::new());
         };
-        let record = Record::Inbox {
-            run_id,
-            time_ms: now,
-            kind,
-        };
+        let record = Record::Inbox { run_id, time_ms: now, kind };
         self.apply(&record);
         (SignalStatus::Pending, vec![record])
     }
 
     fn signal_seen(&self, workflow_id: &str, signal_id: &str) -> bool {
-        self.chain(workflow_id)
-            .iter()
-            .any(|run_id| self.runs[run_id].rejected_signals.contains(signal_id))
+        self.chain(workflow_id).iter().any(|run_id| self.runs[run_id].rejected_signals.contains(signal_id))
     }
 
     /// Where a signal stands; a client retrying a signal asks this.
@@ -301,9 +265,7 @@ impl Store {
             if run.recorded_signals.contains(signal_id) {
                 return SignalStatus::Recorded;
             }
-            if run.logical.signal_ids.contains(signal_id)
-                && !run.rejected_signals.contains(signal_id)
-            {
+            if run.logical.signal_ids.contains(signal_id) && !run.rejected_signals.contains(signal_id) {
                 return SignalStatus::Pending;
             }
         }
@@ -318,11 +280,7 @@ impl Store {
         let Some(kind) = self.runs[&run_id].logical.cancel(reason) else {
             return (false, Vec::new());
         };
-        let record = Record::Inbox {
-            run_id,
-            time_ms: now,
-            kind,
-        };
+        let record = Record::Inbox { run_id, time_ms: now, kind };
         self.apply(&record);
         (true, vec![record])
     }
@@ -333,24 +291,14 @@ impl Store {
             .runs
             .iter()
             .find(|(run_id, run)| {
-                !run.inbox.is_empty()
-                    && !self
-                        .workflow_leases
-                        .get(*run_id)
-                        .is_some_and(|l| l.expires_at > now)
+                !run.inbox.is_empty() && !self.workflow_leases.get(*run_id).is_some_and(|l| l.expires_at > now)
             })
             .map(|(run_id, _)| run_id.clone())?;
         let token = self.next_token();
         let expires_at = now.plus(Duration::from_millis(self.config.workflow_lease_ms));
         self.workflow_leases.insert(
             run_id.clone(),
-            Lease {
-                token,
-                worker: worker.to_owned(),
-                expires_at,
-                attempt: 0,
-                started_at: now,
-            },
+            Lease { token, worker: worker.to_owned(), expires_at, attempt: 0, started_at: now },
         );
         let run = &self.runs[&run_id];
         let base_len = run.events.len() as u64;
@@ -371,14 +319,8 @@ impl Store {
     /// Takes back a workflow task the worker could not complete (e.g. its cache missed a
     /// sticky delta); the next poll hands out the full history.
     pub fn abandon_workflow_task(&mut self, run_id: &str, token: u64) -> Ack {
-        if !self
-            .workflow_leases
-            .get(run_id)
-            .is_some_and(|l| l.token == token)
-        {
-            return Ack::Rejected(format!(
-                "run {run_id}: token {token:#x} is not the current workflow task"
-            ));
+        if !self.workflow_leases.get(run_id).is_some_and(|l| l.token == token) {
+            return Ack::Rejected(format!("run {run_id}: token {token:#x} is not the current workflow task"));
         }
         self.workflow_leases.remove(run_id);
         self.sticky.remove(run_id);
@@ -392,38 +334,24 @@ impl Store {
         worker: &str,
         completion: WorkflowCompletion,
     ) -> (Ack, Vec<Record>) {
-        let WorkflowCompletion {
-            run_id,
-            token,
-            base_len,
-            events,
-            consumed,
-        } = completion;
+        let WorkflowCompletion { run_id, token, base_len, events, consumed } = completion;
         match self.workflow_leases.get(&run_id) {
             Some(lease) if lease.token == token && lease.expires_at > now => {}
             Some(lease) if lease.token == token => {
                 return (
-                    Ack::Rejected(format!(
-                        "run {run_id}: workflow task lease expired at {}",
-                        lease.expires_at
-                    )),
+                    Ack::Rejected(format!("run {run_id}: workflow task lease expired at {}", lease.expires_at)),
                     Vec::new(),
                 );
             }
             _ => {
                 return (
-                    Ack::Rejected(format!(
-                        "run {run_id}: token {token:#x} is not the current workflow task"
-                    )),
+                    Ack::Rejected(format!("run {run_id}: token {token:#x} is not the current workflow task")),
                     Vec::new(),
                 )
             }
         }
         let Some(run) = self.runs.get(&run_id) else {
-            return (
-                Ack::Rejected(format!("run {run_id} is not known")),
-                Vec::new(),
-            );
+            return (Ack::Rejected(format!("run {run_id} is not known")), Vec::new());
         };
         if run.events.len() as u64 != base_len {
             return (
@@ -439,12 +367,7 @@ impl Store {
         }
         self.workflow_leases.remove(&run_id);
         let len = base_len + events.len() as u64;
-        let record = Record::Append {
-            run_id: run_id.clone(),
-            time_ms: now,
-            events,
-            consumed,
-        };
+        let record = Record::Append { run_id: run_id.clone(), time_ms: now, events, consumed };
         self.apply(&record);
         self.sticky.insert(run_id, (worker.to_owned(), len));
         (Ack::Accepted, vec![record])
@@ -461,13 +384,8 @@ impl Store {
             run.logical.open_activities().find_map(|(seq, activity)| {
                 let due = activity.attempt_not_before <= now;
                 let leased = self.activity_leases.contains_key(&(run_id.clone(), seq));
-                let blocked = activity
-                    .options
-                    .rate_limit_key
-                    .as_ref()
-                    .is_some_and(|k| blocked_keys.contains(k));
-                (due && !leased && !blocked && !run.logical.is_closed())
-                    .then(|| (run_id.clone(), seq))
+                let blocked = activity.options.rate_limit_key.as_ref().is_some_and(|k| blocked_keys.contains(k));
+                (due && !leased && !blocked && !run.logical.is_closed()).then(|| (run_id.clone(), seq))
             })
         })?;
         let token = self.next_token();
@@ -491,39 +409,18 @@ impl Store {
             previous_failure: activity.last_failure.clone(),
         };
         let attempt = activity.attempt;
-        self.activity_leases.insert(
-            (run_id, seq),
-            Lease {
-                token,
-                worker: worker.to_owned(),
-                expires_at,
-                attempt,
-                started_at: now,
-            },
-        );
-        Some(ActivityLease {
-            task,
-            token,
-            expires_at,
-        })
+        self.activity_leases
+            .insert((run_id, seq), Lease { token, worker: worker.to_owned(), expires_at, attempt, started_at: now });
+        Some(ActivityLease { task, token, expires_at })
     }
 
-    fn check_activity_lease(
-        &self,
-        now: Time,
-        run_id: &str,
-        seq: u32,
-        token: u64,
-    ) -> Result<&Lease, Ack> {
+    fn check_activity_lease(&self, now: Time, run_id: &str, seq: u32, token: u64) -> Result<&Lease, Ack> {
         match self.activity_leases.get(&(run_id.to_owned(), seq)) {
             Some(lease) if lease.token == token && lease.expires_at > now => Ok(lease),
-            Some(lease) if lease.token == token => Err(Ack::Rejected(format!(
-                "activity {run_id}:{seq}: lease expired at {}",
-                lease.expires_at
-            ))),
-            _ => Err(Ack::Rejected(format!(
-                "activity {run_id}:{seq}: token {token:#x} is not the current lease"
-            ))),
+            Some(lease) if lease.token == token => {
+                Err(Ack::Rejected(format!("activity {run_id}:{seq}: lease expired at {}", lease.expires_at)))
+            }
+            _ => Err(Ack::Rejected(format!("activity {run_id}:{seq}: token {token:#x} is not the current lease"))),
         }
     }
 
@@ -535,15 +432,10 @@ impl Store {
                 Ok(lease) => lease,
                 Err(ack) => return ack,
             };
-            let stc = self.runs[run_id].logical.activities[&seq]
-                .options
-                .start_to_close_ms;
+            let stc = self.runs[run_id].logical.activities[&seq].options.start_to_close_ms;
             stc.map(|ms| lease.started_at.plus(Duration::from_millis(ms)))
         };
-        let lease = self
-            .activity_leases
-            .get_mut(&(run_id.to_owned(), seq))
-            .expect("checked above");
+        let lease = self.activity_leases.get_mut(&(run_id.to_owned(), seq)).expect("checked above");
         let extended = now.plus(Duration::from_millis(lease_ms));
         lease.expires_at = deadline.map_or(extended, |d| extended.min(d));
         Ack::Accepted
@@ -564,25 +456,14 @@ impl Store {
             Err(ack) => return (ack, Vec::new()),
         };
         self.activity_leases.remove(&(run_id.to_owned(), seq));
-        let Some(kind) = self.runs[run_id].logical.activity_report(
-            now,
-            seq,
-            attempt,
-            report,
-            Some(worker.to_owned()),
-        ) else {
+        let Some(kind) = self.runs[run_id].logical.activity_report(now, seq, attempt, report, Some(worker.to_owned()))
+        else {
             return (
-                Ack::Rejected(format!(
-                    "activity {run_id}:{seq}: attempt {attempt} is no longer current"
-                )),
+                Ack::Rejected(format!("activity {run_id}:{seq}: attempt {attempt} is no longer current")),
                 Vec::new(),
             );
         };
-        let record = Record::Inbox {
-            run_id: run_id.to_owned(),
-            time_ms: now,
-            kind,
-        };
+        let record = Record::Inbox { run_id: run_id.to_owned(), time_ms: now, kind };
         self.apply(&record);
         (Ack::Accepted, vec![record])
     }
@@ -591,40 +472,19 @@ impl Store {
     pub fn tick(&mut self, now: Time) -> (TickReport, Vec<Record>) {
         let mut report = TickReport::default();
         let mut records = Vec::new();
-        let expired: Vec<(String, u32)> = self
-            .activity_leases
-            .iter()
-            .filter(|(_, l)| l.expires_at <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let expired: Vec<(String, u32)> =
+            self.activity_leases.iter().filter(|(_, l)| l.expires_at <= now).map(|(k, _)| k.clone()).collect();
         for (run_id, seq) in expired {
-            let lease = self
-                .activity_leases
-                .remove(&(run_id.clone(), seq))
-                .expect("listed above");
+            let lease = self.activity_leases.remove(&(run_id.clone(), seq)).expect("listed above");
             report.activity_leases_expired += 1;
-            let failure = AttemptReport::Failed {
-                failure: Failure::TimedOut,
-            };
-            if let Some(kind) = self.runs[&run_id].logical.activity_report(
-                now,
-                seq,
-                lease.attempt,
-                failure,
-                Some(lease.worker),
-            ) {
-                records.push(Record::Inbox {
-                    run_id,
-                    time_ms: now,
-                    kind,
-                });
+            let failure = AttemptReport::Failed { failure: Failure::TimedOut };
+            if let Some(kind) =
+                self.runs[&run_id].logical.activity_report(now, seq, lease.attempt, failure, Some(lease.worker))
+            {
+                records.push(Record::Inbox { run_id, time_ms: now, kind });
             }
         }
-        let expired_workflow_leases = self
-            .workflow_leases
-            .iter()
-            .filter(|(_, l)| l.expires_at <= now)
-            .count();
+        let expired_workflow_leases = self.workflow_leases.iter().filter(|(_, l)| l.expires_at <= now).count();
         self.workflow_leases.retain(|_, l| l.expires_at > now);
         report.workflow_leases_expired = u32::try_from(expired_workflow_leases).unwrap_or(u32::MAX);
         for (run_id, run) in self.runs.iter().filter(|(_, run)| !run.logical.is_closed()) {
@@ -640,11 +500,7 @@ impl Store {
             for (seq, activity) in run.logical.open_activities() {
                 if activity.deadline().is_some_and(|d| d <= now) {
                     if let Some(kind) = run.logical.activity_deadline_passed(seq) {
-                        records.push(Record::Inbox {
-                            run_id: run_id.clone(),
-                            time_ms: now,
-                            kind,
-                        });
+                        records.push(Record::Inbox { run_id: run_id.clone(), time_ms: now, kind });
                     }
                 }
             }
@@ -657,23 +513,12 @@ impl Store {
 
     /// The earliest time at which `tick` has something to do.
     pub fn next_wakeup(&self) -> Option<Time> {
-        let leases = self
-            .activity_leases
-            .values()
-            .chain(self.workflow_leases.values())
-            .map(|l| l.expires_at);
-        let timers = self
-            .runs
-            .values()
-            .filter(|run| !run.logical.is_closed())
-            .flat_map(|run| {
-                let timers = run.logical.open_timers().map(|(_, t)| t.fire_at);
-                let deadlines = run
-                    .logical
-                    .open_activities()
-                    .filter_map(|(_, a)| a.deadline());
-                timers.chain(deadlines).collect::<Vec<_>>()
-            });
+        let leases = self.activity_leases.values().chain(self.workflow_leases.values()).map(|l| l.expires_at);
+        let timers = self.runs.values().filter(|run| !run.logical.is_closed()).flat_map(|run| {
+            let timers = run.logical.open_timers().map(|(_, t)| t.fire_at);
+            let deadlines = run.logical.open_activities().filter_map(|(_, a)| a.deadline());
+            timers.chain(deadlines).collect::<Vec<_>>()
+        });
         leases.chain(timers).min()
     }
 
@@ -683,41 +528,22 @@ impl Store {
     pub fn apply(&mut self, record: &Record) {
         match record {
             Record::Epoch { epoch } => {
-                assert!(
-                    *epoch > self.epoch,
-                    "epoch {epoch} does not follow {}",
-                    self.epoch
-                );
+                assert!(*epoch > self.epoch, "epoch {epoch} does not follow {}", self.epoch);
                 self.epoch = *epoch;
                 self.token_count = 0;
                 self.workflow_leases.clear();
                 self.activity_leases.clear();
                 self.sticky.clear();
             }
-            Record::Inbox {
-                run_id,
-                time_ms,
-                kind,
-            } => self.push_inbox(run_id, *time_ms, kind.clone()),
-            Record::Append {
-                run_id,
-                time_ms,
-                events,
-                consumed,
-            } => self.append(run_id, *time_ms, events, *consumed),
+            Record::Inbox { run_id, time_ms, kind } => self.push_inbox(run_id, *time_ms, kind.clone()),
+            Record::Append { run_id, time_ms, events, consumed } => self.append(run_id, *time_ms, events, *consumed),
         }
     }
 
     fn push_inbox(&mut self, run_id: &str, time: Time, kind: Kind) {
         if let Kind::WorkflowStarted { workflow_id, .. } = &kind {
-            assert!(
-                !self.runs.contains_key(run_id),
-                "run {run_id} started twice"
-            );
-            self.chains
-                .entry(workflow_id.clone())
-                .or_default()
-                .push(run_id.to_owned());
+            assert!(!self.runs.contains_key(run_id), "run {run_id} started twice");
+            self.chains.entry(workflow_id.clone()).or_default().push(run_id.to_owned());
             self.runs.insert(
                 run_id.to_owned(),
                 StoredRun {
@@ -729,15 +555,9 @@ impl Store {
                 },
             );
         }
-        let run = self
-            .runs
-            .get_mut(run_id)
-            .unwrap_or_else(|| panic!("inbox record for unknown run {run_id}"));
+        let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("inbox record for unknown run {run_id}"));
         if let Err(detail) = run.logical.accept(time, &kind) {
-            panic!(
-                "run {run_id}: inbox input {} rejected by the run state: {detail}",
-                kind.name()
-            );
+            panic!("run {run_id}: inbox input {} rejected by the run state: {detail}", kind.name());
         }
         let cancel_reason = match &kind {
             Kind::CancelRequested { reason } => Some(reason.clone()),
@@ -746,11 +566,7 @@ impl Store {
         run.inbox.push_back((time, kind));
         if let Some(reason) = cancel_reason {
             // Cancellation reaches child runs; each reports back as `child_completed`.
-            let children: Vec<String> = run
-                .logical
-                .open_children()
-                .map(|(_, c)| c.workflow_id.clone())
-                .collect();
+            let children: Vec<String> = run.logical.open_children().map(|(_, c)| c.workflow_id.clone()).collect();
             for child_id in children {
                 let Some(child_run) = self.latest_run(&child_id).map(str::to_owned) else {
                     continue;
@@ -763,23 +579,12 @@ impl Store {
     }
 
     fn append(&mut self, run_id: &str, time: Time, events: &[Event], consumed: usize) {
-        let run = self
-            .runs
-            .get_mut(run_id)
-            .unwrap_or_else(|| panic!("append to unknown run {run_id}"));
-        assert!(
-            consumed <= run.inbox.len(),
-            "run {run_id}: consumed {consumed} of {} inbox inputs",
-            run.inbox.len()
-        );
+        let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("append to unknown run {run_id}"));
+        assert!(consumed <= run.inbox.len(), "run {run_id}: consumed {consumed} of {} inbox inputs", run.inbox.len());
         run.inbox.drain(..consumed);
         let mut follow_ups = Vec::new();
         for event in events {
-            assert_eq!(
-                event.index,
-                run.events.len() as u64,
-                "run {run_id}: append out of place"
-            );
+            assert_eq!(event.index, run.events.len() as u64, "run {run_id}: append out of place");
             if let Kind::SignalReceived { signal_id, .. } = &event.kind {
                 run.recorded_signals.insert(signal_id.clone());
             }
@@ -795,12 +600,7 @@ impl Store {
         }
         for kind in follow_ups {
             match kind {
-                Kind::ChildStarted {
-                    seq,
-                    workflow_type,
-                    workflow_id,
-                    input,
-                } => {
+                Kind::ChildStarted { seq, workflow_type, workflow_id, input } => {
                     let parent = Parent {
                         workflow_id: self.runs[run_id].logical.workflow_id.clone(),
                         run_id: run_id.to_owned(),
@@ -808,9 +608,7 @@ impl Store {
                     };
                     if self.chains.contains_key(&workflow_id) {
                         let error = format!("workflow id {workflow_id} is already in use");
-                        if let Some(kind) = self.runs[run_id]
-                            .logical
-                            .child_closed(seq, ChildOutcome::Failed { error })
+                        if let Some(kind) = self.runs[run_id].logical.child_closed(seq, ChildOutcome::Failed { error })
                         {
                             self.push_inbox(run_id, time, kind);
                         }
@@ -836,11 +634,8 @@ impl Store {
         self.workflow_leases.remove(run_id);
         let run = self.runs.get_mut(run_id).expect("closing a known run");
         let leftovers: Vec<(Time, Kind)> = run.inbox.drain(..).collect();
-        let (workflow_id, workflow_type, parent) = (
-            run.logical.workflow_id.clone(),
-            run.logical.workflow_type.clone(),
-            run.logical.parent.clone(),
-        );
+        let (workflow_id, workflow_type, parent) =
+            (run.logical.workflow_id.clone(), run.logical.workflow_type.clone(), run.logical.parent.clone());
         let outcome = match terminal {
             Kind::WorkflowContinuedAsNew { input, next_run_id } => {
                 let started = Kind::WorkflowStarted {
@@ -854,16 +649,8 @@ impl Store {
                 self.push_inbox(&next_run_id, time, started);
                 // Signals the old run never read belong to the workflow, so they move on.
                 for (_, kind) in leftovers {
-                    if let Kind::SignalReceived {
-                        signal_id,
-                        name,
-                        payload,
-                    } = kind
-                    {
-                        if let Some(kind) = self.runs[&next_run_id]
-                            .logical
-                            .signal(&signal_id, &name, payload)
-                        {
+                    if let Kind::SignalReceived { signal_id, name, payload } = kind {
+                        if let Some(kind) = self.runs[&next_run_id].logical.signal(&signal_id, &name, payload) {
                             self.push_inbox(&next_run_id, time, kind);
                         }
                     }
@@ -882,10 +669,7 @@ impl Store {
             }
         }
         if let Some(parent) = parent {
-            let notify = self
-                .runs
-                .get(&parent.run_id)
-                .and_then(|p| p.logical.child_closed(parent.seq, outcome));
+            let notify = self.runs.get(&parent.run_id).and_then(|p| p.logical.child_closed(parent.seq, outcome));
             if let Some(kind) = notify {
                 self.push_inbox(&parent.run_id, time, kind);
             }
@@ -900,38 +684,21 @@ impl Store {
 
 /// Checks that a completion moves exactly the first `consumed` inbox inputs into the history,
 /// in order, and numbers its events from `base_len`.
-fn check_completion(
-    run: &StoredRun,
-    base_len: u64,
-    events: &[Event],
-    consumed: usize,
-) -> Result<(), String> {
+fn check_completion(run: &StoredRun, base_len: u64, events: &[Event], consumed: usize) -> Result<(), String> {
     if consumed > run.inbox.len() {
-        return Err(format!(
-            "consumes {consumed} inputs but the inbox has {}",
-            run.inbox.len()
-        ));
+        return Err(format!("consumes {consumed} inputs but the inbox has {}", run.inbox.len()));
     }
     let mut inputs = run.inbox.iter().take(consumed);
     for (offset, event) in events.iter().enumerate() {
         if event.index != base_len + offset as u64 {
-            return Err(format!(
-                "event index {} where {} was expected",
-                event.index,
-                base_len + offset as u64
-            ));
+            return Err(format!("event index {} where {} was expected", event.index, base_len + offset as u64));
         }
         if event.kind.is_command() {
             continue;
         }
         match inputs.next() {
             Some((time, kind)) if *time == event.time_ms && *kind == event.kind => {}
-            _ => {
-                return Err(format!(
-                    "input event {} is not the next inbox input",
-                    event.index
-                ))
-            }
+            _ => return Err(format!("input event {} is not the next inbox input", event.index)),
         }
     }
     if inputs.next().is_some() {

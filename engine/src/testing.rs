@@ -37,30 +37,21 @@ impl Host {
     /// Feeds an input at the current time and records the effects.
     pub fn feed(&mut self, input: Input) {
         let mut effects = Vec::new();
-        self.engine
-            .handle(self.now, input, &mut effects)
-            .expect("engine accepts the input");
+        self.engine.handle(self.now, input, &mut effects).expect("engine accepts the input");
         self.perform(effects);
     }
 
     pub fn perform(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Append { run_id, event } => {
-                    self.appended.entry(run_id).or_default().push(event)
-                }
+                Effect::Append { run_id, event } => self.appended.entry(run_id).or_default().push(event),
                 Effect::ScheduleActivity(task) => {
-                    self.activities
-                        .insert((task.run_id.clone(), task.seq), task);
+                    self.activities.insert((task.run_id.clone(), task.seq), task);
                 }
                 Effect::CancelActivity { run_id, seq } => {
                     self.activities.remove(&(run_id, seq));
                 }
-                Effect::StartTimer {
-                    run_id,
-                    timer,
-                    fire_at,
-                } => {
+                Effect::StartTimer { run_id, timer, fire_at } => {
                     self.timers.insert((run_id, timer), fire_at);
                 }
                 Effect::RunClosed { run_id, .. } => self.closed.push(run_id),
@@ -68,36 +59,16 @@ impl Host {
         }
     }
 
-    pub fn start(
-        &mut self,
-        workflow_type: &str,
-        workflow_id: &str,
-        input: serde_json::Value,
-    ) -> String {
-        self.feed(Input::StartRun {
-            workflow_id: workflow_id.into(),
-            workflow_type: workflow_type.into(),
-            input,
-        });
-        self.engine
-            .latest_run(workflow_id)
-            .expect("run started")
-            .to_owned()
+    pub fn start(&mut self, workflow_type: &str, workflow_id: &str, input: serde_json::Value) -> String {
+        self.feed(Input::StartRun { workflow_id: workflow_id.into(), workflow_type: workflow_type.into(), input });
+        self.engine.latest_run(workflow_id).expect("run started").to_owned()
     }
 
     /// The one open activity attempt of a run with this type (panics if none or several).
     pub fn task(&self, activity_type: &str) -> ActivityTask {
-        let mut found = self
-            .activities
-            .values()
-            .filter(|t| t.activity_type == activity_type);
-        let task = found
-            .next()
-            .unwrap_or_else(|| panic!("no pending {activity_type} activity"));
-        assert!(
-            found.next().is_none(),
-            "several pending {activity_type} activities"
-        );
+        let mut found = self.activities.values().filter(|t| t.activity_type == activity_type);
+        let task = found.next().unwrap_or_else(|| panic!("no pending {activity_type} activity"));
+        assert!(found.next().is_none(), "several pending {activity_type} activities");
         task.clone()
     }
 
@@ -127,27 +98,14 @@ impl Host {
 
     /// Advances time to the earliest pending timer and fires it.
     pub fn fire_next_timer(&mut self) {
-        let (key, fire_at) = self
-            .timers
-            .iter()
-            .min_by_key(|(_, at)| **at)
-            .map(|(k, at)| (k.clone(), *at))
-            .expect("a pending timer");
+        let (key, fire_at) =
+            self.timers.iter().min_by_key(|(_, at)| **at).map(|(k, at)| (k.clone(), *at)).expect("a pending timer");
         self.timers.remove(&key);
         self.now = self.now.max(fire_at);
-        self.feed(Input::TimerFired {
-            run_id: key.0,
-            timer: key.1,
-        });
+        self.feed(Input::TimerFired { run_id: key.0, timer: key.1 });
     }
 
-    pub fn signal(
-        &mut self,
-        workflow_id: &str,
-        signal_id: &str,
-        name: &str,
-        payload: serde_json::Value,
-    ) {
+    pub fn signal(&mut self, workflow_id: &str, signal_id: &str, name: &str, payload: serde_json::Value) {
         self.feed(Input::Signal {
             workflow_id: workflow_id.into(),
             signal_id: signal_id.into(),

@@ -65,14 +65,7 @@ impl WorkflowWorker {
 
     /// Processes a task into the events to append.
     pub fn process(&mut self, task: WorkflowTask) -> Outcome {
-        let WorkflowTask {
-            run_id,
-            token,
-            base_len,
-            from,
-            history,
-            inbox,
-        } = task;
+        let WorkflowTask { run_id, token, base_len, from, history, inbox } = task;
         self.pending.remove(&run_id);
         let mut machine = match self.cache.remove(&run_id) {
             Some(cached) if from > 0 && cached.len == base_len && history.is_empty() => {
@@ -81,9 +74,7 @@ impl WorkflowWorker {
             }
             _ if from > 0 => {
                 return Outcome::Abandon {
-                    reason: format!(
-                        "run {run_id}: sticky cache has no machine at event {base_len}"
-                    ),
+                    reason: format!("run {run_id}: sticky cache has no machine at event {base_len}"),
                 }
             }
             _ if history.is_empty() => None,
@@ -91,10 +82,7 @@ impl WorkflowWorker {
                 self.replay_count += 1;
                 match Machine::replay(&self.registry, &history) {
                     Ok((machine, extra)) => {
-                        assert!(
-                            extra.is_empty(),
-                            "run {run_id}: a stored history ends mid-decision"
-                        );
+                        assert!(extra.is_empty(), "run {run_id}: a stored history ends mid-decision");
                         Some(machine)
                     }
                     Err(error) => return Outcome::Fail(error),
@@ -109,11 +97,7 @@ impl WorkflowWorker {
                 break;
             }
             let index = base_len + events.len() as u64;
-            let input = Event {
-                index,
-                time_ms: time,
-                kind,
-            };
+            let input = Event { index, time_ms: time, kind };
             let commands = match machine.as_mut() {
                 Some(machine) => machine.apply(&input),
                 None => match Machine::new(&self.registry, &input) {
@@ -132,11 +116,7 @@ impl WorkflowWorker {
             consumed += 1;
             for kind in commands {
                 let index = base_len + events.len() as u64;
-                events.push(Event {
-                    index,
-                    time_ms: time,
-                    kind,
-                });
+                events.push(Event { index, time_ms: time, kind });
             }
         }
         let machine = machine.expect("a task starts with workflow_started or a history");
@@ -144,13 +124,7 @@ impl WorkflowWorker {
         if !machine.is_closed() {
             self.pending.insert(run_id.clone(), Cached { machine, len });
         }
-        Outcome::Complete(WorkflowCompletion {
-            run_id,
-            token,
-            base_len,
-            events,
-            consumed,
-        })
+        Outcome::Complete(WorkflowCompletion { run_id, token, base_len, events, consumed })
     }
 
     /// The store's answer to a completion: cache the machine only if it was accepted.

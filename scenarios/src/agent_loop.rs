@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tempest_engine::history::Kind;
-use tempest_engine::services::{
-    Activities, ActivityCtx, LlmRequest, LlmResponse, Message, ToolCall,
-};
+use tempest_engine::services::{Activities, ActivityCtx, LlmRequest, LlmResponse, Message, ToolCall};
 use tempest_engine::{Ctx, Failure, Registry, Time, WorkflowResult};
 use tempest_sim::rng::Rng;
 use tempest_sim::scenario::{Finished, Scenario, Start, ToolOutcome};
@@ -46,34 +44,20 @@ const TOKENS_PER_TURN: u64 = 800;
 
 /// The agent loop as a user writes it.
 pub(crate) async fn agent_loop(ctx: Ctx, input: AgentInput) -> WorkflowResult<AgentOutput> {
-    let mut messages = vec![
-        Message::system("You are a research agent. Use tools, then answer."),
-        Message::user(input.task.clone()),
-    ];
+    let mut messages =
+        vec![Message::system("You are a research agent. Use tools, then answer."), Message::user(input.task.clone())];
     // The tool set grows as the agent works: notes can be written once something was found.
     let mut tools = vec!["search".to_owned(), "calculator".to_owned()];
     let mut tool_calls = 0;
     for turn in 1..=input.turn_limit {
         let output: TurnOutput = ctx
-            .activity(
-                "llm_turn",
-                &TurnInput {
-                    messages: messages.clone(),
-                    tools: tools.clone(),
-                },
-            )
+            .activity("llm_turn", &TurnInput { messages: messages.clone(), tools: tools.clone() })
             .retry(common::llm_retry())
             .start_to_close(LLM_TIMEOUT)
             .rate_limit(LLM_KEY_NAME, TOKENS_PER_TURN)
             .await?;
         match output {
-            TurnOutput::Answer(answer) => {
-                return Ok(AgentOutput {
-                    answer: Some(answer),
-                    turns: turn,
-                    tool_calls,
-                })
-            }
+            TurnOutput::Answer(answer) => return Ok(AgentOutput { answer: Some(answer), turns: turn, tool_calls }),
             TurnOutput::Call(call) => {
                 let result: Value = ctx
                     .activity("call_tool", &json!({ "name": call.name, "arguments": call.arguments, "workflow_id": ctx.workflow_id(), "turn": turn }))
@@ -81,10 +65,7 @@ pub(crate) async fn agent_loop(ctx: Ctx, input: AgentInput) -> WorkflowResult<Ag
                     .start_to_close(Duration::from_secs(60))
                     .await?;
                 tool_calls += 1;
-                messages.push(Message::assistant(format!(
-                    "call {} {}",
-                    call.name, call.arguments
-                )));
+                messages.push(Message::assistant(format!("call {} {}", call.name, call.arguments)));
                 messages.push(Message::tool(result.to_string()));
                 if call.name == "search" && !tools.iter().any(|t| t == "write_note") {
                     tools.push("write_note".to_owned());
@@ -92,11 +73,7 @@ pub(crate) async fn agent_loop(ctx: Ctx, input: AgentInput) -> WorkflowResult<Ag
             }
         }
     }
-    Ok(AgentOutput {
-        answer: None,
-        turns: input.turn_limit,
-        tool_calls,
-    })
+    Ok(AgentOutput { answer: None, turns: input.turn_limit, tool_calls })
 }
 
 async fn llm_turn(ctx: ActivityCtx, input: TurnInput) -> Result<TurnOutput, Failure> {
@@ -150,9 +127,7 @@ impl Scenario for AgentLoop {
 
     fn activities(&self) -> Activities {
         let mut activities = Activities::new();
-        activities
-            .register("llm_turn", llm_turn)
-            .register("call_tool", call_tool);
+        activities.register("llm_turn", llm_turn).register("call_tool", call_tool);
         activities
     }
 
@@ -174,8 +149,7 @@ impl Scenario for AgentLoop {
         let answer_now = tool_results >= 1 && rng.chance(0.25 + 0.15 * tool_results as f64);
         if answer_now || request.tools.is_empty() {
             return LlmResponse {
-                content: json!({ "answer": format!("answer after {tool_results} tool results") })
-                    .to_string(),
+                content: json!({ "answer": format!("answer after {tool_results} tool results") }).to_string(),
                 tool_calls: Vec::new(),
                 token_count: request.token_count,
             };
@@ -184,10 +158,7 @@ impl Scenario for AgentLoop {
         let arguments = json!({ "query": format!("q{}", rng.below(100)) });
         LlmResponse {
             content: "{}".to_owned(),
-            tool_calls: vec![ToolCall {
-                name: tool,
-                arguments,
-            }],
+            tool_calls: vec![ToolCall { name: tool, arguments }],
             token_count: request.token_count,
         }
     }
@@ -196,18 +167,11 @@ impl Scenario for AgentLoop {
         let workflow_id = arguments["workflow_id"].as_str().unwrap_or("?");
         let turn = arguments["turn"].as_u64().unwrap_or(0);
         match name {
-            "write_note" => ToolOutcome {
-                result: json!({ "saved": true }),
-                effect: Some(format!("note:{workflow_id}:{turn}")),
-            },
-            "calculator" => ToolOutcome {
-                result: json!({ "value": rng.below(1000) }),
-                effect: None,
-            },
-            _ => ToolOutcome {
-                result: json!({ "hits": rng.below(10) }),
-                effect: None,
-            },
+            "write_note" => {
+                ToolOutcome { result: json!({ "saved": true }), effect: Some(format!("note:{workflow_id}:{turn}")) }
+            }
+            "calculator" => ToolOutcome { result: json!({ "value": rng.below(1000) }), effect: None },
+            _ => ToolOutcome { result: json!({ "hits": rng.below(10) }), effect: None },
         }
     }
 
@@ -223,16 +187,10 @@ impl Scenario for AgentLoop {
             let Kind::WorkflowCompleted { output } = &last.kind else {
                 continue;
             };
-            let output: AgentOutput = serde_json::from_value(output.clone()).map_err(|e| {
-                format!(
-                    "run {}: output {output} is not an agent output: {e}",
-                    history.run_id
-                )
-            })?;
+            let output: AgentOutput = serde_json::from_value(output.clone())
+                .map_err(|e| format!("run {}: output {output} is not an agent output: {e}", history.run_id))?;
             let limit = match &history.events[0].kind {
-                Kind::WorkflowStarted { input, .. } => {
-                    input["turn_limit"].as_u64().unwrap_or(0) as u32
-                }
+                Kind::WorkflowStarted { input, .. } => input["turn_limit"].as_u64().unwrap_or(0) as u32,
                 _ => 0,
             };
             if output.turns > limit || output.tool_calls > limit {
@@ -243,7 +201,10 @@ impl Scenario for AgentLoop {
             }
             let scheduled_tools = history.events.iter().filter(|e| matches!(&e.kind, Kind::ActivityScheduled { activity_type, .. } if activity_type == "call_tool")).count() as u32;
             if scheduled_tools != output.tool_calls {
-                return Err(format!("run {}: {scheduled_tools} tool activities in the history but the agent counted {}", history.run_id, output.tool_calls));
+                return Err(format!(
+                    "run {}: {scheduled_tools} tool activities in the history but the agent counted {}",
+                    history.run_id, output.tool_calls
+                ));
             }
         }
         Ok(())

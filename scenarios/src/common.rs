@@ -21,9 +21,7 @@ pub(crate) fn llm_retry() -> RetryPolicy {
 
 /// Retries for tool calls.
 pub(crate) fn tool_retry() -> RetryPolicy {
-    RetryPolicy::attempts(8)
-        .initial_interval(Duration::from_millis(500))
-        .max_interval(Duration::from_secs(20))
+    RetryPolicy::attempts(8).initial_interval(Duration::from_millis(500)).max_interval(Duration::from_secs(20))
 }
 
 pub(crate) const LLM_TIMEOUT: Duration = Duration::from_secs(120);
@@ -35,9 +33,7 @@ pub(crate) async fn chat(ctx: &ActivityCtx, request: LlmRequest) -> Result<LlmRe
     let json_output = request.json_output;
     let response = ctx.llm(request).await?;
     if json_output && serde_json::from_str::<serde_json::Value>(&response.content).is_err() {
-        return Err(Failure::InvalidOutput {
-            message: format!("answer is not valid JSON: {:?}", response.content),
-        });
+        return Err(Failure::InvalidOutput { message: format!("answer is not valid JSON: {:?}", response.content) });
     }
     Ok(response)
 }

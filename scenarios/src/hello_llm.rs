@@ -42,15 +42,11 @@ async fn llm(ctx: ActivityCtx, prompt: String) -> Result<String, Failure> {
     };
     let response = chat(&ctx, request).await?;
     let value: serde_json::Value =
-        serde_json::from_str(&response.content).map_err(|e| Failure::InvalidOutput {
-            message: e.to_string(),
-        })?;
+        serde_json::from_str(&response.content).map_err(|e| Failure::InvalidOutput { message: e.to_string() })?;
     value["answer"]
         .as_str()
         .map(str::to_owned)
-        .ok_or(Failure::InvalidOutput {
-            message: "missing field `answer`".to_owned(),
-        })
+        .ok_or(Failure::InvalidOutput { message: "missing field `answer`".to_owned() })
 }
 
 pub(crate) fn register(registry: &mut Registry) {
@@ -92,11 +88,7 @@ impl Scenario for HelloLlm {
     }
 
     fn llm_answer(&self, request: &LlmRequest, _rng: &mut Rng) -> LlmResponse {
-        let prompt = request
-            .messages
-            .last()
-            .map(|m| m.content.clone())
-            .unwrap_or_default();
+        let prompt = request.messages.last().map(|m| m.content.clone()).unwrap_or_default();
         LlmResponse {
             content: json!({ "answer": format!("hello! ({prompt})") }).to_string(),
             tool_calls: Vec::new(),
@@ -104,16 +96,8 @@ impl Scenario for HelloLlm {
         }
     }
 
-    fn tool_call(
-        &self,
-        _name: &str,
-        _arguments: &serde_json::Value,
-        _rng: &mut Rng,
-    ) -> ToolOutcome {
-        ToolOutcome {
-            result: serde_json::Value::Null,
-            effect: None,
-        }
+    fn tool_call(&self, _name: &str, _arguments: &serde_json::Value, _rng: &mut Rng) -> ToolOutcome {
+        ToolOutcome { result: serde_json::Value::Null, effect: None }
     }
 
     fn liveness_bound(&self) -> Duration {
@@ -122,8 +106,7 @@ impl Scenario for HelloLlm {
 
     fn check(&self, finished: &Finished<'_>) -> Result<(), String> {
         for history in finished.histories {
-            let Some(Kind::WorkflowCompleted { output }) = history.events.last().map(|e| &e.kind)
-            else {
+            let Some(Kind::WorkflowCompleted { output }) = history.events.last().map(|e| &e.kind) else {
                 continue;
             };
             let recorded = history.events.iter().find_map(|e| match &e.kind {

@@ -55,11 +55,7 @@ pub(crate) async fn human_approval(ctx: Ctx, request: Request) -> WorkflowResult
         let draft: String = ctx
             .activity(
                 "draft",
-                &DraftInput {
-                    topic: request.topic.clone(),
-                    previous: previous.clone(),
-                    comment: comment.clone(),
-                },
+                &DraftInput { topic: request.topic.clone(), previous: previous.clone(), comment: comment.clone() },
             )
             .retry(common::llm_retry())
             .start_to_close(LLM_TIMEOUT)
@@ -67,63 +63,40 @@ pub(crate) async fn human_approval(ctx: Ctx, request: Request) -> WorkflowResult
             .await?;
         ctx.set_query_value("draft", &draft);
         let _: Value = ctx
-            .activity(
-                NOTIFY_HUMAN,
-                &json!({ "workflow_id": ctx.workflow_id(), "revision": revision, "draft": draft }),
-            )
+            .activity(NOTIFY_HUMAN, &json!({ "workflow_id": ctx.workflow_id(), "revision": revision, "draft": draft }))
             .retry(common::tool_retry())
             .start_to_close(Duration::from_secs(60))
             .await?;
-        let Some(answer) = ctx
-            .signal_timeout::<Approval>("approval", APPROVAL_TIMEOUT)
-            .await?
-        else {
+        let Some(answer) = ctx.signal_timeout::<Approval>("approval", APPROVAL_TIMEOUT).await? else {
             let _: Value = ctx
-                .activity(
-                    "escalate",
-                    &json!({ "workflow_id": ctx.workflow_id(), "revision": revision }),
-                )
+                .activity("escalate", &json!({ "workflow_id": ctx.workflow_id(), "revision": revision }))
                 .retry(common::tool_retry())
                 .await?;
-            return Ok(Decision::Escalated {
-                revisions: revision,
-            });
+            return Ok(Decision::Escalated { revisions: revision });
         };
         if answer.approved {
             let _: Value = ctx
-                .activity(
-                    "publish",
-                    &json!({ "workflow_id": ctx.workflow_id(), "draft": draft }),
-                )
+                .activity("publish", &json!({ "workflow_id": ctx.workflow_id(), "draft": draft }))
                 .retry(common::tool_retry())
                 .await?;
-            return Ok(Decision::Published {
-                draft,
-                revisions: revision,
-            });
+            return Ok(Decision::Published { draft, revisions: revision });
         }
         previous = Some(draft);
         comment = Some(answer.comment);
     }
-    Ok(Decision::RejectedTooOften {
-        revisions: REVISION_COUNT_MAX,
-    })
+    Ok(Decision::RejectedTooOften { revisions: REVISION_COUNT_MAX })
 }
 
 async fn draft(ctx: ActivityCtx, input: DraftInput) -> Result<String, Failure> {
-    let mut messages = vec![
-        Message::system("Write a short announcement as JSON {\"text\": ...}."),
-        Message::user(input.topic),
-    ];
+    let mut messages =
+        vec![Message::system("Write a short announcement as JSON {\"text\": ...}."), Message::user(input.topic)];
     if let (Some(previous), Some(comment)) = (input.previous, input.comment) {
         messages.push(Message::assistant(previous));
         messages.push(Message::user(format!("Revise it: {comment}")));
     }
     if let Some(Failure::InvalidOutput { message }) = ctx.previous_failure() {
         // The validation error of the last attempt tells the model what to fix.
-        messages.push(Message::user(format!(
-            "Your last answer was invalid: {message}"
-        )));
+        messages.push(Message::user(format!("Your last answer was invalid: {message}")));
     }
     let request = LlmRequest {
         model: MODEL.to_owned(),
@@ -134,15 +107,11 @@ async fn draft(ctx: ActivityCtx, input: DraftInput) -> Result<String, Failure> {
     };
     let response = chat(&ctx, request).await?;
     let value: Value =
-        serde_json::from_str(&response.content).map_err(|e| Failure::InvalidOutput {
-            message: e.to_string(),
-        })?;
+        serde_json::from_str(&response.content).map_err(|e| Failure::InvalidOutput { message: e.to_string() })?;
     value["text"]
         .as_str()
         .map(str::to_owned)
-        .ok_or(Failure::InvalidOutput {
-            message: "missing field `text`".to_owned(),
-        })
+        .ok_or(Failure::InvalidOutput { message: "missing field `text`".to_owned() })
 }
 
 async fn tool(ctx: ActivityCtx, name: &'static str, arguments: Value) -> Result<Value, Failure> {
@@ -174,9 +143,7 @@ impl Scenario for HumanApproval {
         let mut activities = Activities::new();
         activities
             .register("draft", draft)
-            .register(NOTIFY_HUMAN, |ctx, args: Value| {
-                tool(ctx, NOTIFY_HUMAN, args)
-            })
+            .register(NOTIFY_HUMAN, |ctx, args: Value| tool(ctx, NOTIFY_HUMAN, args))
             .register("publish", |ctx, args: Value| tool(ctx, "publish", args))
             .register("escalate", |ctx, args: Value| tool(ctx, "escalate", args));
         activities
@@ -211,20 +178,13 @@ impl Scenario for HumanApproval {
             "publish" => format!("publish:{workflow_id}"),
             _ => format!("escalate:{workflow_id}"),
         };
-        ToolOutcome {
-            result: json!({ "ok": true }),
-            effect: Some(effect),
-        }
+        ToolOutcome { result: json!({ "ok": true }), effect: Some(effect) }
     }
 
     fn human_answer(&self, arguments: &Value, rng: &mut Rng) -> Option<HumanAnswer> {
         let workflow_id = arguments["workflow_id"].as_str()?.to_owned();
         let approved = rng.chance(0.6);
-        let comment = if approved {
-            String::new()
-        } else {
-            "make it shorter".to_owned()
-        };
+        let comment = if approved { String::new() } else { "make it shorter".to_owned() };
         Some(HumanAnswer {
             workflow_id,
             signal_name: "approval".to_owned(),
@@ -239,8 +199,7 @@ impl Scenario for HumanApproval {
 
     fn check(&self, finished: &Finished<'_>) -> Result<(), String> {
         for history in finished.histories {
-            let Some(Kind::WorkflowCompleted { output }) = history.events.last().map(|e| &e.kind)
-            else {
+            let Some(Kind::WorkflowCompleted { output }) = history.events.last().map(|e| &e.kind) else {
                 continue;
             };
             let decision: Decision = serde_json::from_value(output.clone())
@@ -253,29 +212,17 @@ impl Scenario for HumanApproval {
                     _ => None,
                 })
                 .collect();
-            let published = finished
-                .tool_effects
-                .iter()
-                .filter(|e| **e == format!("publish:{}", history.workflow_id))
-                .count();
+            let published =
+                finished.tool_effects.iter().filter(|e| **e == format!("publish:{}", history.workflow_id)).count();
             match decision {
                 Decision::Published { .. } if !approvals.contains(&true) => {
-                    return Err(format!(
-                        "run {}: published without an approval",
-                        history.run_id
-                    ))
+                    return Err(format!("run {}: published without an approval", history.run_id))
                 }
                 Decision::Published { .. } if published != 1 => {
-                    return Err(format!(
-                        "run {}: published {published} times",
-                        history.run_id
-                    ))
+                    return Err(format!("run {}: published {published} times", history.run_id))
                 }
                 Decision::Escalated { .. } if published != 0 => {
-                    return Err(format!(
-                        "run {}: escalated but also published",
-                        history.run_id
-                    ))
+                    return Err(format!("run {}: escalated but also published", history.run_id))
                 }
                 _ => {}
             }

@@ -15,11 +15,7 @@ use tempest_sim::Scenario;
 
 /// Every built-in scenario, in the order `tempest scenarios` lists them.
 pub fn all() -> Vec<Box<dyn Scenario>> {
-    vec![
-        Box::new(hello_llm::HelloLlm),
-        Box::new(agent_loop::AgentLoop),
-        Box::new(human_approval::HumanApproval),
-    ]
+    vec![Box::new(hello_llm::HelloLlm), Box::new(agent_loop::AgentLoop), Box::new(human_approval::HumanApproval)]
 }
 
 /// The scenario called `name`.

@@ -20,16 +20,8 @@ pub struct Agenda<E> {
 
 impl<E> Agenda<E> {
     pub fn new(len_max: usize) -> Agenda<E> {
-        assert!(
-            len_max > 0,
-            "an agenda that holds nothing cannot run a world"
-        );
-        Agenda {
-            events: BTreeMap::new(),
-            now: Time::ZERO,
-            sequence_next: 0,
-            len_max,
-        }
+        assert!(len_max > 0, "an agenda that holds nothing cannot run a world");
+        Agenda { events: BTreeMap::new(), now: Time::ZERO, sequence_next: 0, len_max }
     }
 
     /// The virtual clock: the time of the last popped event.
@@ -38,16 +30,8 @@ impl<E> Agenda<E> {
     }
 
     pub fn push(&mut self, at: Time, event: E) {
-        assert!(
-            at >= self.now,
-            "event scheduled at {at}, before now {}",
-            self.now
-        );
-        assert!(
-            self.events.len() < self.len_max,
-            "agenda is full at len_max {}",
-            self.len_max
-        );
+        assert!(at >= self.now, "event scheduled at {at}, before now {}", self.now);
+        assert!(self.events.len() < self.len_max, "agenda is full at len_max {}", self.len_max);
         self.events.insert((at, self.sequence_next), event);
         self.sequence_next += 1;
     }
@@ -55,11 +39,7 @@ impl<E> Agenda<E> {
     /// Removes the earliest event and moves the clock to its time.
     pub fn pop(&mut self) -> Option<(Time, E)> {
         let ((at, _), event) = self.events.pop_first()?;
-        assert!(
-            at >= self.now,
-            "agenda went back in time from {} to {at}",
-            self.now
-        );
+        assert!(at >= self.now, "agenda went back in time from {} to {at}", self.now);
         self.now = at;
         Some((at, event))
     }
@@ -91,15 +71,7 @@ mod tests {
         agenda.push(Time(10), "b");
         assert_eq!(agenda.peek_time(), Some(Time(10)));
         let order: Vec<_> = std::iter::from_fn(|| agenda.pop()).collect();
-        assert_eq!(
-            order,
-            [
-                (Time(10), "a"),
-                (Time(10), "b"),
-                (Time(20), "c"),
-                (Time(20), "d")
-            ]
-        );
+        assert_eq!(order, [(Time(10), "a"), (Time(10), "b"), (Time(20), "c"), (Time(20), "d")]);
         assert!(agenda.is_empty());
         assert_eq!(agenda.pop(), None);
     }

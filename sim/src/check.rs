@@ -39,22 +39,15 @@ pub struct Evidence {
 
 impl Evidence {
     pub fn grant(&mut self, run_id: &str, seq: u32, attempt: u32, worker: &str) {
-        let workers = self
-            .grants
-            .entry((run_id.to_owned(), seq, attempt))
-            .or_default();
+        let workers = self.grants.entry((run_id.to_owned(), seq, attempt)).or_default();
         if !workers.is_empty() && !workers.contains(worker) {
-            self.sometimes
-                .entry("lease_expired_and_another_worker_took_over")
-                .and_modify(|n| *n += 1)
-                .or_insert(1);
+            self.sometimes.entry("lease_expired_and_another_worker_took_over").and_modify(|n| *n += 1).or_insert(1);
         }
         workers.insert(worker.to_owned());
     }
 
     pub fn dispatched(&mut self, worker: &str, key: &str, time: Time, tokens: u64) {
-        self.dispatches
-            .push((worker.to_owned(), key.to_owned(), time, tokens));
+        self.dispatches.push((worker.to_owned(), key.to_owned(), time, tokens));
     }
 
     /// Records a tool's side effect; `false` if it was already applied once.
@@ -69,10 +62,7 @@ impl Evidence {
 }
 
 fn failure(check: &str, message: String) -> CheckFailure {
-    CheckFailure {
-        check: check.to_owned(),
-        message,
-    }
+    CheckFailure { check: check.to_owned(), message }
 }
 
 /// Every check over the finished world, in a fixed order.
@@ -95,12 +85,9 @@ pub fn run_all(
 /// Every history is well formed: numbered, ordered in time, and each event allowed where it is.
 pub fn check_histories_well_formed(histories: &[History]) -> Result<(), CheckFailure> {
     for history in histories {
-        history.validate().map_err(|e| {
-            failure(
-                "check_histories_well_formed",
-                format!("run {}: {e}", history.run_id),
-            )
-        })?;
+        history
+            .validate()
+            .map_err(|e| failure("check_histories_well_formed", format!("run {}: {e}", history.run_id)))?;
     }
     Ok(())
 }
@@ -120,16 +107,9 @@ pub fn check_starts_exactly_once(store: &Store, evidence: &Evidence) -> Result<(
         let chain = store.chain(workflow_id);
         for (position, run_id) in chain.iter().enumerate() {
             let run = store.run(run_id).expect("chains name known runs");
-            let started = run
-                .events
-                .first()
-                .map(|e| &e.kind)
-                .or_else(|| run.inbox.front().map(|(_, k)| k));
+            let started = run.events.first().map(|e| &e.kind).or_else(|| run.inbox.front().map(|(_, k)| k));
             let Some(Kind::WorkflowStarted { continued_from, .. }) = started else {
-                return Err(failure(
-                    "check_starts_exactly_once",
-                    format!("run {run_id} has no workflow_started"),
-                ));
+                return Err(failure("check_starts_exactly_once", format!("run {run_id} has no workflow_started")));
             };
             let expected = position.checked_sub(1).map(|p| chain[p].clone());
             if *continued_from != expected {
@@ -143,20 +123,11 @@ pub fn check_starts_exactly_once(store: &Store, evidence: &Evidence) -> Result<(
 /// No run records more than one ending, and an ending is its last event.
 pub fn check_runs_complete_exactly_once(histories: &[History]) -> Result<(), CheckFailure> {
     for history in histories {
-        let endings: Vec<u64> = history
-            .events
-            .iter()
-            .filter(|e| e.kind.is_terminal())
-            .map(|e| e.index)
-            .collect();
+        let endings: Vec<u64> = history.events.iter().filter(|e| e.kind.is_terminal()).map(|e| e.index).collect();
         if endings.len() > 1 {
             return Err(failure(
                 "check_runs_complete_exactly_once",
-                format!(
-                    "run {} completed {} times (events {endings:?})",
-                    history.run_id,
-                    endings.len()
-                ),
+                format!("run {} completed {} times (events {endings:?})", history.run_id, endings.len()),
             ));
         }
     }
@@ -164,17 +135,12 @@ pub fn check_runs_complete_exactly_once(histories: &[History]) -> Result<(), Che
 }
 
 /// Every acknowledged signal is in its workflow's histories exactly once.
-pub fn check_signals_recorded_once(
-    histories: &[History],
-    evidence: &Evidence,
-) -> Result<(), CheckFailure> {
+pub fn check_signals_recorded_once(histories: &[History], evidence: &Evidence) -> Result<(), CheckFailure> {
     let mut counts: BTreeMap<(&str, &str), u32> = BTreeMap::new();
     for history in histories {
         for event in &history.events {
             if let Kind::SignalReceived { signal_id, .. } = &event.kind {
-                *counts
-                    .entry((history.workflow_id.as_str(), signal_id.as_str()))
-                    .or_default() += 1;
+                *counts.entry((history.workflow_id.as_str(), signal_id.as_str())).or_default() += 1;
             }
         }
     }
@@ -188,39 +154,24 @@ pub fn check_signals_recorded_once(
     }
     for (workflow_id, signal_id) in &evidence.acked_signals {
         if !counts.contains_key(&(workflow_id.as_str(), signal_id.as_str())) {
-            return Err(failure("check_signals_recorded_once", format!("workflow {workflow_id}: signal {signal_id} was acknowledged but is in no history")));
+            return Err(failure(
+                "check_signals_recorded_once",
+                format!("workflow {workflow_id}: signal {signal_id} was acknowledged but is in no history"),
+            ));
         }
     }
     Ok(())
 }
 
 /// Every activity result is recorded once, and only from a worker that held that attempt.
-pub fn check_activity_results_recorded_once(
-    histories: &[History],
-    evidence: &Evidence,
-) -> Result<(), CheckFailure> {
+pub fn check_activity_results_recorded_once(histories: &[History], evidence: &Evidence) -> Result<(), CheckFailure> {
     for history in histories {
         let mut closed: BTreeMap<u32, u64> = BTreeMap::new();
         for event in &history.events {
             let (seq, attempt, worker, closes) = match &event.kind {
-                Kind::ActivityCompleted {
-                    seq,
-                    attempt,
-                    worker,
-                    ..
-                }
-                | Kind::ActivityFailed {
-                    seq,
-                    attempt,
-                    worker,
-                    ..
-                } => (*seq, *attempt, worker, true),
-                Kind::ActivityAttemptFailed {
-                    seq,
-                    attempt,
-                    worker,
-                    ..
-                } => (*seq, *attempt, worker, false),
+                Kind::ActivityCompleted { seq, attempt, worker, .. }
+                | Kind::ActivityFailed { seq, attempt, worker, .. } => (*seq, *attempt, worker, true),
+                Kind::ActivityAttemptFailed { seq, attempt, worker, .. } => (*seq, *attempt, worker, false),
                 _ => continue,
             };
             if closes {
@@ -252,10 +203,7 @@ pub fn check_activity_results_recorded_once(
 pub fn check_rate_limits_held(evidence: &Evidence) -> Result<(), CheckFailure> {
     let mut by_worker_key: BTreeMap<(&str, &str), Vec<(Time, u64)>> = BTreeMap::new();
     for (worker, key, time, tokens) in &evidence.dispatches {
-        by_worker_key
-            .entry((worker.as_str(), key.as_str()))
-            .or_default()
-            .push((*time, *tokens));
+        by_worker_key.entry((worker.as_str(), key.as_str())).or_default().push((*time, *tokens));
     }
     for ((worker, key), dispatches) in by_worker_key {
         let Some(limit) = evidence.worker_limits.get(key) else {
@@ -271,12 +219,15 @@ pub fn check_rate_limits_held(evidence: &Evidence) -> Result<(), CheckFailure> {
             }
             let count = (end - start + 1) as u64;
             if limit.requests_per_minute.is_some_and(|rpm| count > rpm) {
-                return Err(failure("check_rate_limits_held", format!("{worker} dispatched {count} requests under {key} in the minute to {time}, over its limit {:?}", limit.requests_per_minute)));
+                return Err(failure(
+                    "check_rate_limits_held",
+                    format!(
+                        "{worker} dispatched {count} requests under {key} in the minute to {time}, over its limit {:?}",
+                        limit.requests_per_minute
+                    ),
+                ));
             }
-            if limit
-                .tokens_per_minute
-                .is_some_and(|tpm| tokens_in_window > tpm)
-            {
+            if limit.tokens_per_minute.is_some_and(|tpm| tokens_in_window > tpm) {
                 return Err(failure("check_rate_limits_held", format!("{worker} dispatched {tokens_in_window} tokens under {key} in the minute to {time}, over its limit {:?}", limit.tokens_per_minute)));
             }
         }
@@ -285,16 +236,21 @@ pub fn check_rate_limits_held(evidence: &Evidence) -> Result<(), CheckFailure> {
 }
 
 /// Replaying each final history with today's workflow code reproduces it exactly.
-pub fn check_replay_reproduces(
-    scenario: &dyn Scenario,
-    histories: &[History],
-) -> Result<(), CheckFailure> {
+pub fn check_replay_reproduces(scenario: &dyn Scenario, histories: &[History]) -> Result<(), CheckFailure> {
     let registry = scenario.registry();
     for history in histories {
         match Machine::replay(&registry, &history.events) {
             Ok((machine, extra)) => {
                 if !extra.is_empty() {
-                    return Err(failure("check_replay_reproduces", format!("run {}: replay issues {} commands past the end of the history, first {}", history.run_id, extra.len(), extra[0])));
+                    return Err(failure(
+                        "check_replay_reproduces",
+                        format!(
+                            "run {}: replay issues {} commands past the end of the history, first {}",
+                            history.run_id,
+                            extra.len(),
+                            extra[0]
+                        ),
+                    ));
                 }
                 let ended = history.events.last().is_some_and(|e| e.kind.is_terminal());
                 if ended != machine.is_closed() {

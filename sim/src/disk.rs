@@ -52,10 +52,7 @@ impl Disk {
 
     /// Buffers one record; it is not durable until the next `sync`.
     pub fn append(&mut self, record: &[u8]) {
-        assert!(
-            !self.recovery_needed,
-            "append after a crash before recovery"
-        );
+        assert!(!self.recovery_needed, "append after a crash before recovery");
         let len = u32::try_from(record.len()).expect("record longer than u32::MAX bytes");
         let mut frame = Vec::with_capacity(HEADER_LEN + record.len());
         frame.extend_from_slice(&len.to_le_bytes());
@@ -87,14 +84,10 @@ impl Disk {
             } else {
                 // Zero at least one non-zero byte, so the torn frame really differs from the
                 // whole one. The length and checksum are never all zero, so one exists.
-                let last_nonzero = frame
-                    .iter()
-                    .rposition(|b| *b != 0)
-                    .expect("frame is non-zero");
+                let last_nonzero = frame.iter().rposition(|b| *b != 0).expect("frame is non-zero");
                 let cut = rng.range_inclusive(0, last_nonzero as u64) as usize;
                 self.durable.extend_from_slice(&frame[..cut]);
-                self.durable
-                    .resize(self.durable.len() + frame.len() - cut, 0);
+                self.durable.resize(self.durable.len() + frame.len() - cut, 0);
             }
             self.fault_counts.add(fault::DISK_TORN_WRITE);
         }
@@ -103,19 +96,13 @@ impl Disk {
         }
         self.unsynced.clear();
         self.recovery_needed = true;
-        CrashLoss {
-            unsynced_records_lost,
-            torn,
-        }
+        CrashLoss { unsynced_records_lost, torn }
     }
 
     /// Reads the durable log up to the first frame whose length or checksum does not check
     /// out, truncates the log there, and returns the records before it.
     pub fn recover(&mut self) -> Recovered {
-        assert!(
-            self.unsynced.is_empty(),
-            "recovery with unsynced records; crash first"
-        );
+        assert!(self.unsynced.is_empty(), "recovery with unsynced records; crash first");
         let mut records = Vec::new();
         let mut position = 0;
         while let Some((record, frame_len)) = read_frame(&self.durable[position..]) {
@@ -125,10 +112,7 @@ impl Disk {
         let torn_tail_detected = position < self.durable.len();
         self.durable.truncate(position);
         self.recovery_needed = false;
-        Recovered {
-            records,
-            torn_tail_detected,
-        }
+        Recovered { records, torn_tail_detected }
     }
 }
 
@@ -162,13 +146,7 @@ mod tests {
         disk.sync();
         disk.append(&record(2));
         let loss = disk.crash(&mut Rng::new(1), 0.0);
-        assert_eq!(
-            loss,
-            CrashLoss {
-                unsynced_records_lost: 1,
-                torn: false
-            }
-        );
+        assert_eq!(loss, CrashLoss { unsynced_records_lost: 1, torn: false });
         let recovered = disk.recover();
         assert_eq!(recovered.records, [record(0), record(1)]);
         assert!(!recovered.torn_tail_detected);
@@ -181,13 +159,7 @@ mod tests {
         disk.append(b"");
         disk.sync();
         let loss = disk.crash(&mut Rng::new(2), 1.0);
-        assert_eq!(
-            loss,
-            CrashLoss {
-                unsynced_records_lost: 0,
-                torn: false
-            }
-        );
+        assert_eq!(loss, CrashLoss { unsynced_records_lost: 0, torn: false });
         assert_eq!(disk.recover().records, [Vec::<u8>::new()]);
         assert_eq!(disk.fault_counts().total(), 0);
     }
@@ -208,14 +180,7 @@ mod tests {
             disk.append(&record(99));
 
             let loss = disk.crash(&mut rng, 1.0);
-            assert_eq!(
-                loss,
-                CrashLoss {
-                    unsynced_records_lost: 2,
-                    torn: true
-                },
-                "seed {seed}"
-            );
+            assert_eq!(loss, CrashLoss { unsynced_records_lost: 2, torn: true }, "seed {seed}");
             let recovered = disk.recover();
             let expected: Vec<Vec<u8>> = (0..synced_count).map(record).collect();
             assert_eq!(recovered.records, expected, "seed {seed}");
@@ -247,8 +212,7 @@ mod tests {
     fn append_after_crash_without_recovery_panics() {
         let mut disk = Disk::new();
         disk.crash(&mut Rng::new(3), 0.0);
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| disk.append(b"late")));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| disk.append(b"late")));
         assert!(result.is_err());
     }
 }

@@ -47,11 +47,7 @@ impl HumanFaults {
 impl HumanFaults {
     pub fn validate(&self) -> Result<(), swarm::Error> {
         swarm::check_at_least("human.answer_delay_ms_min", self.answer_delay_ms_min, 1)?;
-        swarm::check_at_least(
-            "human.answer_delay_ms_max",
-            self.answer_delay_ms_max,
-            self.answer_delay_ms_min,
-        )?;
+        swarm::check_at_least("human.answer_delay_ms_max", self.answer_delay_ms_max, self.answer_delay_ms_min)?;
         swarm::check_probability("human.never_probability", self.never_probability)?;
         swarm::check_probability("human.duplicate_probability", self.duplicate_probability)?;
         swarm::check_probability("human.late_probability", self.late_probability)
@@ -68,10 +64,7 @@ impl Default for HumanFaults {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HumanPlan {
     Never,
-    Answer {
-        after_ms: u64,
-        duplicate_after_ms: Option<u64>,
-    },
+    Answer { after_ms: u64, duplicate_after_ms: Option<u64> },
 }
 
 #[derive(Debug)]
@@ -85,10 +78,7 @@ impl HumanModel {
         if let Err(error) = faults.validate() {
             panic!("{error}");
         }
-        HumanModel {
-            faults,
-            fault_counts: FaultCounts::new(),
-        }
+        HumanModel { faults, fault_counts: FaultCounts::new() }
     }
 
     pub fn faults(&self) -> &HumanFaults {
@@ -101,11 +91,7 @@ impl HumanModel {
 
     /// Decides how one request will be answered.
     pub fn plan(&mut self, rng: &mut Rng) -> HumanPlan {
-        let HumanFaults {
-            answer_delay_ms_min: min,
-            answer_delay_ms_max: max,
-            ..
-        } = self.faults;
+        let HumanFaults { answer_delay_ms_min: min, answer_delay_ms_max: max, .. } = self.faults;
         if rng.chance(self.faults.never_probability) {
             self.fault_counts.add(fault::HUMAN_NEVER);
             return HumanPlan::Never;
@@ -120,10 +106,7 @@ impl HumanModel {
             self.fault_counts.add(fault::HUMAN_DUPLICATE);
             after_ms + rng.exp_ms(min)
         });
-        HumanPlan::Answer {
-            after_ms,
-            duplicate_after_ms,
-        }
+        HumanPlan::Answer { after_ms, duplicate_after_ms }
     }
 }
 
@@ -177,10 +160,7 @@ mod tests {
         let mut humans = model(|f| f.duplicate_probability = 1.0);
         let mut rng = Rng::new(4);
         for _ in 0..100 {
-            let HumanPlan::Answer {
-                after_ms,
-                duplicate_after_ms: Some(duplicate_after_ms),
-            } = humans.plan(&mut rng)
+            let HumanPlan::Answer { after_ms, duplicate_after_ms: Some(duplicate_after_ms) } = humans.plan(&mut rng)
             else {
                 panic!("expected a duplicated answer");
             };

@@ -65,20 +65,10 @@ impl LlmFaults {
 
 impl LlmFaults {
     pub fn validate(&self) -> Result<(), swarm::Error> {
-        swarm::check_probability(
-            "llm.server_error_probability",
-            self.server_error_probability,
-        )?;
-        swarm::check_at_least(
-            "llm.server_error_burst_len_mean",
-            self.server_error_burst_len_mean,
-            1,
-        )?;
+        swarm::check_probability("llm.server_error_probability", self.server_error_probability)?;
+        swarm::check_at_least("llm.server_error_burst_len_mean", self.server_error_burst_len_mean, 1)?;
         swarm::check_probability("llm.timeout_probability", self.timeout_probability)?;
-        swarm::check_probability(
-            "llm.invalid_output_probability",
-            self.invalid_output_probability,
-        )?;
+        swarm::check_probability("llm.invalid_output_probability", self.invalid_output_probability)?;
         if let Some(rpm) = self.rate_limit_rpm {
             swarm::check_at_least("llm.rate_limit_rpm", rpm, 1)?;
         }
@@ -130,28 +120,15 @@ struct Bucket {
 
 impl Bucket {
     fn full(per_minute: u64) -> Bucket {
-        assert!(
-            per_minute > 0,
-            "a rate limit of 0 per minute admits nothing"
-        );
-        Bucket {
-            per_minute,
-            level: per_minute * RATE_LIMIT_WINDOW_MS,
-            refilled_at: Time::ZERO,
-        }
+        assert!(per_minute > 0, "a rate limit of 0 per minute admits nothing");
+        Bucket { per_minute, level: per_minute * RATE_LIMIT_WINDOW_MS, refilled_at: Time::ZERO }
     }
 
     fn refill(&mut self, now: Time) {
-        assert!(
-            now >= self.refilled_at,
-            "bucket refilled at {now}, after {}",
-            self.refilled_at
-        );
+        assert!(now >= self.refilled_at, "bucket refilled at {now}, after {}", self.refilled_at);
         let elapsed_ms = now.as_ms() - self.refilled_at.as_ms();
         let capacity = self.per_minute * RATE_LIMIT_WINDOW_MS;
-        self.level = self
-            .level
-            .saturating_add(elapsed_ms.saturating_mul(self.per_minute));
+        self.level = self.level.saturating_add(elapsed_ms.saturating_mul(self.per_minute));
         self.level = self.level.min(capacity);
         self.refilled_at = now;
     }
@@ -226,19 +203,13 @@ impl LlmProvider {
     /// the provider held its limit. `now` must not be earlier than the last request.
     pub fn requests_accepted_in_window(&self, now: Time) -> u64 {
         let start_ms = now.as_ms().saturating_sub(RATE_LIMIT_WINDOW_MS);
-        self.accepted_at
-            .iter()
-            .filter(|at| at.as_ms() > start_ms)
-            .count() as u64
+        self.accepted_at.iter().filter(|at| at.as_ms() > start_ms).count() as u64
     }
 
     /// One request of `tokens` tokens (prompt plus expected completion) arriving at `now`.
     pub fn request(&mut self, now: Time, tokens: u64, rng: &mut Rng) -> LlmOutcome {
         if let Some(tpm) = self.faults.rate_limit_tpm {
-            assert!(
-                tokens <= tpm,
-                "request of {tokens} tokens can never fit {tpm} per minute"
-            );
+            assert!(tokens <= tpm, "request of {tokens} tokens can never fit {tpm} per minute");
         }
         let mut wait_ms = 0;
         for (bucket, units) in [(&mut self.requests, 1), (&mut self.tokens, tokens)] {
@@ -249,32 +220,23 @@ impl LlmProvider {
         }
         if wait_ms > 0 {
             self.fault_counts.add(fault::LLM_RATE_LIMITED);
-            return LlmOutcome::RateLimited {
-                retry_after_ms: wait_ms.div_ceil(1000) * 1000,
-            };
+            return LlmOutcome::RateLimited { retry_after_ms: wait_ms.div_ceil(1000) * 1000 };
         }
         self.admit(now, tokens);
 
         let latency_ms_base = self.faults.latency_ms_base;
-        if self.server_error_burst_remaining == 0
-            && rng.chance(self.faults.server_error_probability)
-        {
+        if self.server_error_burst_remaining == 0 && rng.chance(self.faults.server_error_probability) {
             // The outage's length counts this request too, so its mean is the knob.
-            self.server_error_burst_remaining =
-                1 + rng.exp_ms(self.faults.server_error_burst_len_mean - 1);
+            self.server_error_burst_remaining = 1 + rng.exp_ms(self.faults.server_error_burst_len_mean - 1);
         }
         if self.server_error_burst_remaining > 0 {
             self.server_error_burst_remaining -= 1;
             self.fault_counts.add(fault::LLM_SERVER_ERROR);
-            return LlmOutcome::ServerError {
-                latency_ms: latency_ms_base,
-            };
+            return LlmOutcome::ServerError { latency_ms: latency_ms_base };
         }
         if rng.chance(self.faults.timeout_probability) {
             self.fault_counts.add(fault::LLM_TIMEOUT);
-            return LlmOutcome::TimedOut {
-                after_ms: HUNG_REQUEST_CUT_MS,
-            };
+            return LlmOutcome::TimedOut { after_ms: HUNG_REQUEST_CUT_MS };
         }
         // Up to 50% jitter, so equal requests in flight together can finish in either order.
         let latency_ms_nominal = latency_ms_base + self.faults.latency_ms_per_token * tokens;
@@ -293,20 +255,13 @@ impl LlmProvider {
         if let Some(bucket) = &mut self.tokens {
             bucket.take(tokens);
         }
-        while self
-            .accepted_at
-            .front()
-            .is_some_and(|at| at.as_ms() + RATE_LIMIT_WINDOW_MS <= now.as_ms())
-        {
+        while self.accepted_at.front().is_some_and(|at| at.as_ms() + RATE_LIMIT_WINDOW_MS <= now.as_ms()) {
             self.accepted_at.pop_front();
         }
         self.accepted_at.push_back(now);
         if let Some(accepted_max) = self.requests_accepted_in_window_max() {
             let accepted = self.accepted_at.len() as u64;
-            assert!(
-                accepted <= accepted_max,
-                "{accepted} requests admitted within a minute at {now}"
-            );
+            assert!(accepted <= accepted_max, "{accepted} requests admitted within a minute at {now}");
         }
     }
 }
@@ -340,22 +295,11 @@ mod tests {
         let mut llm = provider(|f| f.rate_limit_rpm = Some(60));
         let mut rng = Rng::new(2);
         for _ in 0..60 {
-            assert!(matches!(
-                llm.request(Time(0), 1, &mut rng),
-                LlmOutcome::Answered { .. }
-            ));
+            assert!(matches!(llm.request(Time(0), 1, &mut rng), LlmOutcome::Answered { .. }));
         }
         // One request refills every second; 400 ms in, the next has 600 ms to wait.
-        assert_eq!(
-            llm.request(Time(400), 1, &mut rng),
-            LlmOutcome::RateLimited {
-                retry_after_ms: 1000
-            }
-        );
-        assert!(matches!(
-            llm.request(Time(1000), 1, &mut rng),
-            LlmOutcome::Answered { .. }
-        ));
+        assert_eq!(llm.request(Time(400), 1, &mut rng), LlmOutcome::RateLimited { retry_after_ms: 1000 });
+        assert!(matches!(llm.request(Time(1000), 1, &mut rng), LlmOutcome::Answered { .. }));
         assert_eq!(llm.fault_counts().get(fault::LLM_RATE_LIMITED), 1);
     }
 
@@ -363,17 +307,9 @@ mod tests {
     fn tpm_limit_waits_for_enough_tokens() {
         let mut llm = provider(|f| f.rate_limit_tpm = Some(6000));
         let mut rng = Rng::new(3);
-        assert!(matches!(
-            llm.request(Time(0), 5000, &mut rng),
-            LlmOutcome::Answered { .. }
-        ));
+        assert!(matches!(llm.request(Time(0), 5000, &mut rng), LlmOutcome::Answered { .. }));
         // 1000 tokens left, 100 refilled per second: 3000 more need 30 s.
-        assert_eq!(
-            llm.request(Time(0), 4000, &mut rng),
-            LlmOutcome::RateLimited {
-                retry_after_ms: 30_000
-            }
-        );
+        assert_eq!(llm.request(Time(0), 4000, &mut rng), LlmOutcome::RateLimited { retry_after_ms: 30_000 });
     }
 
     #[test]
@@ -386,10 +322,7 @@ mod tests {
             llm.request(now, 1, &mut rng);
             assert!(llm.requests_accepted_in_window(now) <= 60);
         }
-        assert!(
-            llm.requests_accepted_in_window(now) >= 25,
-            "the limit was not used"
-        );
+        assert!(llm.requests_accepted_in_window(now) >= 25, "the limit was not used");
     }
 
     #[test]
@@ -399,38 +332,21 @@ mod tests {
             f.server_error_burst_len_mean = 8;
         });
         let mut rng = Rng::new(5);
-        let errors: Vec<bool> = (0..4000)
-            .map(|_| {
-                matches!(
-                    llm.request(Time(0), 1, &mut rng),
-                    LlmOutcome::ServerError { .. }
-                )
-            })
-            .collect();
+        let errors: Vec<bool> =
+            (0..4000).map(|_| matches!(llm.request(Time(0), 1, &mut rng), LlmOutcome::ServerError { .. })).collect();
         let error_count = errors.iter().filter(|e| **e).count();
         let burst_count = errors.windows(2).filter(|w| w[1] && !w[0]).count();
         let burst_len_mean = error_count as f64 / burst_count as f64;
-        assert!(
-            (5.0..11.0).contains(&burst_len_mean),
-            "mean burst {burst_len_mean}"
-        );
+        assert!((5.0..11.0).contains(&burst_len_mean), "mean burst {burst_len_mean}");
     }
 
     #[test]
     fn certain_timeout_and_invalid_output_are_reported() {
         let mut rng = Rng::new(6);
         let mut hung = provider(|f| f.timeout_probability = 1.0);
-        assert_eq!(
-            hung.request(Time(0), 1, &mut rng),
-            LlmOutcome::TimedOut {
-                after_ms: HUNG_REQUEST_CUT_MS
-            }
-        );
+        assert_eq!(hung.request(Time(0), 1, &mut rng), LlmOutcome::TimedOut { after_ms: HUNG_REQUEST_CUT_MS });
         let mut sloppy = provider(|f| f.invalid_output_probability = 1.0);
-        assert!(matches!(
-            sloppy.request(Time(0), 1, &mut rng),
-            LlmOutcome::InvalidOutput { .. }
-        ));
+        assert!(matches!(sloppy.request(Time(0), 1, &mut rng), LlmOutcome::InvalidOutput { .. }));
         assert_eq!(sloppy.fault_counts().get(fault::LLM_INVALID_OUTPUT), 1);
     }
 
@@ -442,18 +358,9 @@ mod tests {
             f.rate_limit_rpm = Some(1);
         });
         let mut rng = Rng::new(7);
-        assert!(matches!(
-            llm.request(Time(0), 1, &mut rng),
-            LlmOutcome::ServerError { .. }
-        ));
+        assert!(matches!(llm.request(Time(0), 1, &mut rng), LlmOutcome::ServerError { .. }));
         llm.heal();
-        assert!(matches!(
-            llm.request(Time(0), 1, &mut rng),
-            LlmOutcome::RateLimited { .. }
-        ));
-        assert!(matches!(
-            llm.request(Time(60_000), 1, &mut rng),
-            LlmOutcome::Answered { .. }
-        ));
+        assert!(matches!(llm.request(Time(0), 1, &mut rng), LlmOutcome::RateLimited { .. }));
+        assert!(matches!(llm.request(Time(60_000), 1, &mut rng), LlmOutcome::Answered { .. }));
     }
 }

@@ -59,23 +59,10 @@ impl NetworkFaults {
     }
 
     pub fn validate(&self) -> Result<(), swarm::Error> {
-        swarm::check_at_least(
-            "network.latency_ms_mean",
-            self.latency_ms_mean,
-            self.latency_ms_min,
-        )?;
-        swarm::check_probability(
-            "network.message_drop_probability",
-            self.message_drop_probability,
-        )?;
-        swarm::check_probability(
-            "network.message_duplicate_probability",
-            self.message_duplicate_probability,
-        )?;
-        swarm::check_probability(
-            "network.message_delay_probability",
-            self.message_delay_probability,
-        )
+        swarm::check_at_least("network.latency_ms_mean", self.latency_ms_mean, self.latency_ms_min)?;
+        swarm::check_probability("network.message_drop_probability", self.message_drop_probability)?;
+        swarm::check_probability("network.message_duplicate_probability", self.message_duplicate_probability)?;
+        swarm::check_probability("network.message_delay_probability", self.message_delay_probability)
     }
 }
 
@@ -98,11 +85,7 @@ impl Network {
         if let Err(error) = faults.validate() {
             panic!("{error}");
         }
-        Network {
-            faults,
-            partitions: BTreeMap::new(),
-            fault_counts: FaultCounts::new(),
-        }
+        Network { faults, partitions: BTreeMap::new(), fault_counts: FaultCounts::new() }
     }
 
     pub fn faults(&self) -> &NetworkFaults {
@@ -145,9 +128,7 @@ impl Network {
     }
 
     pub fn is_blocked(&self, from: HostId, to: HostId, now: Time) -> bool {
-        self.partitions
-            .get(&(from, to))
-            .is_some_and(|until| now < *until)
+        self.partitions.get(&(from, to)).is_some_and(|until| now < *until)
     }
 
     /// Decides the fate of one message sent at `now`: the times its copies arrive. Empty means
@@ -256,13 +237,8 @@ mod tests {
             f.message_delay_ms_mean = 1000;
         });
         let mut rng = Rng::new(6);
-        let arrivals: Vec<Time> = (0..100)
-            .flat_map(|sent_ms| net.send(A, B, Time(sent_ms), &mut rng))
-            .collect();
-        assert!(
-            arrivals.windows(2).any(|pair| pair[1] < pair[0]),
-            "no message was overtaken"
-        );
+        let arrivals: Vec<Time> = (0..100).flat_map(|sent_ms| net.send(A, B, Time(sent_ms), &mut rng)).collect();
+        assert!(arrivals.windows(2).any(|pair| pair[1] < pair[0]), "no message was overtaken");
         assert!(net.fault_counts().get(fault::MESSAGE_DELAYED) > 0);
     }
 

@@ -34,11 +34,7 @@ pub struct FaultPlan {
 impl FaultPlan {
     /// No faults; the world still has latency.
     pub fn none() -> FaultPlan {
-        FaultPlan {
-            config: FaultConfig::none(),
-            fault_phase_ms: 0,
-            crashes: Vec::new(),
-        }
+        FaultPlan { config: FaultConfig::none(), fault_phase_ms: 0, crashes: Vec::new() }
     }
 
     /// The swarm plan of `seed`: a subset of fault kinds at drawn strengths, a fault phase of
@@ -60,18 +56,11 @@ impl FaultPlan {
         if !hosts.is_empty() {
             for _ in 0..r.below(4) {
                 let at_ms = r.below(fault_phase_ms);
-                crashes.push(ScheduledCrash {
-                    at_ms,
-                    host: (*r.pick(&hosts)).to_owned(),
-                });
+                crashes.push(ScheduledCrash { at_ms, host: (*r.pick(&hosts)).to_owned() });
             }
             crashes.sort_by(|a, b| (a.at_ms, &a.host).cmp(&(b.at_ms, &b.host)));
         }
-        FaultPlan {
-            config,
-            fault_phase_ms,
-            crashes,
-        }
+        FaultPlan { config, fault_phase_ms, crashes }
     }
 
     /// Fault kinds this plan can inject, for summaries.
@@ -83,32 +72,17 @@ impl FaultPlan {
                 kinds.push(kind);
             }
         };
-        on(
-            c.network.message_drop_probability > 0.0,
-            fault::MESSAGE_DROPPED,
-        );
-        on(
-            c.network.message_duplicate_probability > 0.0,
-            fault::MESSAGE_DUPLICATED,
-        );
-        on(
-            c.network.message_delay_probability > 0.0,
-            fault::MESSAGE_DELAYED,
-        );
+        on(c.network.message_drop_probability > 0.0, fault::MESSAGE_DROPPED);
+        on(c.network.message_duplicate_probability > 0.0, fault::MESSAGE_DUPLICATED);
+        on(c.network.message_delay_probability > 0.0, fault::MESSAGE_DELAYED);
         on(c.partition_probability > 0.0, fault::PARTITION);
         on(c.worker_crash_probability > 0.0, fault::WORKER_CRASH);
         on(c.store_crash_probability > 0.0, fault::STORE_CRASH);
         on(c.lease_expiry_probability > 0.0, fault::LEASE_EXPIRED);
         on(c.llm.rate_limit_rpm.is_some(), fault::LLM_RATE_LIMITED);
-        on(
-            c.llm.server_error_probability > 0.0,
-            fault::LLM_SERVER_ERROR,
-        );
+        on(c.llm.server_error_probability > 0.0, fault::LLM_SERVER_ERROR);
         on(c.llm.timeout_probability > 0.0, fault::LLM_TIMEOUT);
-        on(
-            c.llm.invalid_output_probability > 0.0,
-            fault::LLM_INVALID_OUTPUT,
-        );
+        on(c.llm.invalid_output_probability > 0.0, fault::LLM_INVALID_OUTPUT);
         on(c.tool.failure_probability > 0.0, fault::TOOL_FAILURE);
         kinds
     }
@@ -119,8 +93,7 @@ impl FaultPlan {
 
     /// Reads a plan, naming the field at fault on error.
     pub fn from_json(text: &str) -> Result<FaultPlan, String> {
-        let plan: FaultPlan =
-            serde_json::from_str(text).map_err(|e| format!("not a fault plan: {e}"))?;
+        let plan: FaultPlan = serde_json::from_str(text).map_err(|e| format!("not a fault plan: {e}"))?;
         plan.config.validate().map_err(|e| e.to_string())?;
         for crash in &plan.crashes {
             let known = crash.host == "store"
@@ -130,7 +103,10 @@ impl FaultPlan {
                     .and_then(|n| n.parse::<u32>().ok())
                     .is_some_and(|n| (1..=3).contains(&n));
             if !known {
-                return Err(format!("crash at {} ms names unknown host {:?} (store, worker-1, worker-2 or worker-3)", crash.at_ms, crash.host));
+                return Err(format!(
+                    "crash at {} ms names unknown host {:?} (store, worker-1, worker-2 or worker-3)",
+                    crash.at_ms, crash.host
+                ));
             }
         }
         Ok(plan)
@@ -145,21 +121,14 @@ mod tests {
     fn drawn_plans_round_trip_through_json() {
         for seed in 0..50 {
             let plan = FaultPlan::draw(seed);
-            assert_eq!(
-                FaultPlan::from_json(&plan.to_json()).unwrap(),
-                plan,
-                "seed {seed}"
-            );
+            assert_eq!(FaultPlan::from_json(&plan.to_json()).unwrap(), plan, "seed {seed}");
         }
     }
 
     #[test]
     fn unknown_crash_host_is_named() {
         let mut plan = FaultPlan::none();
-        plan.crashes.push(ScheduledCrash {
-            at_ms: 5,
-            host: "worker-9".into(),
-        });
+        plan.crashes.push(ScheduledCrash { at_ms: 5, host: "worker-9".into() });
         let error = FaultPlan::from_json(&plan.to_json()).unwrap_err();
         assert!(error.contains("worker-9"), "{error}");
     }

@@ -27,10 +27,7 @@ impl Rng {
         };
         let state = [next(), next(), next(), next()];
         // splitmix64 is a bijection of distinct inputs, so at most one word can be zero.
-        assert!(
-            state != [0; 4],
-            "seed {seed} gave xoshiro the all-zero state"
-        );
+        assert!(state != [0; 4], "seed {seed} gave xoshiro the all-zero state");
         Rng { seed, state }
     }
 
@@ -85,10 +82,7 @@ impl Rng {
     /// True with probability `p`. Always consumes one draw, so a knob set to 0 or 1 leaves the
     /// rest of the stream where it would have been.
     pub fn chance(&mut self, p: f64) -> bool {
-        assert!(
-            (0.0..=1.0).contains(&p),
-            "probability {p} is outside [0, 1]"
-        );
+        assert!((0.0..=1.0).contains(&p), "probability {p} is outside [0, 1]");
         self.f64() < p
     }
 
@@ -165,10 +159,7 @@ mod tests {
         for _ in 0..7000 {
             seen[rng.below(7) as usize] += 1;
         }
-        assert!(
-            seen.iter().all(|&count| (800..1200).contains(&count)),
-            "{seen:?}"
-        );
+        assert!(seen.iter().all(|&count| (800..1200).contains(&count)), "{seen:?}");
         assert_eq!(rng.below(1), 0);
     }
 

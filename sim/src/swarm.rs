@@ -61,11 +61,7 @@ pub mod fault {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     #[error("fault knob {knob} is {value}, outside {range}")]
-    OutOfRange {
-        knob: &'static str,
-        value: String,
-        range: String,
-    },
+    OutOfRange { knob: &'static str, value: String, range: String },
 }
 
 /// Every fault knob of one world. Each kind's knobs are documented where they live; the ranges
@@ -205,16 +201,10 @@ impl FaultConfig {
         self.tool.validate()?;
         self.human.validate()?;
         check_probability("partition_probability", self.partition_probability)?;
-        check_probability(
-            "partition_two_way_probability",
-            self.partition_two_way_probability,
-        )?;
+        check_probability("partition_two_way_probability", self.partition_two_way_probability)?;
         check_probability("worker_crash_probability", self.worker_crash_probability)?;
         check_probability("store_crash_probability", self.store_crash_probability)?;
-        check_probability(
-            "disk_torn_write_probability",
-            self.disk_torn_write_probability,
-        )?;
+        check_probability("disk_torn_write_probability", self.disk_torn_write_probability)?;
         check_probability("lease_expiry_probability", self.lease_expiry_probability)
     }
 }
@@ -252,11 +242,7 @@ pub(crate) fn check_probability(knob: &'static str, value: f64) -> Result<(), Er
     if (0.0..=1.0).contains(&value) {
         Ok(())
     } else {
-        Err(Error::OutOfRange {
-            knob,
-            value: value.to_string(),
-            range: "[0, 1]".to_owned(),
-        })
+        Err(Error::OutOfRange { knob, value: value.to_string(), range: "[0, 1]".to_owned() })
     }
 }
 
@@ -264,11 +250,7 @@ pub(crate) fn check_at_least(knob: &'static str, value: u64, min: u64) -> Result
     if value >= min {
         Ok(())
     } else {
-        Err(Error::OutOfRange {
-            knob,
-            value: value.to_string(),
-            range: format!("{min}.."),
-        })
+        Err(Error::OutOfRange { knob, value: value.to_string(), range: format!("{min}..") })
     }
 }
 
@@ -314,10 +296,7 @@ impl fmt::Display for FaultCounts {
         if self.0.is_empty() {
             return write!(f, "none");
         }
-        let parts: Vec<String> = self
-            .iter()
-            .map(|(kind, count)| format!("{kind}={count}"))
-            .collect();
+        let parts: Vec<String> = self.iter().map(|(kind, count)| format!("{kind}={count}")).collect();
         write!(f, "{}", parts.join(" "))
     }
 }
@@ -332,21 +311,13 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), fault::ALL.len());
-        assert!(fault::ALL
-            .iter()
-            .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert!(fault::ALL.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
     }
 
     #[test]
     fn same_seed_draws_same_config() {
-        assert_eq!(
-            FaultConfig::draw(&Rng::new(9)),
-            FaultConfig::draw(&Rng::new(9))
-        );
-        assert_ne!(
-            FaultConfig::draw(&Rng::new(9)),
-            FaultConfig::draw(&Rng::new(10))
-        );
+        assert_eq!(FaultConfig::draw(&Rng::new(9)), FaultConfig::draw(&Rng::new(9)));
+        assert_ne!(FaultConfig::draw(&Rng::new(9)), FaultConfig::draw(&Rng::new(10)));
     }
 
     #[test]

@@ -22,10 +22,7 @@ pub struct ToolFaults {
 
 impl ToolFaults {
     pub fn none() -> ToolFaults {
-        ToolFaults {
-            failure_probability: 0.0,
-            latency_ms_mean: 100,
-        }
+        ToolFaults { failure_probability: 0.0, latency_ms_mean: 100 }
     }
 
     pub fn validate(&self) -> Result<(), swarm::Error> {
@@ -69,18 +66,12 @@ impl ToolLedger {
     pub fn apply(&mut self, key: &str, effect: &str) -> Applied {
         match self.entries.get_mut(key) {
             None => {
-                let entry = Entry {
-                    effect: effect.to_owned(),
-                    apply_count: 1,
-                };
+                let entry = Entry { effect: effect.to_owned(), apply_count: 1 };
                 self.entries.insert(key.to_owned(), entry);
                 Applied::First
             }
             Some(entry) => {
-                assert_eq!(
-                    entry.effect, effect,
-                    "idempotency key {key} reused for another effect"
-                );
+                assert_eq!(entry.effect, effect, "idempotency key {key} reused for another effect");
                 entry.apply_count += 1;
                 Applied::Duplicate
             }

@@ -31,9 +31,7 @@ use tempest_engine::run::AttemptReport;
 use tempest_engine::services::{
     Activities, ActivityCtx, ActivityFuture, LlmRequest, LlmResponse, ServiceFuture, Services,
 };
-use tempest_engine::store::{
-    self, Ack, ActivityLease, Record, SignalStatus, Store, WorkflowCompletion, WorkflowTask,
-};
+use tempest_engine::store::{self, Ack, ActivityLease, Record, SignalStatus, Store, WorkflowCompletion, WorkflowTask};
 use tempest_engine::worker::{Outcome as TaskOutcome, WorkflowWorker};
 use tempest_engine::{Failure, Time};
 
@@ -56,6 +54,8 @@ const SIGNAL_RECHECK_MS: u64 = 2_000;
 const FSYNC_MS: u64 = 2;
 const LLM_CALL_TIMEOUT_MS: u64 = 120_000;
 const TOOL_CALL_TIMEOUT_MS: u64 = 30_000;
+/// Heartbeats go out at a third of the activity lease, so two can be lost in a row.
+const HEARTBEAT_MS: u64 = 20_000;
 const ACTIVITY_SLOTS_PER_WORKER: usize = 4;
 const STICKY_CACHE_LEN_MAX: usize = 64;
 const AGENDA_LEN_MAX: usize = 1_000_000;
@@ -65,13 +65,7 @@ const STEP_COUNT_MAX: u64 = 5_000_000;
 pub trait StoreProtocol {
     fn store(&mut self) -> &mut Store;
 
-    fn start(
-        &mut self,
-        now: Time,
-        workflow_id: &str,
-        workflow_type: &str,
-        input: Value,
-    ) -> (String, Vec<Record>) {
+    fn start(&mut self, now: Time, workflow_id: &str, workflow_type: &str, input: Value) -> (String, Vec<Record>) {
         self.store().start(now, workflow_id, workflow_type, input)
     }
 
@@ -93,8 +87,7 @@ pub trait StoreProtocol {
         report: AttemptReport,
         worker: &str,
     ) -> (Ack, Vec<Record>) {
-        self.store()
-            .complete_activity_task(now, run_id, seq, token, report, worker)
+        self.store().complete_activity_task(now, run_id, seq, token, report, worker)
     }
 
     /// Whether replies wait until the records behind them are synced (they must).
@@ -128,13 +121,7 @@ pub struct Options {
 impl Options {
     /// The swarm world of `seed`: its fault plan is drawn from the seed.
     pub fn swarm(seed: u64) -> Options {
-        Options {
-            seed,
-            plan: FaultPlan::draw(seed),
-            worker_count: 3,
-            store_factory: None,
-            keep_histories: false,
-        }
+        Options { seed, plan: FaultPlan::draw(seed), worker_count: 3, store_factory: None, keep_histories: false }
     }
 }
 
@@ -171,92 +158,25 @@ impl Outcome {
 
 #[derive(Clone, Debug)]
 enum Msg {
-    StartReq {
-        req_id: u64,
-        start: Start,
-    },
-    StartResp {
-        req_id: u64,
-    },
-    SignalReq {
-        req_id: u64,
-        workflow_id: String,
-        signal_id: String,
-        name: String,
-        payload: Value,
-    },
-    SignalResp {
-        req_id: u64,
-        status: SignalStatus,
-    },
-    PollWorkflow {
-        req_id: u64,
-    },
-    PollWorkflowResp {
-        req_id: u64,
-        task: Option<Box<WorkflowTask>>,
-    },
-    CompleteWorkflow {
-        req_id: u64,
-        completion: Box<WorkflowCompletion>,
-    },
-    CompleteWorkflowResp {
-        req_id: u64,
-        run_id: String,
-        ack: Ack,
-    },
-    AbandonWorkflow {
-        run_id: String,
-        token: u64,
-    },
-    PollActivity {
-        req_id: u64,
-        blocked_keys: BTreeSet<String>,
-    },
-    PollActivityResp {
-        req_id: u64,
-        lease: Option<Box<ActivityLease>>,
-    },
-    CompleteActivity {
-        req_id: u64,
-        run_id: String,
-        seq: u32,
-        token: u64,
-        report: AttemptReport,
-    },
-    CompleteActivityResp {
-        req_id: u64,
-    },
-    Heartbeat {
-        req_id: u64,
-        run_id: String,
-        seq: u32,
-        token: u64,
-    },
-    HeartbeatResp {
-        req_id: u64,
-        run_id: String,
-        seq: u32,
-        ack: Ack,
-    },
-    LlmReq {
-        call_id: u64,
-        request: LlmRequest,
-    },
-    LlmResp {
-        call_id: u64,
-        result: Result<LlmResponse, Failure>,
-    },
-    ToolReq {
-        call_id: u64,
-        name: String,
-        arguments: Value,
-        idempotency_key: Option<String>,
-    },
-    ToolResp {
-        call_id: u64,
-        result: Result<Value, Failure>,
-    },
+    StartReq { req_id: u64, start: Start },
+    StartResp { req_id: u64 },
+    SignalReq { req_id: u64, workflow_id: String, signal_id: String, name: String, payload: Value },
+    SignalResp { req_id: u64, status: SignalStatus },
+    PollWorkflow { req_id: u64 },
+    PollWorkflowResp { req_id: u64, task: Option<Box<WorkflowTask>> },
+    CompleteWorkflow { req_id: u64, completion: Box<WorkflowCompletion> },
+    CompleteWorkflowResp { req_id: u64, run_id: String, ack: Ack },
+    AbandonWorkflow { run_id: String, token: u64 },
+    PollActivity { req_id: u64, blocked_keys: BTreeSet<String> },
+    PollActivityResp { req_id: u64, lease: Option<Box<ActivityLease>> },
+    CompleteActivity { req_id: u64, run_id: String, seq: u32, token: u64, report: AttemptReport },
+    CompleteActivityResp { req_id: u64 },
+    Heartbeat { req_id: u64, run_id: String, seq: u32, token: u64 },
+    HeartbeatResp { req_id: u64, token: u64, ack: Ack },
+    LlmReq { call_id: u64, request: LlmRequest },
+    LlmResp { call_id: u64, result: Result<LlmResponse, Failure> },
+    ToolReq { call_id: u64, name: String, arguments: Value, idempotency_key: Option<String> },
+    ToolResp { call_id: u64, result: Result<Value, Failure> },
 }
 
 impl Msg {
@@ -295,17 +215,14 @@ enum Wake {
     },
     /// Start a leased activity once the rate limiter allows it.
     ActivityStart {
-        run_id: String,
-        seq: u32,
+        token: u64,
     },
     Heartbeat {
-        run_id: String,
-        seq: u32,
+        token: u64,
     },
     /// A stalled worker wakes up and reports its late result.
     ActivityReport {
-        run_id: String,
-        seq: u32,
+        token: u64,
     },
     ServiceTimeout {
         call_id: u64,
@@ -324,22 +241,10 @@ enum Wake {
 
 #[derive(Clone, Debug)]
 enum Ev {
-    Deliver {
-        from: HostId,
-        to: HostId,
-        msg: Msg,
-    },
-    Wake {
-        host: HostId,
-        incarnation: u32,
-        wake: Wake,
-    },
-    Crash {
-        host: HostId,
-    },
-    Restart {
-        host: HostId,
-    },
+    Deliver { from: HostId, to: HostId, msg: Msg },
+    Wake { host: HostId, incarnation: u32, wake: Wake },
+    Crash { host: HostId },
+    Restart { host: HostId },
     Heal,
     LivenessDeadline,
 }
@@ -348,11 +253,7 @@ enum Ev {
 
 enum ServiceCall {
     Llm(LlmRequest),
-    Tool {
-        name: String,
-        arguments: Value,
-        idempotency_key: Option<String>,
-    },
+    Tool { name: String, arguments: Value, idempotency_key: Option<String> },
 }
 
 enum ServiceResult {
@@ -413,17 +314,8 @@ impl Services for SimServices {
         })
     }
 
-    fn tool(
-        &self,
-        name: &str,
-        arguments: Value,
-        idempotency_key: Option<String>,
-    ) -> ServiceFuture<Value> {
-        let call_id = self.call(ServiceCall::Tool {
-            name: name.to_owned(),
-            arguments,
-            idempotency_key,
-        });
+    fn tool(&self, name: &str, arguments: Value, idempotency_key: Option<String>) -> ServiceFuture<Value> {
+        let call_id = self.call(ServiceCall::Tool { name: name.to_owned(), arguments, idempotency_key });
         Box::pin(CallFuture {
             slots: self.slots.clone(),
             call_id,
@@ -462,18 +354,9 @@ struct StoreHost {
 
 enum Pending {
     PollWorkflow,
-    CompleteWorkflow {
-        completion: Box<WorkflowCompletion>,
-        tries: u32,
-    },
+    CompleteWorkflow { completion: Box<WorkflowCompletion>, tries: u32 },
     PollActivity,
-    CompleteActivity {
-        run_id: String,
-        seq: u32,
-        token: u64,
-        report: AttemptReport,
-        tries: u32,
-    },
+    CompleteActivity { run_id: String, seq: u32, token: u64, report: AttemptReport, tries: u32 },
     Heartbeat,
 }
 
@@ -485,22 +368,15 @@ struct WorkerHost {
     limiter: Limiter,
     workflow_poll: Option<u64>,
     activity_poll: Option<u64>,
-    running: BTreeMap<(String, u32), Running>,
+    running: BTreeMap<u64, Running>,
     requests: BTreeMap<u64, Pending>,
     /// Service call id -> the activity that made it.
-    calls: BTreeMap<u64, (String, u32, bool)>,
+    calls: BTreeMap<u64, (u64, bool)>,
 }
 
 enum ClientRequest {
-    Start {
-        index: usize,
-    },
-    Signal {
-        workflow_id: String,
-        signal_id: String,
-        name: String,
-        payload: Value,
-    },
+    Start { index: usize },
+    Signal { workflow_id: String, signal_id: String, name: String, payload: Value },
 }
 
 /// The world of one seed.
@@ -620,27 +496,14 @@ impl<'s> World<'s> {
 
     fn schedule_plan(&mut self) {
         for (index, start) in self.workload.iter().enumerate() {
-            self.agenda.push(
-                start.at,
-                Ev::Wake {
-                    host: CLIENT,
-                    incarnation: 0,
-                    wake: Wake::ClientStart { index },
-                },
-            );
+            self.agenda.push(start.at, Ev::Wake { host: CLIENT, incarnation: 0, wake: Wake::ClientStart { index } });
         }
         for crash in &self.options.plan.crashes {
             if crash.at_ms < self.options.plan.fault_phase_ms {
                 let host = if crash.host == "store" {
                     STORE
                 } else {
-                    HostId(
-                        crash
-                            .host
-                            .trim_start_matches("worker-")
-                            .parse()
-                            .unwrap_or(1),
-                    )
+                    HostId(crash.host.trim_start_matches("worker-").parse().unwrap_or(1))
                 };
                 self.agenda.push(Time(crash.at_ms), Ev::Crash { host });
             }
@@ -673,10 +536,7 @@ impl<'s> World<'s> {
             }
         }
         if self.failure.is_none() && !self.done {
-            self.fail(
-                "check_liveness_after_heal",
-                "the world ran out of events with runs still open".to_owned(),
-            );
+            self.fail("check_liveness_after_heal", "the world ran out of events with runs still open".to_owned());
         }
         self.finish()
     }
@@ -684,10 +544,7 @@ impl<'s> World<'s> {
     fn fail(&mut self, check: &str, message: String) {
         if self.failure.is_none() {
             tracing::debug!(target: "tempest::world", check, %message, "check failed");
-            self.failure = Some(CheckFailure {
-                check: check.to_owned(),
-                message,
-            });
+            self.failure = Some(CheckFailure { check: check.to_owned(), message });
         }
     }
 
@@ -732,14 +589,8 @@ impl<'s> World<'s> {
     /// Sends a message through the network at `at` (now, or later for a slow service).
     fn send(&mut self, from: HostId, to: HostId, at: Time, msg: Msg) {
         if self.faults_on && self.rng_faults.chance(self.faults.partition_probability) {
-            let two_way = self
-                .rng_faults
-                .chance(self.faults.partition_two_way_probability);
-            let until = Time(
-                at.0 + self
-                    .rng_faults
-                    .exp_ms(self.faults.partition_duration_ms_mean),
-            );
+            let two_way = self.rng_faults.chance(self.faults.partition_two_way_probability);
+            let until = Time(at.0 + self.rng_faults.exp_ms(self.faults.partition_duration_ms_mean));
             self.network.partition(from, to, two_way, until);
             self.counts.add(fault::PARTITION);
             tracing::debug!(target: "tempest::world", t = %at, a = %from, b = %to, two_way, until = %until, "partition");
@@ -751,32 +602,14 @@ impl<'s> World<'s> {
         let last = deliveries.len().saturating_sub(1);
         let mut msg = Some(msg);
         for (i, time) in deliveries.iter().enumerate() {
-            let copy = if i == last {
-                msg.take().expect("one message")
-            } else {
-                msg.clone().expect("one message")
-            };
-            self.agenda.push(
-                *time,
-                Ev::Deliver {
-                    from,
-                    to,
-                    msg: copy,
-                },
-            );
+            let copy = if i == last { msg.take().expect("one message") } else { msg.clone().expect("one message") };
+            self.agenda.push(*time, Ev::Deliver { from, to, msg: copy });
         }
     }
 
     fn wake(&mut self, host: HostId, at: Time, wake: Wake) {
         let incarnation = self.incarnation(host);
-        self.agenda.push(
-            at,
-            Ev::Wake {
-                host,
-                incarnation,
-                wake,
-            },
-        );
+        self.agenda.push(at, Ev::Wake { host, incarnation, wake });
     }
 
     fn incarnation(&self, host: HostId) -> u32 {
@@ -822,11 +655,7 @@ impl<'s> World<'s> {
                     self.tool_receive(now, from, msg);
                 }
             }
-            Ev::Wake {
-                host,
-                incarnation,
-                wake,
-            } => {
+            Ev::Wake { host, incarnation, wake } => {
                 if !self.is_up(host) || incarnation != self.incarnation(host) {
                     return;
                 }
@@ -867,13 +696,9 @@ impl<'s> World<'s> {
         }
         if host == STORE {
             self.counts.add(fault::STORE_CRASH);
-            let loss = self.store.disk.crash(
-                &mut self.rng_faults,
-                self.faults.disk_torn_write_probability,
-            );
+            let loss = self.store.disk.crash(&mut self.rng_faults, self.faults.disk_torn_write_probability);
             if loss.unsynced_records_lost > 0 {
-                self.evidence
-                    .sometimes_add("store_crash_lost_unsynced_writes");
+                self.evidence.sometimes_add("store_crash_lost_unsynced_writes");
             }
             self.store.up = false;
             self.store.incarnation += 1;
@@ -901,11 +726,7 @@ impl<'s> World<'s> {
             worker.calls.clear();
         }
         let delay = self.rng_faults.exp_ms(self.faults.restart_delay_ms_mean);
-        let at = if now.0 + delay >= self.heal_at.0 {
-            self.heal_at.max(now)
-        } else {
-            Time(now.0 + delay)
-        };
+        let at = if now.0 + delay >= self.heal_at.0 { self.heal_at.max(now) } else { Time(now.0 + delay) };
         self.agenda.push(at, Ev::Restart { host });
     }
 
@@ -916,23 +737,21 @@ impl<'s> World<'s> {
         if host == STORE {
             let recovered = self.store.disk.recover();
             let records = recovered.records.iter().map(|bytes| {
-                serde_json::from_slice::<Record>(bytes).unwrap_or_else(|e| {
-                    panic!("store record that passed its checksum does not decode: {e}")
-                })
+                serde_json::from_slice::<Record>(bytes)
+                    .unwrap_or_else(|e| panic!("store record that passed its checksum does not decode: {e}"))
             });
             let (store, epoch) = Store::recover(store::Config::default(), records);
             self.store.protocol = match &self.options.store_factory {
                 Some(factory) => factory(store),
                 None => Box::new(PlainStore(store)),
             };
-            self.store
-                .disk
-                .append(&serde_json::to_vec(&epoch).expect("records serialize"));
+            self.store.disk.append(&serde_json::to_vec(&epoch).expect("records serialize"));
             self.store.disk.sync();
             self.store.up = true;
             self.store_after_write(now);
         } else if let Some(index) = self.worker_index(host) {
             self.workers[index].up = true;
+            self.workers[index].limiter = Limiter::after_restart(self.evidence.worker_limits.clone(), now);
             self.worker_poll_workflow(index);
             self.worker_poll_activity(now, index);
         }
@@ -942,10 +761,7 @@ impl<'s> World<'s> {
         self.faults_on = false;
         self.network.heal();
         self.llm.heal();
-        self.agenda.push(
-            now.plus(self.scenario.liveness_bound()),
-            Ev::LivenessDeadline,
-        );
+        self.agenda.push(now.plus(self.scenario.liveness_bound()), Ev::LivenessDeadline);
         for host in std::iter::once(STORE).chain((0..self.workers.len()).map(worker_host)) {
             if !self.is_up(host) {
                 self.restart(now, host);
@@ -956,154 +772,56 @@ impl<'s> World<'s> {
     // ---- store host ---------------------------------------------------------------------
 
     fn store_receive(&mut self, now: Time, from: HostId, msg: Msg) {
-        let worker_name = self
-            .worker_index(from)
-            .map(|i| self.workers[i].name.clone())
-            .unwrap_or_default();
+        let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
         let (reply, records) = match msg {
             Msg::StartReq { req_id, start } => {
-                let (_, records) = self.store.protocol.start(
-                    now,
-                    &start.workflow_id,
-                    &start.workflow_type,
-                    start.input,
-                );
+                let (_, records) =
+                    self.store.protocol.start(now, &start.workflow_id, &start.workflow_type, start.input);
                 (Some(Msg::StartResp { req_id }), records)
             }
-            Msg::SignalReq {
-                req_id,
-                workflow_id,
-                signal_id,
-                name,
-                payload,
-            } => {
-                let (status, records) = self.store.protocol.store().signal(
-                    now,
-                    &workflow_id,
-                    &signal_id,
-                    &name,
-                    payload,
-                );
+            Msg::SignalReq { req_id, workflow_id, signal_id, name, payload } => {
+                let (status, records) =
+                    self.store.protocol.store().signal(now, &workflow_id, &signal_id, &name, payload);
                 (Some(Msg::SignalResp { req_id, status }), records)
             }
-            Msg::PollWorkflow { req_id } => {
-                match self
-                    .store
-                    .protocol
-                    .store()
-                    .poll_workflow_task(now, &worker_name)
-                {
-                    Some(task) => (
-                        Some(Msg::PollWorkflowResp {
-                            req_id,
-                            task: Some(Box::new(task)),
-                        }),
-                        Vec::new(),
-                    ),
+            Msg::PollWorkflow { req_id } => match self.store.protocol.store().poll_workflow_task(now, &worker_name) {
+                Some(task) => (Some(Msg::PollWorkflowResp { req_id, task: Some(Box::new(task)) }), Vec::new()),
+                None => {
+                    self.store.held_workflow_polls.push((from, req_id, Time(now.0 + POLL_HOLD_MS)));
+                    self.store_schedule_tick(Time(now.0 + POLL_HOLD_MS));
+                    (None, Vec::new())
+                }
+            },
+            Msg::CompleteWorkflow { req_id, completion } => {
+                let run_id = completion.run_id.clone();
+                let (ack, records) = self.store.protocol.complete_workflow_task(now, &worker_name, *completion);
+                (Some(Msg::CompleteWorkflowResp { req_id, run_id, ack }), records)
+            }
+            Msg::AbandonWorkflow { run_id, token } => {
+                self.store.protocol.store().abandon_workflow_task(&run_id, token);
+                (None, Vec::new())
+            }
+            Msg::PollActivity { req_id, blocked_keys } => {
+                match self.store.protocol.store().poll_activity_task(now, &worker_name, &blocked_keys) {
+                    Some(lease) => {
+                        self.evidence.grant(&lease.task.run_id, lease.task.seq, lease.task.attempt, &worker_name);
+                        (Some(Msg::PollActivityResp { req_id, lease: Some(Box::new(lease)) }), Vec::new())
+                    }
                     None => {
-                        self.store.held_workflow_polls.push((
-                            from,
-                            req_id,
-                            Time(now.0 + POLL_HOLD_MS),
-                        ));
+                        self.store.held_activity_polls.push((from, req_id, blocked_keys, Time(now.0 + POLL_HOLD_MS)));
                         self.store_schedule_tick(Time(now.0 + POLL_HOLD_MS));
                         (None, Vec::new())
                     }
                 }
             }
-            Msg::CompleteWorkflow { req_id, completion } => {
-                let run_id = completion.run_id.clone();
-                let (ack, records) =
-                    self.store
-                        .protocol
-                        .complete_workflow_task(now, &worker_name, *completion);
-                (
-                    Some(Msg::CompleteWorkflowResp {
-                        req_id,
-                        run_id,
-                        ack,
-                    }),
-                    records,
-                )
-            }
-            Msg::AbandonWorkflow { run_id, token } => {
-                self.store
-                    .protocol
-                    .store()
-                    .abandon_workflow_task(&run_id, token);
-                (None, Vec::new())
-            }
-            Msg::PollActivity {
-                req_id,
-                blocked_keys,
-            } => match self.store.protocol.store().poll_activity_task(
-                now,
-                &worker_name,
-                &blocked_keys,
-            ) {
-                Some(lease) => {
-                    self.evidence.grant(
-                        &lease.task.run_id,
-                        lease.task.seq,
-                        lease.task.attempt,
-                        &worker_name,
-                    );
-                    (
-                        Some(Msg::PollActivityResp {
-                            req_id,
-                            lease: Some(Box::new(lease)),
-                        }),
-                        Vec::new(),
-                    )
-                }
-                None => {
-                    self.store.held_activity_polls.push((
-                        from,
-                        req_id,
-                        blocked_keys,
-                        Time(now.0 + POLL_HOLD_MS),
-                    ));
-                    self.store_schedule_tick(Time(now.0 + POLL_HOLD_MS));
-                    (None, Vec::new())
-                }
-            },
-            Msg::CompleteActivity {
-                req_id,
-                run_id,
-                seq,
-                token,
-                report,
-            } => {
-                let (_, records) = self.store.protocol.complete_activity_task(
-                    now,
-                    &run_id,
-                    seq,
-                    token,
-                    report,
-                    &worker_name,
-                );
+            Msg::CompleteActivity { req_id, run_id, seq, token, report } => {
+                let (_, records) =
+                    self.store.protocol.complete_activity_task(now, &run_id, seq, token, report, &worker_name);
                 (Some(Msg::CompleteActivityResp { req_id }), records)
             }
-            Msg::Heartbeat {
-                req_id,
-                run_id,
-                seq,
-                token,
-            } => {
-                let ack = self
-                    .store
-                    .protocol
-                    .store()
-                    .heartbeat(now, &run_id, seq, token);
-                (
-                    Some(Msg::HeartbeatResp {
-                        req_id,
-                        run_id,
-                        seq,
-                        ack,
-                    }),
-                    Vec::new(),
-                )
+            Msg::Heartbeat { req_id, run_id, seq, token } => {
+                let ack = self.store.protocol.store().heartbeat(now, &run_id, seq, token);
+                (Some(Msg::HeartbeatResp { req_id, token, ack }), Vec::new())
             }
             other => panic!("store received {other:?}"),
         };
@@ -1119,9 +837,7 @@ impl<'s> World<'s> {
             return;
         }
         for record in &records {
-            self.store
-                .disk
-                .append(&serde_json::to_vec(record).expect("records serialize"));
+            self.store.disk.append(&serde_json::to_vec(record).expect("records serialize"));
             self.note_record(now, record);
         }
         self.store.unsynced = true;
@@ -1140,22 +856,14 @@ impl<'s> World<'s> {
         if let Record::Append { events, .. } = record {
             for event in events {
                 self.run_closed |= event.kind.is_terminal();
-                if let Kind::ActivityAttemptFailed {
-                    failure: Failure::RateLimited { .. },
-                    retry_at_ms,
-                    ..
-                } = &event.kind
+                if let Kind::ActivityAttemptFailed { failure: Failure::RateLimited { .. }, retry_at_ms, .. } =
+                    &event.kind
                 {
                     if retry_at_ms.0 > event.time_ms.0 {
-                        self.evidence
-                            .sometimes_add("retried_after_429_waiting_retry_after");
+                        self.evidence.sometimes_add("retried_after_429_waiting_retry_after");
                     }
                 }
-                if let Kind::ActivityAttemptFailed {
-                    failure: Failure::InvalidOutput { .. },
-                    ..
-                } = &event.kind
-                {
+                if let Kind::ActivityAttemptFailed { failure: Failure::InvalidOutput { .. }, .. } = &event.kind {
                     self.evidence.sometimes_add("llm_answer_failed_validation");
                 }
             }
@@ -1174,73 +882,23 @@ impl<'s> World<'s> {
     fn store_after_write(&mut self, now: Time) {
         let held = std::mem::take(&mut self.store.held_workflow_polls);
         for (from, req_id, deadline) in held {
-            let worker_name = self
-                .worker_index(from)
-                .map(|i| self.workers[i].name.clone())
-                .unwrap_or_default();
-            match self
-                .store
-                .protocol
-                .store()
-                .poll_workflow_task(now, &worker_name)
-            {
-                Some(task) => self.store_reply(
-                    now,
-                    from,
-                    Msg::PollWorkflowResp {
-                        req_id,
-                        task: Some(Box::new(task)),
-                    },
-                ),
-                None if deadline <= now => {
-                    self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: None })
-                }
-                None => self
-                    .store
-                    .held_workflow_polls
-                    .push((from, req_id, deadline)),
+            let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+            match self.store.protocol.store().poll_workflow_task(now, &worker_name) {
+                Some(task) => self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: Some(Box::new(task)) }),
+                None if deadline <= now => self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: None }),
+                None => self.store.held_workflow_polls.push((from, req_id, deadline)),
             }
         }
         let held = std::mem::take(&mut self.store.held_activity_polls);
         for (from, req_id, blocked, deadline) in held {
-            let worker_name = self
-                .worker_index(from)
-                .map(|i| self.workers[i].name.clone())
-                .unwrap_or_default();
-            match self
-                .store
-                .protocol
-                .store()
-                .poll_activity_task(now, &worker_name, &blocked)
-            {
+            let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+            match self.store.protocol.store().poll_activity_task(now, &worker_name, &blocked) {
                 Some(lease) => {
-                    self.evidence.grant(
-                        &lease.task.run_id,
-                        lease.task.seq,
-                        lease.task.attempt,
-                        &worker_name,
-                    );
-                    self.store_reply(
-                        now,
-                        from,
-                        Msg::PollActivityResp {
-                            req_id,
-                            lease: Some(Box::new(lease)),
-                        },
-                    );
+                    self.evidence.grant(&lease.task.run_id, lease.task.seq, lease.task.attempt, &worker_name);
+                    self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: Some(Box::new(lease)) });
                 }
-                None if deadline <= now => self.store_reply(
-                    now,
-                    from,
-                    Msg::PollActivityResp {
-                        req_id,
-                        lease: None,
-                    },
-                ),
-                None => self
-                    .store
-                    .held_activity_polls
-                    .push((from, req_id, blocked, deadline)),
+                None if deadline <= now => self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: None }),
+                None => self.store.held_activity_polls.push((from, req_id, blocked, deadline)),
             }
         }
         let store = self.store.protocol.store();
@@ -1249,9 +907,7 @@ impl<'s> World<'s> {
             for (seq, activity) in run.logical.open_activities() {
                 let leased = store.activity_lease(&run.logical.run_id, seq).is_some();
                 if !leased && activity.attempt_not_before > now {
-                    next = Some(next.map_or(activity.attempt_not_before, |n| {
-                        n.min(activity.attempt_not_before)
-                    }));
+                    next = Some(next.map_or(activity.attempt_not_before, |n| n.min(activity.attempt_not_before)));
                 }
             }
         }
@@ -1299,14 +955,7 @@ impl<'s> World<'s> {
 
     // ---- worker hosts -------------------------------------------------------------------
 
-    fn worker_request(
-        &mut self,
-        now: Time,
-        index: usize,
-        pending: Pending,
-        msg: Msg,
-        timeout_ms: u64,
-    ) {
+    fn worker_request(&mut self, now: Time, index: usize, pending: Pending, msg: Msg, timeout_ms: u64) {
         let host = worker_host(index);
         let req_id = match &msg {
             Msg::PollWorkflow { req_id }
@@ -1317,11 +966,7 @@ impl<'s> World<'s> {
             other => panic!("not a worker request: {other:?}"),
         };
         self.workers[index].requests.insert(req_id, pending);
-        self.wake(
-            host,
-            Time(now.0 + timeout_ms),
-            Wake::RequestTimeout { req_id },
-        );
+        self.wake(host, Time(now.0 + timeout_ms), Wake::RequestTimeout { req_id });
         self.send(host, STORE, now, msg);
     }
 
@@ -1353,10 +998,7 @@ impl<'s> World<'s> {
             now,
             index,
             Pending::PollActivity,
-            Msg::PollActivity {
-                req_id,
-                blocked_keys,
-            },
+            Msg::PollActivity { req_id, blocked_keys },
             POLL_HOLD_MS + REQUEST_TIMEOUT_MS,
         );
     }
@@ -1373,17 +1015,11 @@ impl<'s> World<'s> {
                     None => self.worker_poll_workflow(index),
                 }
             }
-            Msg::CompleteWorkflowResp {
-                req_id,
-                run_id,
-                ack,
-            } => {
+            Msg::CompleteWorkflowResp { req_id, run_id, ack } => {
                 if self.workers[index].requests.remove(&req_id).is_none() {
                     return;
                 }
-                self.workers[index]
-                    .workflows
-                    .acknowledged(&run_id, ack == Ack::Accepted);
+                self.workers[index].workflows.acknowledged(&run_id, ack == Ack::Accepted);
                 self.worker_poll_workflow(index);
             }
             Msg::PollActivityResp { req_id, lease } => {
@@ -1399,17 +1035,12 @@ impl<'s> World<'s> {
             Msg::CompleteActivityResp { req_id } => {
                 self.workers[index].requests.remove(&req_id);
             }
-            Msg::HeartbeatResp {
-                req_id,
-                run_id,
-                seq,
-                ack,
-            } => {
+            Msg::HeartbeatResp { req_id, token, ack } => {
                 self.workers[index].requests.remove(&req_id);
                 if let Ack::Rejected(reason) = ack {
                     // The lease is gone: another worker may own this attempt now. Give up.
-                    tracing::debug!(target: "tempest::world", t = %now, worker = %self.workers[index].name, run_id, seq, reason, "gives up activity");
-                    self.worker_drop_activity(index, &run_id, seq);
+                    tracing::debug!(target: "tempest::world", t = %now, worker = %self.workers[index].name, token, reason, "gives up activity");
+                    self.worker_drop_activity(index, token);
                     self.worker_poll_activity(now, index);
                 }
             }
@@ -1431,37 +1062,23 @@ impl<'s> World<'s> {
             TaskOutcome::Complete(completion) => {
                 let req_id = self.next_req_id();
                 let completion = Box::new(completion);
-                let msg = Msg::CompleteWorkflow {
-                    req_id,
-                    completion: completion.clone(),
-                };
+                let msg = Msg::CompleteWorkflow { req_id, completion: completion.clone() };
                 self.worker_request(
                     now,
                     index,
-                    Pending::CompleteWorkflow {
-                        completion,
-                        tries: 1,
-                    },
+                    Pending::CompleteWorkflow { completion, tries: 1 },
                     msg,
                     REQUEST_TIMEOUT_MS,
                 );
             }
             TaskOutcome::Abandon { .. } => {
-                self.send(
-                    worker_host(index),
-                    STORE,
-                    now,
-                    Msg::AbandonWorkflow { run_id, token },
-                );
+                self.send(worker_host(index), STORE, now, Msg::AbandonWorkflow { run_id, token });
                 self.worker_poll_workflow(index);
             }
             TaskOutcome::Fail(error) => {
                 self.fail(
                     "check_replay_reproduces",
-                    format!(
-                        "{} could not run a workflow task of run {run_id}: {error}",
-                        self.workers[index].name
-                    ),
+                    format!("{} could not run a workflow task of run {run_id}: {error}", self.workers[index].name),
                 );
             }
         }
@@ -1470,19 +1087,13 @@ impl<'s> World<'s> {
     fn maybe_crash_worker(&mut self, now: Time, index: usize) {
         if self.faults_on && self.rng_faults.chance(self.faults.worker_crash_probability) {
             let at = Time(now.0 + self.rng_faults.exp_ms(50));
-            self.agenda.push(
-                at,
-                Ev::Crash {
-                    host: worker_host(index),
-                },
-            );
+            self.agenda.push(at, Ev::Crash { host: worker_host(index) });
         }
     }
 
     fn worker_lease(&mut self, now: Time, index: usize, lease: ActivityLease) {
-        let key = (lease.task.run_id.clone(), lease.task.seq);
-        let stalled =
-            self.faults_on && self.rng_faults.chance(self.faults.lease_expiry_probability);
+        let token = lease.token;
+        let stalled = self.faults_on && self.rng_faults.chance(self.faults.lease_expiry_probability);
         let running = Running {
             lease,
             future: None,
@@ -1491,32 +1102,26 @@ impl<'s> World<'s> {
             started: false,
             report: None,
         };
-        self.workers[index].running.insert(key.clone(), running);
+        self.workers[index].running.insert(token, running);
         self.maybe_crash_worker(now, index);
-        self.worker_try_start(now, index, key.0, key.1);
+        self.worker_try_start(now, index, token);
     }
 
     /// Starts a leased activity if the rate limiter allows it now, or wakes when it will.
-    fn worker_try_start(&mut self, now: Time, index: usize, run_id: String, seq: u32) {
+    fn worker_try_start(&mut self, now: Time, index: usize, token: u64) {
         let worker = &mut self.workers[index];
-        let Some(running) = worker.running.get(&(run_id.clone(), seq)) else {
-            return;
-        };
+        let Some(running) = worker.running.get(&token) else { return };
         let options = &running.lease.task.options;
         let (key, tokens) = (options.rate_limit_key.clone(), options.token_count);
         if let Some(key) = &key {
             match worker.limiter.next_allowed(now, key, tokens) {
                 Some(at) if at == now => {}
                 Some(at) => {
-                    self.wake(worker_host(index), at, Wake::ActivityStart { run_id, seq });
+                    self.wake(worker_host(index), at, Wake::ActivityStart { token });
                     return;
                 }
                 None => {
-                    self.wake(
-                        worker_host(index),
-                        Time(now.0 + 1_000),
-                        Wake::ActivityStart { run_id, seq },
-                    );
+                    self.wake(worker_host(index), Time(now.0 + 1_000), Wake::ActivityStart { token });
                     return;
                 }
             }
@@ -1524,134 +1129,70 @@ impl<'s> World<'s> {
             let name = worker.name.clone();
             self.evidence.dispatched(&name, key, now, tokens);
         }
-        let worker = &mut self.workers[index];
-        let running = worker
-            .running
-            .get_mut(&(run_id.clone(), seq))
-            .expect("checked above");
+        let running = self.workers[index].running.get_mut(&token).expect("checked above");
         running.started = true;
-        let services = Rc::new(SimServices {
-            slots: running.slots.clone(),
-            call_ids: self.call_ids.clone(),
-        });
+        let services = Rc::new(SimServices { slots: running.slots.clone(), call_ids: self.call_ids.clone() });
         let ctx = ActivityCtx::new(running.lease.task.clone(), services);
         running.future = Some(self.activities.start(ctx, running.lease.task.input.clone()));
         if !running.stalled {
-            let heartbeat_ms = store::Config::default().activity_lease_ms / 3;
-            self.wake(
-                worker_host(index),
-                Time(now.0 + heartbeat_ms),
-                Wake::Heartbeat {
-                    run_id: run_id.clone(),
-                    seq,
-                },
-            );
+            self.wake(worker_host(index), Time(now.0 + HEARTBEAT_MS), Wake::Heartbeat { token });
         }
-        self.worker_poll_running(now, index, run_id, seq);
+        self.worker_poll_running(now, index, token);
     }
 
     /// Polls an activity future, sends its service calls, and reports it when done.
-    fn worker_poll_running(&mut self, now: Time, index: usize, run_id: String, seq: u32) {
-        let key = (run_id.clone(), seq);
-        let Some(running) = self.workers[index].running.get_mut(&key) else {
-            return;
-        };
-        let Some(future) = running.future.as_mut() else {
-            return;
-        };
+    fn worker_poll_running(&mut self, now: Time, index: usize, token: u64) {
+        let Some(running) = self.workers[index].running.get_mut(&token) else { return };
+        let Some(future) = running.future.as_mut() else { return };
         let mut cx = Context::from_waker(Waker::noop());
         let poll = future.as_mut().poll(&mut cx);
         let outbox = std::mem::take(&mut running.slots.borrow_mut().outbox);
         for (call_id, call) in outbox {
             let host = worker_host(index);
-            self.workers[index].calls.insert(
-                call_id,
-                (key.0.clone(), key.1, matches!(call, ServiceCall::Llm(_))),
-            );
+            self.workers[index].calls.insert(call_id, (token, matches!(call, ServiceCall::Llm(_))));
             let (to, msg, timeout_ms) = match call {
-                ServiceCall::Llm(request) => {
-                    (LLM, Msg::LlmReq { call_id, request }, LLM_CALL_TIMEOUT_MS)
+                ServiceCall::Llm(request) => (LLM, Msg::LlmReq { call_id, request }, LLM_CALL_TIMEOUT_MS),
+                ServiceCall::Tool { name, arguments, idempotency_key } => {
+                    (TOOL, Msg::ToolReq { call_id, name, arguments, idempotency_key }, TOOL_CALL_TIMEOUT_MS)
                 }
-                ServiceCall::Tool {
-                    name,
-                    arguments,
-                    idempotency_key,
-                } => (
-                    TOOL,
-                    Msg::ToolReq {
-                        call_id,
-                        name,
-                        arguments,
-                        idempotency_key,
-                    },
-                    TOOL_CALL_TIMEOUT_MS,
-                ),
             };
-            self.wake(
-                host,
-                Time(now.0 + timeout_ms),
-                Wake::ServiceTimeout { call_id },
-            );
+            self.wake(host, Time(now.0 + timeout_ms), Wake::ServiceTimeout { call_id });
             self.send(host, to, now, msg);
         }
         let Poll::Ready(result) = poll else { return };
-        let running = self.workers[index]
-            .running
-            .get_mut(&key)
-            .expect("still running");
+        let worker = &mut self.workers[index];
+        let running = worker.running.get_mut(&token).expect("still running");
         running.future = None;
         running.report = Some(match result {
             Ok(output) => AttemptReport::Completed { output },
             Err(failure) => AttemptReport::Failed { failure },
         });
         if let Some(key) = &running.lease.task.options.rate_limit_key {
-            let key = key.clone();
-            self.workers[index].limiter.finish(&key);
+            worker.limiter.finish(key);
         }
-        let running = &self.workers[index].running[&(run_id.clone(), seq)];
         if running.stalled {
             // A GC pause or VM migration: the worker resumes after its lease is gone.
-            let at =
-                Time(running.lease.expires_at.0.max(now.0) + 1 + self.rng_faults.exp_ms(5_000));
-            self.wake(worker_host(index), at, Wake::ActivityReport { run_id, seq });
+            let at = Time(running.lease.expires_at.0.max(now.0) + 1 + self.rng_faults.exp_ms(5_000));
+            self.wake(worker_host(index), at, Wake::ActivityReport { token });
         } else {
-            self.worker_report(now, index, run_id, seq);
+            self.worker_report(now, index, token);
         }
     }
 
-    fn worker_report(&mut self, now: Time, index: usize, run_id: String, seq: u32) {
-        let Some(running) = self.workers[index].running.remove(&(run_id.clone(), seq)) else {
-            return;
-        };
-        let report = running.report.expect("reported activities finished");
+    fn worker_report(&mut self, now: Time, index: usize, token: u64) {
+        let Some(running) = self.workers[index].running.remove(&token) else { return };
+        let report = running.report.expect("only finished activities are reported");
+        let (run_id, seq) = (running.lease.task.run_id.clone(), running.lease.task.seq);
         let req_id = self.next_req_id();
-        let token = running.lease.token;
-        let msg = Msg::CompleteActivity {
-            req_id,
-            run_id: run_id.clone(),
-            seq,
-            token,
-            report: report.clone(),
-        };
-        self.worker_request(
-            now,
-            index,
-            Pending::CompleteActivity {
-                run_id,
-                seq,
-                token,
-                report,
-                tries: 1,
-            },
-            msg,
-            REQUEST_TIMEOUT_MS,
-        );
+        let msg = Msg::CompleteActivity { req_id, run_id: run_id.clone(), seq, token, report: report.clone() };
+        let pending = Pending::CompleteActivity { run_id, seq, token, report, tries: 1 };
+        self.worker_request(now, index, pending, msg, REQUEST_TIMEOUT_MS);
         self.worker_poll_activity(now, index);
     }
 
-    fn worker_drop_activity(&mut self, index: usize, run_id: &str, seq: u32) {
+    fn worker_drop_activity(&mut self, index: usize, token: u64) {
         let worker = &mut self.workers[index];
-        if let Some(running) = worker.running.remove(&(run_id.to_owned(), seq)) {
+        if let Some(running) = worker.running.remove(&token) {
             if running.started && running.future.is_some() {
                 if let Some(key) = &running.lease.task.options.rate_limit_key {
                     worker.limiter.finish(key);
@@ -1660,21 +1201,11 @@ impl<'s> World<'s> {
         }
     }
 
-    fn worker_service_answer(
-        &mut self,
-        now: Time,
-        index: usize,
-        call_id: u64,
-        result: ServiceResult,
-    ) {
-        let Some((run_id, seq, _)) = self.workers[index].calls.remove(&call_id) else {
-            return;
-        };
-        let Some(running) = self.workers[index].running.get(&(run_id.clone(), seq)) else {
-            return;
-        };
+    fn worker_service_answer(&mut self, now: Time, index: usize, call_id: u64, result: ServiceResult) {
+        let Some((token, _)) = self.workers[index].calls.remove(&call_id) else { return };
+        let Some(running) = self.workers[index].running.get(&token) else { return };
         running.slots.borrow_mut().results.insert(call_id, result);
-        self.worker_poll_running(now, index, run_id, seq);
+        self.worker_poll_running(now, index, token);
     }
 
     fn worker_wake(&mut self, now: Time, index: usize, wake: Wake) {
@@ -1700,28 +1231,16 @@ impl<'s> World<'s> {
                             return;
                         }
                         let req_id = self.next_req_id();
-                        let msg = Msg::CompleteWorkflow {
-                            req_id,
-                            completion: completion.clone(),
-                        };
+                        let msg = Msg::CompleteWorkflow { req_id, completion: completion.clone() };
                         self.worker_request(
                             now,
                             index,
-                            Pending::CompleteWorkflow {
-                                completion,
-                                tries: tries + 1,
-                            },
+                            Pending::CompleteWorkflow { completion, tries: tries + 1 },
                             msg,
                             REQUEST_TIMEOUT_MS,
                         );
                     }
-                    Pending::CompleteActivity {
-                        run_id,
-                        seq,
-                        token,
-                        report,
-                        tries,
-                    } => {
+                    Pending::CompleteActivity { run_id, seq, token, report, tries } => {
                         if tries >= 5 {
                             return;
                         }
@@ -1736,13 +1255,7 @@ impl<'s> World<'s> {
                         self.worker_request(
                             now,
                             index,
-                            Pending::CompleteActivity {
-                                run_id,
-                                seq,
-                                token,
-                                report,
-                                tries: tries + 1,
-                            },
+                            Pending::CompleteActivity { run_id, seq, token, report, tries: tries + 1 },
                             msg,
                             REQUEST_TIMEOUT_MS,
                         );
@@ -1750,33 +1263,21 @@ impl<'s> World<'s> {
                     Pending::Heartbeat => {}
                 }
             }
-            Wake::ActivityStart { run_id, seq } => self.worker_try_start(now, index, run_id, seq),
-            Wake::Heartbeat { run_id, seq } => {
-                let Some(running) = self.workers[index].running.get(&(run_id.clone(), seq)) else {
-                    return;
-                };
+            Wake::ActivityStart { token } => self.worker_try_start(now, index, token),
+            Wake::Heartbeat { token } => {
+                let Some(running) = self.workers[index].running.get(&token) else { return };
                 if running.report.is_some() {
                     return;
                 }
-                let token = running.lease.token;
+                let (run_id, seq) = (running.lease.task.run_id.clone(), running.lease.task.seq);
                 let req_id = self.next_req_id();
-                let msg = Msg::Heartbeat {
-                    req_id,
-                    run_id: run_id.clone(),
-                    seq,
-                    token,
-                };
+                let msg = Msg::Heartbeat { req_id, run_id, seq, token };
                 self.worker_request(now, index, Pending::Heartbeat, msg, REQUEST_TIMEOUT_MS);
-                let heartbeat_ms = store::Config::default().activity_lease_ms / 3;
-                self.wake(
-                    worker_host(index),
-                    Time(now.0 + heartbeat_ms),
-                    Wake::Heartbeat { run_id, seq },
-                );
+                self.wake(worker_host(index), Time(now.0 + HEARTBEAT_MS), Wake::Heartbeat { token });
             }
-            Wake::ActivityReport { run_id, seq } => self.worker_report(now, index, run_id, seq),
+            Wake::ActivityReport { token } => self.worker_report(now, index, token),
             Wake::ServiceTimeout { call_id } => {
-                let Some((_, _, is_llm)) = self.workers[index].calls.get(&call_id) else {
+                let Some((_, is_llm)) = self.workers[index].calls.get(&call_id) else {
                     return;
                 };
                 let result = if *is_llm {
@@ -1795,16 +1296,8 @@ impl<'s> World<'s> {
     fn client_send(&mut self, now: Time, from: HostId, request: ClientRequest) {
         let req_id = self.next_req_id();
         let msg = match &request {
-            ClientRequest::Start { index } => Msg::StartReq {
-                req_id,
-                start: self.workload[*index].clone(),
-            },
-            ClientRequest::Signal {
-                workflow_id,
-                signal_id,
-                name,
-                payload,
-            } => Msg::SignalReq {
+            ClientRequest::Start { index } => Msg::StartReq { req_id, start: self.workload[*index].clone() },
+            ClientRequest::Signal { workflow_id, signal_id, name, payload } => Msg::SignalReq {
                 req_id,
                 workflow_id: workflow_id.clone(),
                 signal_id: signal_id.clone(),
@@ -1813,11 +1306,7 @@ impl<'s> World<'s> {
             },
         };
         self.client_requests.insert(req_id, request);
-        self.wake(
-            from,
-            Time(now.0 + REQUEST_TIMEOUT_MS),
-            Wake::RequestTimeout { req_id },
-        );
+        self.wake(from, Time(now.0 + REQUEST_TIMEOUT_MS), Wake::RequestTimeout { req_id });
         self.send(from, STORE, now, msg);
     }
 
@@ -1833,28 +1322,17 @@ impl<'s> World<'s> {
                 let Some(request) = self.client_requests.remove(&req_id) else {
                     return;
                 };
-                let ClientRequest::Signal {
-                    workflow_id,
-                    signal_id,
-                    ..
-                } = &request
-                else {
+                let ClientRequest::Signal { workflow_id, signal_id, .. } = &request else {
                     return;
                 };
                 match status {
                     SignalStatus::Recorded => {
-                        self.evidence
-                            .acked_signals
-                            .insert((workflow_id.clone(), signal_id.clone()));
+                        self.evidence.acked_signals.insert((workflow_id.clone(), signal_id.clone()));
                     }
                     SignalStatus::Pending => {
                         let req_id = self.next_req_id();
                         self.client_requests.insert(req_id, request);
-                        self.wake(
-                            to,
-                            Time(now.0 + SIGNAL_RECHECK_MS),
-                            Wake::ClientRetry { req_id },
-                        );
+                        self.wake(to, Time(now.0 + SIGNAL_RECHECK_MS), Wake::ClientRetry { req_id });
                     }
                     SignalStatus::RunClosed | SignalStatus::UnknownWorkflow => {}
                 }
@@ -1865,9 +1343,7 @@ impl<'s> World<'s> {
 
     fn client_wake(&mut self, now: Time, host: HostId, wake: Wake) {
         match wake {
-            Wake::ClientStart { index } => {
-                self.client_send(now, CLIENT, ClientRequest::Start { index })
-            }
+            Wake::ClientStart { index } => self.client_send(now, CLIENT, ClientRequest::Start { index }),
             Wake::HumanSend { answer, signal_id } => {
                 let request = ClientRequest::Signal {
                     workflow_id: answer.workflow_id,
@@ -1891,29 +1367,16 @@ impl<'s> World<'s> {
     // ---- services -----------------------------------------------------------------------
 
     fn llm_receive(&mut self, now: Time, from: HostId, msg: Msg) {
-        let Msg::LlmReq { call_id, request } = msg else {
-            panic!("llm received {msg:?}")
-        };
-        let outcome = self
-            .llm
-            .request(now, request.token_count, &mut self.rng_llm);
+        let Msg::LlmReq { call_id, request } = msg else { panic!("llm received {msg:?}") };
+        let outcome = self.llm.request(now, request.token_count, &mut self.rng_llm);
         let (delay_ms, result) = match outcome {
-            LlmOutcome::Answered { latency_ms } => (
-                latency_ms,
-                Ok(self.scenario.llm_answer(&request, &mut self.rng_llm)),
-            ),
-            LlmOutcome::RateLimited { retry_after_ms } => (
-                5,
-                Err(Failure::RateLimited {
-                    retry_after_ms: Some(retry_after_ms),
-                }),
-            ),
-            LlmOutcome::ServerError { latency_ms } => (
-                latency_ms,
-                Err(Failure::Overloaded {
-                    retry_after_ms: None,
-                }),
-            ),
+            LlmOutcome::Answered { latency_ms } => {
+                (latency_ms, Ok(self.scenario.llm_answer(&request, &mut self.rng_llm)))
+            }
+            LlmOutcome::RateLimited { retry_after_ms } => {
+                (5, Err(Failure::RateLimited { retry_after_ms: Some(retry_after_ms) }))
+            }
+            LlmOutcome::ServerError { latency_ms } => (latency_ms, Err(Failure::Overloaded { retry_after_ms: None })),
             LlmOutcome::TimedOut { after_ms } => (after_ms, Err(Failure::TimedOut)),
             LlmOutcome::InvalidOutput { latency_ms } => (
                 latency_ms,
@@ -1924,46 +1387,23 @@ impl<'s> World<'s> {
                 }),
             ),
         };
-        self.send(
-            LLM,
-            from,
-            Time(now.0 + delay_ms),
-            Msg::LlmResp { call_id, result },
-        );
+        self.send(LLM, from, Time(now.0 + delay_ms), Msg::LlmResp { call_id, result });
     }
 
     fn tool_receive(&mut self, now: Time, from: HostId, msg: Msg) {
-        let Msg::ToolReq {
-            call_id,
-            name,
-            arguments,
-            idempotency_key,
-        } = msg
-        else {
-            panic!("tool received {msg:?}")
-        };
-        let latency = self
-            .rng_tool
-            .exp_ms(self.faults.tool.latency_ms_mean.max(1));
+        let Msg::ToolReq { call_id, name, arguments, idempotency_key } = msg else { panic!("tool received {msg:?}") };
+        let latency = self.rng_tool.exp_ms(self.faults.tool.latency_ms_mean.max(1));
         let fails = self.faults_on && self.rng_tool.chance(self.faults.tool.failure_probability);
         // Half the failures happen before the side effect, half after it (the answer is lost).
         let fails_before = fails && self.rng_tool.chance(0.5);
         let result = if fails_before {
             self.counts.add(fault::TOOL_FAILURE);
-            Err(Failure::Application {
-                kind: "tool_error".to_owned(),
-                message: format!("tool {name} failed"),
-            })
+            Err(Failure::Application { kind: "tool_error".to_owned(), message: format!("tool {name} failed") })
         } else {
-            let answer = match idempotency_key
-                .as_ref()
-                .and_then(|k| self.tool_answers.get(&format!("{name}/{k}")))
-            {
+            let answer = match idempotency_key.as_ref().and_then(|k| self.tool_answers.get(&format!("{name}/{k}"))) {
                 Some(answer) => answer.clone(),
                 None => {
-                    let outcome = self
-                        .scenario
-                        .tool_call(&name, &arguments, &mut self.rng_tool);
+                    let outcome = self.scenario.tool_call(&name, &arguments, &mut self.rng_tool);
                     if let Some(effect) = &outcome.effect {
                         if !self.evidence.apply_effect(effect) {
                             self.fail("check_tool_effects_once", format!("tool {name} applied effect {effect} a second time (idempotency key {idempotency_key:?})"));
@@ -1973,8 +1413,7 @@ impl<'s> World<'s> {
                         }
                     }
                     if let Some(key) = &idempotency_key {
-                        self.tool_answers
-                            .insert(format!("{name}/{key}"), outcome.result.clone());
+                        self.tool_answers.insert(format!("{name}/{key}"), outcome.result.clone());
                     }
                     outcome.result
                 }
@@ -1989,12 +1428,7 @@ impl<'s> World<'s> {
                 Ok(answer)
             }
         };
-        self.send(
-            TOOL,
-            from,
-            Time(now.0 + latency),
-            Msg::ToolResp { call_id, result },
-        );
+        self.send(TOOL, from, Time(now.0 + latency), Msg::ToolResp { call_id, result });
     }
 
     fn plan_human(&mut self, now: Time, arguments: &Value) {
@@ -2014,27 +1448,18 @@ impl<'s> World<'s> {
         };
         match plan {
             HumanPlan::Never => self.evidence.sometimes_add("human_never_answered"),
-            HumanPlan::Answer {
-                after_ms,
-                duplicate_after_ms,
-            } => {
+            HumanPlan::Answer { after_ms, duplicate_after_ms } => {
                 let base = format!("{}/{}", answer.workflow_id, answer.signal_name);
                 self.wake(
                     HUMAN,
                     Time(now.0 + after_ms),
-                    Wake::HumanSend {
-                        answer: answer.clone(),
-                        signal_id: format!("{base}/1"),
-                    },
+                    Wake::HumanSend { answer: answer.clone(), signal_id: format!("{base}/1") },
                 );
                 if let Some(after_ms) = duplicate_after_ms {
                     self.wake(
                         HUMAN,
                         Time(now.0 + after_ms),
-                        Wake::HumanSend {
-                            answer,
-                            signal_id: format!("{base}/2"),
-                        },
+                        Wake::HumanSend { answer, signal_id: format!("{base}/2") },
                     );
                 }
             }
@@ -2049,11 +1474,9 @@ impl<'s> World<'s> {
         let mut open: Vec<String> = accepted
             .into_iter()
             .filter(|wid| {
-                store.latest_run(wid).is_none_or(|run| {
-                    store
-                        .status(run)
-                        .is_none_or(|s| s == tempest_engine::run::Status::Running)
-                })
+                store
+                    .latest_run(wid)
+                    .is_none_or(|run| store.status(run).is_none_or(|s| s == tempest_engine::run::Status::Running))
             })
             .collect();
         let unaccepted = self
@@ -2081,20 +1504,13 @@ impl<'s> World<'s> {
             .map(|run| History::new(run.events.clone()))
             .collect();
         if self.failure.is_none() {
-            let finished = crate::scenario::Finished {
-                histories: &histories,
-                tool_effects: &self.evidence.effects,
-            };
-            if let Err(failure) = check::run_all(self.scenario, &store, &histories, &self.evidence)
-                .and_then(|()| {
-                    self.scenario
-                        .check(&finished)
-                        .map_err(|message| CheckFailure {
-                            check: format!("check_{}_outcome", self.scenario.name()),
-                            message,
-                        })
+            let finished = crate::scenario::Finished { histories: &histories, tool_effects: &self.evidence.effects };
+            if let Err(failure) = check::run_all(self.scenario, &store, &histories, &self.evidence).and_then(|()| {
+                self.scenario.check(&finished).map_err(|message| CheckFailure {
+                    check: format!("check_{}_outcome", self.scenario.name()),
+                    message,
                 })
-            {
+            }) {
                 self.failure = Some(failure);
             }
         }
@@ -2106,10 +1522,8 @@ impl<'s> World<'s> {
         faults.merge(self.store.disk.fault_counts());
         faults.merge(self.llm.fault_counts());
         faults.merge(self.human.fault_counts());
-        let runs_completed = histories
-            .iter()
-            .filter(|h| h.events.last().is_some_and(|e| e.kind.is_terminal()))
-            .count() as u64;
+        let runs_completed =
+            histories.iter().filter(|h| h.events.last().is_some_and(|e| e.kind.is_terminal())).count() as u64;
         Outcome {
             seed: self.options.seed,
             scenario: self.scenario.name(),
@@ -2121,11 +1535,7 @@ impl<'s> World<'s> {
             simulated_ms: self.agenda.now().as_ms(),
             step_count: self.step_count,
             trace_digest: self.digest.hex(),
-            histories: if self.options.keep_histories {
-                histories
-            } else {
-                Vec::new()
-            },
+            histories: if self.options.keep_histories { histories } else { Vec::new() },
         }
     }
 }
@@ -2133,24 +1543,12 @@ impl<'s> World<'s> {
 /// Per-worker rate limits for each LLM model key: the provider's quota split across the
 /// fleet, times a factor drawn per seed (some seeds over-subscribe, as a misconfigured fleet
 /// would, so 429s with `Retry-After` happen and are honoured).
-fn worker_limits(
-    faults: &FaultConfig,
-    worker_count: usize,
-    rng: &mut Rng,
-) -> BTreeMap<String, Limit> {
+fn worker_limits(faults: &FaultConfig, worker_count: usize, rng: &mut Rng) -> BTreeMap<String, Limit> {
     let factor = 0.5 + rng.f64();
-    let share =
-        |quota: u64| -> u64 { (((quota as f64) * factor / worker_count as f64) as u64).max(1) };
+    let share = |quota: u64| -> u64 { (((quota as f64) * factor / worker_count as f64) as u64).max(1) };
     let rpm = faults.llm.rate_limit_rpm.map(share);
-    let tpm = faults
-        .llm
-        .rate_limit_tpm
-        .map(|q| share(q).max(crate::check::TOKENS_PER_REQUEST_MAX));
-    let limit = Limit {
-        requests_per_minute: rpm,
-        tokens_per_minute: tpm,
-        concurrency_max: Some(2),
-    };
+    let tpm = faults.llm.rate_limit_tpm.map(|q| share(q).max(crate::check::TOKENS_PER_REQUEST_MAX));
+    let limit = Limit { requests_per_minute: rpm, tokens_per_minute: tpm, concurrency_max: Some(2) };
     BTreeMap::from([(crate::check::LLM_KEY.to_owned(), limit)])
 }
 

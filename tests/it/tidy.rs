@@ -9,17 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Crates that would let the engine do I/O, run on an async runtime or draw OS randomness.
-const ENGINE_FORBIDDEN_DEPENDENCIES: &[&str] = &[
-    "tokio",
-    "async-std",
-    "smol",
-    "mio",
-    "hyper",
-    "reqwest",
-    "rusqlite",
-    "rand",
-    "getrandom",
-];
+const ENGINE_FORBIDDEN_DEPENDENCIES: &[&str] =
+    &["tokio", "async-std", "smol", "mio", "hyper", "reqwest", "rusqlite", "rand", "getrandom"];
 
 /// Words that mean the engine reads a clock, sleeps, does I/O, draws OS randomness or
 /// iterates a hash map.
@@ -44,10 +35,7 @@ const MODULE_COMMENT_FOLDERS: &[&str] = &["engine", "sim", "scenarios", "runtime
 const MODULE_COMMENT_MISSING_KNOWN: &[&str] = &["engine/src/tests/smoke.rs"];
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the workspace root")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace root").to_owned()
 }
 
 #[test]
@@ -58,11 +46,7 @@ fn engine_depends_on_no_async_runtime_io_or_randomness_crate() {
         .current_dir(workspace_root())
         .output()
         .expect("cargo metadata runs");
-    assert!(
-        output.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
     let metadata: Value = serde_json::from_slice(&output.stdout).expect("metadata is JSON");
     let closure = normal_dependency_closure(&metadata, "tempest-engine");
     let found: Vec<String> = closure
@@ -103,11 +87,8 @@ fn normal_dependency_closure(metadata: &Value, root: &str) -> BTreeMap<String, S
     let mut queue = vec![root_id];
     while let Some(id) = queue.pop() {
         for dep in nodes[id]["deps"].as_array().into_iter().flatten() {
-            let is_dev_only = dep["dep_kinds"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .all(|kind| kind["kind"].as_str() == Some("dev"));
+            let is_dev_only =
+                dep["dep_kinds"].as_array().into_iter().flatten().all(|kind| kind["kind"].as_str() == Some("dev"));
             let dep_id = dep["pkg"].as_str().unwrap();
             if is_dev_only || !seen.insert(dep_id) {
                 continue;
@@ -129,11 +110,7 @@ fn engine_sources_use_no_clock_sleep_io_os_randomness_or_hash_map() {
         for (line_index, line) in code.lines().enumerate() {
             for word in ENGINE_FORBIDDEN_WORDS {
                 if line.contains(word) {
-                    offenders.push(format!(
-                        "{}:{}: {word}",
-                        relative(&file).display(),
-                        line_index + 1
-                    ));
+                    offenders.push(format!("{}:{}: {word}", relative(&file).display(), line_index + 1));
                 }
             }
         }
@@ -162,10 +139,7 @@ fn every_rust_file_opens_with_a_module_comment() {
             }
         }
     }
-    let known: BTreeSet<String> = MODULE_COMMENT_MISSING_KNOWN
-        .iter()
-        .map(|path| (*path).to_owned())
-        .collect();
+    let known: BTreeSet<String> = MODULE_COMMENT_MISSING_KNOWN.iter().map(|path| (*path).to_owned()).collect();
     let new: Vec<&String> = missing.difference(&known).collect();
     assert!(
         new.is_empty(),
@@ -287,11 +261,7 @@ fn quoted_len(rest: &[char], quote: char) -> usize {
 }
 
 fn is_raw_string_start(rest: &[char]) -> bool {
-    let after_prefix = if rest[0] == 'b' {
-        &rest[2..]
-    } else {
-        &rest[1..]
-    };
+    let after_prefix = if rest[0] == 'b' { &rest[2..] } else { &rest[1..] };
     let hashes = after_prefix.iter().take_while(|c| **c == '#').count();
     after_prefix.get(hashes) == Some(&'"')
 }
@@ -306,14 +276,7 @@ fn raw_string_len(rest: &[char]) -> usize {
     let body_start = prefix_len + hashes + 1;
     let mut index = body_start;
     while index < rest.len() {
-        if rest[index] == '"'
-            && rest[index + 1..]
-                .iter()
-                .take(hashes)
-                .filter(|c| **c == '#')
-                .count()
-                == hashes
-        {
+        if rest[index] == '"' && rest[index + 1..].iter().take(hashes).filter(|c| **c == '#').count() == hashes {
             return index + 1 + hashes;
         }
         index += 1;
@@ -331,14 +294,7 @@ fn stripping_keeps_code_and_drops_comments_and_literals() {
     let code = strip_comments_and_literals(source);
     assert_eq!(code.lines().count(), 5, "{code}");
     assert!(code.lines().next().unwrap().contains("HashMap::new()"));
-    for gone in [
-        "HashMap here",
-        "std::fs",
-        "tokio",
-        "std::net",
-        "OsRng",
-        "thread_rng",
-    ] {
+    for gone in ["HashMap here", "std::fs", "tokio", "std::net", "OsRng", "thread_rng"] {
         assert!(!code.contains(gone), "{gone} left in:\n{code}");
     }
     assert!(code.contains("fn f<'a>(x: &'a str)"), "{code}");
