@@ -348,10 +348,7 @@ mod tests {
     #[test]
     fn commands_not_landed_exit_2() {
         for line in [
-            &["scenarios"][..],
-            &["run", "hello_llm", "--seed", "1"],
-            &["sweep", "--all", "--seeds", "1"],
-            &["debug", "a.json"],
+            &["debug", "a.json"][..],
             &["report", "a.json", "-o", "a.html"],
             &["serve"],
             &["fork", "a.json", "--at", "1"],

@@ -11,13 +11,12 @@ use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
-use tempest_sim::world::{CheckFailure, Options};
-use tempest_sim::{FaultPlan, Scenario, World};
+use tempest_sim::world::Options;
+use tempest_sim::{FaultPlan, Scenario};
 
 /// What went wrong with the user's request (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -58,28 +57,15 @@ fn install_quiet_panic_hook() {
     }));
 }
 
-/// Runs one world; a panic inside the engine or the world is a failed check named `panic`.
+/// Runs one world; the quiet hook has stored the panic's location for the message.
 fn run_world(scenario: &dyn Scenario, options: Options) -> tempest_sim::Outcome {
-    let seed = options.seed;
-    match catch_unwind(AssertUnwindSafe(|| World::new(scenario, options).run())) {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            let message = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "panic".to_owned());
-            tempest_sim::Outcome {
-                seed,
-                scenario: scenario.name(),
-                failure: Some(CheckFailure { check: "panic".to_owned(), message }),
-                faults: Default::default(),
-                sometimes: BTreeMap::new(),
-                runs_completed: 0,
-                workflows_accepted: 0,
-                simulated_ms: 0,
-                step_count: 0,
-                trace_digest: "-".to_owned(),
-                histories: Vec::new(),
-            }
+    let mut outcome = tempest_sim::world::run_catching(scenario, options);
+    if let Some(failure) = outcome.failure.as_mut().filter(|f| f.check == "panic") {
+        if let Some(located) = LAST_PANIC.with(|p| p.borrow_mut().take()) {
+            failure.message = located;
         }
     }
+    outcome
 }
 
 fn repro_line(scenario: &str, seed: u64) -> String {
@@ -116,13 +102,8 @@ pub(crate) fn run(request: RunRequest<'_>, out: &mut impl Write) -> anyhow::Resu
     } else {
         install_quiet_panic_hook();
     }
-    let options = Options {
-        seed: request.seed,
-        plan: plan.clone(),
-        worker_count: 3,
-        store_factory: None,
-        keep_histories: request.record.is_some(),
-    };
+    let options =
+        Options { plan: plan.clone(), keep_histories: request.record.is_some(), ..Options::swarm(request.seed) };
     let outcome = run_world(scenario.as_ref(), options);
     writeln!(out, "scenario {} seed {}", outcome.scenario, outcome.seed)?;
     match &outcome.failure {

@@ -291,7 +291,7 @@ impl Store {
             .runs
             .iter()
             .find(|(run_id, run)| {
-                !run.inbox.is_empty() && !self.workflow_leases.get(*run_id).is_some_and(|l| l.expires_at > now)
+                !run.inbox.is_empty() && self.workflow_leases.get(*run_id).is_none_or(|l| l.expires_at <= now)
             })
             .map(|(run_id, _)| run_id.clone())?;
         let token = self.next_token();
@@ -319,7 +319,7 @@ impl Store {
     /// Takes back a workflow task the worker could not complete (e.g. its cache missed a
     /// sticky delta); the next poll hands out the full history.
     pub fn abandon_workflow_task(&mut self, run_id: &str, token: u64) -> Ack {
-        if !self.workflow_leases.get(run_id).is_some_and(|l| l.token == token) {
+        if self.workflow_leases.get(run_id).is_none_or(|l| l.token != token) {
             return Ack::Rejected(format!("run {run_id}: token {token:#x} is not the current workflow task"));
         }
         self.workflow_leases.remove(run_id);

@@ -31,7 +31,9 @@ use tempest_engine::run::AttemptReport;
 use tempest_engine::services::{
     Activities, ActivityCtx, ActivityFuture, LlmRequest, LlmResponse, ServiceFuture, Services,
 };
-use tempest_engine::store::{self, Ack, ActivityLease, Record, SignalStatus, Store, WorkflowCompletion, WorkflowTask};
+use tempest_engine::store::{
+    self, Ack, ActivityLease, Record, SignalStatus, Store, TickReport, WorkflowCompletion, WorkflowTask,
+};
 use tempest_engine::worker::{Outcome as TaskOutcome, WorkflowWorker};
 use tempest_engine::{Failure, Time};
 
@@ -90,6 +92,10 @@ pub trait StoreProtocol {
         self.store().complete_activity_task(now, run_id, seq, token, report, worker)
     }
 
+    fn tick(&mut self, now: Time) -> (TickReport, Vec<Record>) {
+        self.store().tick(now)
+    }
+
     /// Whether replies wait until the records behind them are synced (they must).
     fn sync_before_reply(&self) -> bool {
         true
@@ -104,6 +110,48 @@ impl StoreProtocol for PlainStore {
     }
 }
 
+/// What a worker asks before it dispatches rate-limited work. Test code swaps in a broken
+/// one to prove `check_rate_limits_held` can fail.
+pub trait DispatchLimiter {
+    fn next_allowed(&mut self, now: Time, key: &str, token_count: u64) -> Option<Time>;
+    fn dispatch(&mut self, now: Time, key: &str, token_count: u64);
+    fn finish(&mut self, key: &str);
+    fn blocked_keys(&mut self, now: Time) -> BTreeSet<String>;
+}
+
+impl DispatchLimiter for Limiter {
+    fn next_allowed(&mut self, now: Time, key: &str, token_count: u64) -> Option<Time> {
+        Limiter::next_allowed(self, now, key, token_count)
+    }
+
+    fn dispatch(&mut self, now: Time, key: &str, token_count: u64) {
+        Limiter::dispatch(self, now, key, token_count);
+    }
+
+    fn finish(&mut self, key: &str) {
+        Limiter::finish(self, key);
+    }
+
+    fn blocked_keys(&mut self, now: Time) -> BTreeSet<String> {
+        Limiter::blocked_keys(self, now)
+    }
+}
+
+/// Builds a worker's limiter from its limits; `Some(time)` when the worker restarted then.
+pub type LimiterFactory = Arc<dyn Fn(BTreeMap<String, Limit>, Option<Time>) -> Box<dyn DispatchLimiter> + Send + Sync>;
+
+fn new_limiter(
+    factory: &Option<LimiterFactory>,
+    limits: BTreeMap<String, Limit>,
+    restarted_at: Option<Time>,
+) -> Box<dyn DispatchLimiter> {
+    match (factory, restarted_at) {
+        (Some(factory), _) => factory(limits, restarted_at),
+        (None, Some(now)) => Box::new(Limiter::after_restart(limits, now)),
+        (None, None) => Box::new(Limiter::new(limits)),
+    }
+}
+
 /// Builds the store protocol around a (recovered) store.
 pub type StoreFactory = Arc<dyn Fn(Store) -> Box<dyn StoreProtocol> + Send + Sync>;
 
@@ -114,6 +162,7 @@ pub struct Options {
     pub plan: FaultPlan,
     pub worker_count: usize,
     pub store_factory: Option<StoreFactory>,
+    pub limiter_factory: Option<LimiterFactory>,
     /// Keep every run's history in the outcome (for `--record` and checks in tests).
     pub keep_histories: bool,
 }
@@ -121,7 +170,14 @@ pub struct Options {
 impl Options {
     /// The swarm world of `seed`: its fault plan is drawn from the seed.
     pub fn swarm(seed: u64) -> Options {
-        Options { seed, plan: FaultPlan::draw(seed), worker_count: 3, store_factory: None, keep_histories: false }
+        Options {
+            seed,
+            plan: FaultPlan::draw(seed),
+            worker_count: 3,
+            store_factory: None,
+            limiter_factory: None,
+            keep_histories: false,
+        }
     }
 }
 
@@ -365,7 +421,7 @@ struct WorkerHost {
     up: bool,
     incarnation: u32,
     workflows: WorkflowWorker,
-    limiter: Limiter,
+    limiter: Box<dyn DispatchLimiter>,
     workflow_poll: Option<u64>,
     activity_poll: Option<u64>,
     running: BTreeMap<u64, Running>,
@@ -437,7 +493,7 @@ impl<'s> World<'s> {
                 up: true,
                 incarnation: 0,
                 workflows: WorkflowWorker::new(registry.clone(), STICKY_CACHE_LEN_MAX),
-                limiter: Limiter::new(worker_limits.clone()),
+                limiter: new_limiter(&options.limiter_factory, worker_limits.clone(), None),
                 workflow_poll: None,
                 activity_poll: None,
                 running: BTreeMap::new(),
@@ -718,7 +774,6 @@ impl<'s> World<'s> {
             worker.incarnation += 1;
             let registry = worker.workflows.registry().clone();
             worker.workflows = WorkflowWorker::new(registry, STICKY_CACHE_LEN_MAX);
-            worker.limiter = Limiter::new(self.evidence.worker_limits.clone());
             worker.workflow_poll = None;
             worker.activity_poll = None;
             worker.running.clear();
@@ -751,7 +806,8 @@ impl<'s> World<'s> {
             self.store_after_write(now);
         } else if let Some(index) = self.worker_index(host) {
             self.workers[index].up = true;
-            self.workers[index].limiter = Limiter::after_restart(self.evidence.worker_limits.clone(), now);
+            self.workers[index].limiter =
+                new_limiter(&self.options.limiter_factory, self.evidence.worker_limits.clone(), Some(now));
             self.worker_poll_workflow(index);
             self.worker_poll_activity(now, index);
         }
@@ -939,7 +995,7 @@ impl<'s> World<'s> {
             }
             Wake::StoreTick => {
                 self.store.tick_scheduled.retain(|t| *t > now);
-                let (report, records) = self.store.protocol.store().tick(now);
+                let (report, records) = self.store.protocol.tick(now);
                 for _ in 0..report.activity_leases_expired {
                     if self.faults_on {
                         self.counts.add(fault::LEASE_EXPIRED);
@@ -1541,10 +1597,10 @@ impl<'s> World<'s> {
 }
 
 /// Per-worker rate limits for each LLM model key: the provider's quota split across the
-/// fleet, times a factor drawn per seed (some seeds over-subscribe, as a misconfigured fleet
-/// would, so 429s with `Retry-After` happen and are honoured).
+/// fleet, times a factor drawn per seed in [0.5, 3) (some seeds over-subscribe, as a
+/// misconfigured fleet would, so 429s with `Retry-After` happen and are honoured).
 fn worker_limits(faults: &FaultConfig, worker_count: usize, rng: &mut Rng) -> BTreeMap<String, Limit> {
-    let factor = 0.5 + rng.f64();
+    let factor = 0.5 + 2.5 * rng.f64();
     let share = |quota: u64| -> u64 { (((quota as f64) * factor / worker_count as f64) as u64).max(1) };
     let rpm = faults.llm.rate_limit_rpm.map(share);
     let tpm = faults.llm.rate_limit_tpm.map(|q| share(q).max(crate::check::TOKENS_PER_REQUEST_MAX));
@@ -1558,5 +1614,33 @@ fn format_duration(duration: Duration) -> String {
         format!("{} days", secs / 86_400)
     } else {
         format!("{secs} s")
+    }
+}
+
+/// Runs one world; a panic inside the engine or the world becomes a failed check named
+/// `panic` that carries the panic message, so a sweep reports it like any other failure.
+pub fn run_catching(scenario: &dyn Scenario, options: Options) -> Outcome {
+    let seed = options.seed;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| World::new(scenario, options).run())) {
+        Ok(outcome) => outcome,
+        Err(payload) => {
+            let message = match payload.downcast_ref::<&str>() {
+                Some(text) => (*text).to_owned(),
+                None => payload.downcast_ref::<String>().cloned().unwrap_or_else(|| "panic".to_owned()),
+            };
+            Outcome {
+                seed,
+                scenario: scenario.name(),
+                failure: Some(CheckFailure { check: "panic".to_owned(), message }),
+                faults: FaultCounts::new(),
+                sometimes: BTreeMap::new(),
+                runs_completed: 0,
+                workflows_accepted: 0,
+                simulated_ms: 0,
+                step_count: 0,
+                trace_digest: "-".to_owned(),
+                histories: Vec::new(),
+            }
+        }
     }
 }
