@@ -140,7 +140,8 @@ struct Run {
 /// The runs of one host.
 pub struct Engine {
     registry: Registry,
-    runs: BTreeMap<String, Run>,
+    /// Boxed, so the map's nodes stay small for hosts holding many waiting runs.
+    runs: BTreeMap<String, Box<Run>>,
     /// The latest run of each workflow id.
     latest: BTreeMap<String, String>,
 }
@@ -173,7 +174,7 @@ impl Engine {
             if !continued || !engine.latest.contains_key(&state.workflow_id) {
                 engine.latest.insert(state.workflow_id.clone(), run_id.clone());
             }
-            engine.runs.insert(run_id.clone(), Run { events, state, machine });
+            engine.runs.insert(run_id.clone(), Box::new(Run { events, state, machine }));
             continuations.push((run_id, commands));
         }
         for (run_id, commands) in continuations {
@@ -329,7 +330,7 @@ impl Engine {
     }
 
     fn run(&self, run_id: &str) -> Result<&Run, Error> {
-        self.runs.get(run_id).ok_or_else(|| Error::UnknownRun(run_id.to_owned()))
+        self.runs.get(run_id).map(|run| &**run).ok_or_else(|| Error::UnknownRun(run_id.to_owned()))
     }
 
     /// Applies queued input events, one at a time, with everything they cause.
@@ -538,7 +539,7 @@ impl Engine {
         state.apply(&started).expect("a first workflow_started is well formed");
         let (machine, commands) = Machine::new(&self.registry, &started)?;
         effects.push(Effect::Append { run_id: run_id.clone(), event: started.clone() });
-        self.runs.insert(run_id.clone(), Run { events: vec![started], state, machine });
+        self.runs.insert(run_id.clone(), Box::new(Run { events: vec![started], state, machine }));
         self.latest.insert(workflow_id, run_id.clone());
         self.append_commands(&run_id, now, commands, effects, work);
         Ok(())

@@ -77,15 +77,18 @@ pub(crate) struct Shared {
     /// Recorded commands that the code must issue next, in order.
     pub(crate) expected: VecDeque<Event>,
     /// The next recorded input event, if the history continues past `expected`.
-    pub(crate) next_input: Option<Event>,
+    /// Index of the next recorded input event, if the history continues past `expected`.
+    pub(crate) next_input: Option<u64>,
     /// Commands issued beyond the end of the history: new events.
     pub(crate) issued: Vec<Kind>,
     pub(crate) pending: BTreeMap<u32, (PendingKind, Option<Waker>)>,
     pub(crate) resolved: BTreeMap<u32, Resolution>,
     pub(crate) signals: BTreeMap<String, VecDeque<SignalRecord>>,
-    pub(crate) signal_waiters: BTreeMap<String, Vec<Waker>>,
+    /// Futures waiting for a signal, by signal name; a list, since a run rarely waits on more
+    /// than one or two names and a map node would cost more than the run's other state.
+    pub(crate) signal_waiters: Vec<(String, Waker)>,
     pub(crate) cancel_requested: bool,
-    pub(crate) nondeterminism: Option<Nondeterminism>,
+    pub(crate) nondeterminism: Option<Box<Nondeterminism>>,
     pub(crate) queries: BTreeMap<String, crate::workflow::QueryHandler>,
 }
 
@@ -121,9 +124,9 @@ impl Shared {
             self.diverge(recorded.index, recorded.to_string(), kind.to_string());
             return Issued::Diverged;
         }
-        if let Some(next) = &self.next_input {
-            let (index, recorded) = (next.index, next.to_string());
-            self.diverge(index, recorded, kind.to_string());
+        if let Some(index) = self.next_input {
+            // `Machine::replay` fills in the recorded event's text, which only it holds.
+            self.diverge(index, String::new(), kind.to_string());
             return Issued::Diverged;
         }
         self.issued.push(kind);
@@ -150,7 +153,8 @@ impl Shared {
     }
 
     fn diverge(&mut self, event_index: u64, recorded: String, issued: String) {
-        self.nondeterminism = Some(Nondeterminism { run_id: self.run_id.clone(), event_index, recorded, issued });
+        self.nondeterminism =
+            Some(Box::new(Nondeterminism { run_id: self.run_id.clone(), event_index, recorded, issued }));
     }
 
     pub(crate) fn register(&mut self, seq: u32, kind: PendingKind) {
@@ -169,7 +173,9 @@ impl Shared {
     }
 
     fn wake_signal_waiters(&mut self, name: &str) {
-        for waker in self.signal_waiters.remove(name).unwrap_or_default() {
+        let (woken, waiting) = std::mem::take(&mut self.signal_waiters).into_iter().partition(|(n, _)| n == name);
+        self.signal_waiters = waiting;
+        for (_, waker) in woken {
             waker.wake();
         }
     }
@@ -211,7 +217,7 @@ impl Machine {
         registry: &Registry,
         started: &Event,
         expected: VecDeque<Event>,
-        next_input: Option<Event>,
+        next_input: Option<u64>,
     ) -> Result<(Machine, Vec<Kind>), Error> {
         let Kind::WorkflowStarted { workflow_type, workflow_id, run_id, input, .. } = &started.kind else {
             return Err(Error::NotAStart { run_id: String::new(), index: started.index, kind: started.kind.name() });
@@ -229,7 +235,7 @@ impl Machine {
             pending: BTreeMap::new(),
             resolved: BTreeMap::new(),
             signals: BTreeMap::new(),
-            signal_waiters: BTreeMap::new(),
+            signal_waiters: Vec::new(),
             cancel_requested: false,
             nondeterminism: None,
             queries: BTreeMap::new(),
@@ -253,16 +259,24 @@ impl Machine {
     pub fn replay(registry: &Registry, events: &[Event]) -> Result<(Machine, Vec<Kind>), Error> {
         let first = events.first().expect("replay needs at least workflow_started");
         let (expected, next) = batch_after(events, 0);
-        let (mut machine, mut commands) = Machine::start(registry, first, expected, next.map(|i| events[i].clone()))?;
+        let fill_recorded = |error: Error| match error {
+            Error::Nondeterminism(mut nondeterminism) if nondeterminism.recorded.is_empty() => {
+                nondeterminism.recorded = events[nondeterminism.event_index as usize].to_string();
+                Error::Nondeterminism(nondeterminism)
+            }
+            other => other,
+        };
+        let (mut machine, mut commands) =
+            Machine::start(registry, first, expected, next.map(|i| i as u64)).map_err(fill_recorded)?;
         let mut cursor = next;
         while let Some(index) = cursor {
             let (expected, next) = batch_after(events, index);
             {
                 let mut shared = machine.shared.borrow_mut();
                 shared.expected = expected;
-                shared.next_input = next.map(|i| events[i].clone());
+                shared.next_input = next.map(|i| i as u64);
             }
-            commands = machine.apply_inner(&events[index])?;
+            commands = machine.apply_inner(&events[index]).map_err(fill_recorded)?;
             cursor = next;
         }
         Ok((machine, commands))
@@ -310,7 +324,7 @@ impl Machine {
         }
         let mut shared = self.shared.borrow_mut();
         if let Some(error) = shared.nondeterminism.take() {
-            return Err(error.into());
+            return Err((*error).into());
         }
         if let Some(missing) = shared.expected.pop_front() {
             // History recorded a command here that the code no longer issues.
@@ -367,12 +381,12 @@ impl Machine {
                 .filter(|(_, q)| !q.is_empty())
                 .map(|(n, q)| (n.clone(), q.len()))
                 .collect(),
-            awaited_signals: shared
-                .signal_waiters
-                .iter()
-                .filter(|(_, w)| !w.is_empty())
-                .map(|(n, _)| n.clone())
-                .collect(),
+            awaited_signals: {
+                let mut names: Vec<String> = shared.signal_waiters.iter().map(|(n, _)| n.clone()).collect();
+                names.sort();
+                names.dedup();
+                names
+            },
             cancel_requested: shared.cancel_requested,
             closed: self.future.is_none(),
         }
@@ -445,9 +459,8 @@ fn apply_input(shared: &mut Shared, kind: &Kind) {
                 };
                 shared.resolve(seq, resolution);
             }
-            let names: Vec<String> = shared.signal_waiters.keys().cloned().collect();
-            for name in names {
-                shared.wake_signal_waiters(&name);
+            for (_, waker) in std::mem::take(&mut shared.signal_waiters) {
+                waker.wake();
             }
         }
         Kind::WorkflowStarted { .. } | Kind::ActivityAttemptFailed { .. } => {}

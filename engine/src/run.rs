@@ -93,7 +93,7 @@ pub struct RunState {
     /// The last command seq seen; command seqs strictly increase.
     pub seq_last: Option<u32>,
     /// The terminal event, once the run closed.
-    pub terminal: Option<Kind>,
+    pub terminal: Option<Box<Kind>>,
 }
 
 /// An input a host reports about an activity attempt.
@@ -264,7 +264,7 @@ impl RunState {
 
     fn close(&mut self, status: Status, kind: &Kind) {
         self.status = status;
-        self.terminal = Some(kind.clone());
+        self.terminal = Some(Box::new(kind.clone()));
     }
 
     /// Activities whose current attempt is due or running.

@@ -422,7 +422,10 @@ impl<T: DeserializeOwned> Future for SignalWait<T> {
         if shared.cancel_requested {
             return Poll::Ready(Err(WorkflowError::Canceled));
         }
-        shared.signal_waiters.entry(self.name.clone()).or_default().push(cx.waker().clone());
+        let waiting = shared.signal_waiters.iter().any(|(n, w)| *n == self.name && w.will_wake(cx.waker()));
+        if !waiting {
+            shared.signal_waiters.push((self.name.clone(), cx.waker().clone()));
+        }
         Poll::Pending
     }
 }
