@@ -163,6 +163,9 @@ pub struct Options {
     pub worker_count: usize,
     pub store_factory: Option<StoreFactory>,
     pub limiter_factory: Option<LimiterFactory>,
+    /// The workflows to start instead of the scenario's drawn workload (property tests
+    /// generate workloads; forks continue given runs).
+    pub workload: Option<Vec<Start>>,
     /// Keep every run's history in the outcome (for `--record` and checks in tests).
     pub keep_histories: bool,
 }
@@ -176,6 +179,7 @@ impl Options {
             worker_count: 3,
             store_factory: None,
             limiter_factory: None,
+            workload: None,
             keep_histories: false,
         }
     }
@@ -478,7 +482,7 @@ impl<'s> World<'s> {
             panic!("fault plan of seed {}: {error}", options.seed);
         }
         let mut workload_rng = rng.fork("workload");
-        let workload = scenario.workload(&mut workload_rng);
+        let workload = options.workload.clone().unwrap_or_else(|| scenario.workload(&mut workload_rng));
         let factory = options.store_factory.clone();
         let protocol: Box<dyn StoreProtocol> = match &factory {
             Some(factory) => factory(Store::new(store::Config::default())),
