@@ -317,7 +317,8 @@ impl Ctx {
     }
 
     /// Starts a child workflow and waits for its outcome. Its workflow id defaults to
-    /// `<parent workflow id>/<seq>`.
+    /// `<parent workflow id>/<parent run id>/<seq>`: the run id keeps the children of a run
+    /// that continued as new apart from those of the runs before it, which used the same seqs.
     pub fn child<O: DeserializeOwned>(
         &self,
         workflow_type: &str,
@@ -511,7 +512,7 @@ impl<O: DeserializeOwned> ChildCall<O> {
         let seq = shared.next_seq();
         let workflow_id = self
             .workflow_id
-            .unwrap_or_else(|| format!("{}/{seq}", shared.workflow_id));
+            .unwrap_or_else(|| format!("{}/{}/{seq}", shared.workflow_id, shared.run_id));
         shared.issue(Kind::ChildStarted {
             seq,
             workflow_type: self.workflow_type,

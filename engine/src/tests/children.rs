@@ -1,0 +1,209 @@
+//! Child workflows and continue-as-new.
+
+use super::{assert_recovers, assert_replays};
+use crate::activity::Failure;
+use crate::history::Kind;
+use crate::retry::RetryPolicy;
+use crate::testing::Host;
+use crate::workflow::{next_run_id, Ctx, Registry, WorkflowResult};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+async fn summarize_chunk(ctx: Ctx, chunk: String) -> WorkflowResult<String> {
+    let summary: String = ctx
+        .activity("llm", &chunk)
+        .retry(RetryPolicy::attempts(2))
+        .await?;
+    Ok(summary)
+}
+
+/// Summarizes a document chunk by chunk, one child per chunk, in sequence.
+async fn summarize_doc(ctx: Ctx, chunks: Vec<String>) -> WorkflowResult<String> {
+    let mut summaries = Vec::new();
+    for chunk in &chunks {
+        summaries.push(ctx.child::<String>("summarize_chunk", chunk).await?);
+    }
+    Ok(summaries.join(" "))
+}
+
+/// Starts a child under a fixed workflow id.
+async fn named_child(ctx: Ctx, id: String) -> WorkflowResult<String> {
+    ctx.child::<String>("summarize_chunk", &"x").id(&id).await
+}
+
+/// Counts up to 3 across runs, one hour per run; each run ends by handing over.
+async fn counter(ctx: Ctx, count: u32) -> WorkflowResult<u32> {
+    if count >= 3 {
+        return Ok(count);
+    }
+    ctx.sleep(Duration::from_secs(3600)).await?;
+    Err(ctx.continue_as_new(&(count + 1)))
+}
+
+/// Each of its runs delegates to a child under the default child id, twice in all.
+async fn delegating_loop(ctx: Ctx, round: u32) -> WorkflowResult<String> {
+    let summary: String = ctx
+        .child("summarize_chunk", &format!("round {round}"))
+        .await?;
+    if round < 2 {
+        return Err(ctx.continue_as_new(&(round + 1)));
+    }
+    Ok(summary)
+}
+
+/// Awaits a child that itself continues as new.
+async fn counting_parent(ctx: Ctx, _: ()) -> WorkflowResult<u32> {
+    ctx.child("counter", &1u32).await
+}
+
+fn host() -> Host {
+    let mut registry = Registry::new();
+    registry
+        .register("summarize_chunk", summarize_chunk)
+        .register("summarize_doc", summarize_doc)
+        .register("named_child", named_child)
+        .register("counter", counter)
+        .register("delegating_loop", delegating_loop)
+        .register("counting_parent", counting_parent);
+    Host::new(registry)
+}
+
+#[test]
+fn child_output_returns_to_parent() {
+    let mut host = host();
+    let run = host.start("summarize_doc", "doc-1", json!(["intro", "body"]));
+    let first = host
+        .engine
+        .latest_run(&format!("doc-1/{run}/1"))
+        .unwrap()
+        .to_owned();
+    host.advance(1_000);
+    host.complete(&host.task("llm"), json!("Intro."));
+    let second = host
+        .engine
+        .latest_run(&format!("doc-1/{run}/2"))
+        .unwrap()
+        .to_owned();
+    assert_recovers(&host);
+    host.advance(1_000);
+    host.complete(&host.task("llm"), json!("Body."));
+    insta::assert_snapshot!("child_parent", host.render(&run));
+    insta::assert_snapshot!("child_first", host.render(&first));
+    insta::assert_snapshot!("child_second", host.render(&second));
+    assert_replays(&host);
+}
+
+#[test]
+fn child_failure_fails_parent_with_child_error() {
+    let mut host = host();
+    let run = host.start("summarize_doc", "doc-1", json!(["intro"]));
+    let child = host
+        .engine
+        .latest_run(&format!("doc-1/{run}/1"))
+        .unwrap()
+        .to_owned();
+    host.fail(
+        &host.task("llm"),
+        Failure::Refused {
+            message: "unsafe content".into(),
+        },
+    );
+    insta::assert_snapshot!("child_failed_parent", host.render(&run));
+    insta::assert_snapshot!("child_failed_child", host.render(&child));
+    assert_replays(&host);
+}
+
+#[test]
+fn child_with_workflow_id_in_use_fails_to_start() {
+    let mut host = host();
+    host.start("summarize_chunk", "taken", json!("other"));
+    let run = host.start("named_child", "wf-1", json!("taken"));
+    insta::assert_snapshot!("child_id_in_use", host.render(&run));
+    assert_eq!(
+        host.engine.latest_run("taken"),
+        Some(crate::engine::first_run_id("taken").as_str()),
+        "the existing workflow keeps its run"
+    );
+    assert_replays(&host);
+}
+
+#[test]
+fn continue_as_new_hands_over_to_next_run_with_new_input() {
+    let mut host = host();
+    let first = host.start("counter", "count-1", json!(1));
+    host.fire_next_timer();
+    let second = next_run_id("count-1", &first);
+    assert_eq!(host.engine.latest_run("count-1"), Some(second.as_str()));
+    assert_recovers(&host);
+    host.fire_next_timer();
+    let third = next_run_id("count-1", &second);
+    assert_eq!(host.engine.latest_run("count-1"), Some(third.as_str()));
+    insta::assert_snapshot!("continue_first", host.render(&first));
+    insta::assert_snapshot!("continue_second", host.render(&second));
+    insta::assert_snapshot!("continue_third", host.render(&third));
+    assert_eq!(host.closed, vec![first, second, third.clone()]);
+    assert_eq!(
+        host.engine.run_state(&third).unwrap().terminal,
+        Some(Kind::WorkflowCompleted { output: json!(3) })
+    );
+    assert_replays(&host);
+}
+
+#[test]
+fn signals_and_starts_after_continue_as_new_reach_the_latest_run() {
+    let mut host = host();
+    let first = host.start("counter", "count-1", json!(1));
+    host.fire_next_timer();
+    let second = host.engine.latest_run("count-1").unwrap().to_owned();
+    assert_ne!(first, second);
+    host.signal("count-1", "s1", "poke", Value::Null);
+    assert_eq!(host.engine.run_state(&second).unwrap().signal_count, 1);
+    assert_eq!(host.engine.run_state(&first).unwrap().signal_count, 0);
+    // Starting the same workflow id again is a no-op that returns the latest run.
+    let effects = host.feed(crate::engine::Input::StartRun {
+        workflow_id: "count-1".into(),
+        workflow_type: "counter".into(),
+        input: json!(1),
+    });
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(host.engine.latest_run("count-1"), Some(second.as_str()));
+}
+
+#[test]
+fn child_that_continues_as_new_reports_its_last_run_to_parent() {
+    let mut host = host();
+    let run = host.start("counting_parent", "p-1", Value::Null);
+    host.fire_next_timer();
+    host.fire_next_timer();
+    insta::assert_snapshot!("child_continued_parent", host.render(&run));
+    let child_last = host
+        .engine
+        .latest_run(&format!("p-1/{run}/1"))
+        .unwrap()
+        .to_owned();
+    let rendered = host.render(&child_last);
+    assert!(
+        rendered.contains(&format!("parent=p-1/{run}#1")),
+        "the last run keeps the parent: {rendered}"
+    );
+    assert_replays(&host);
+}
+
+#[test]
+fn continued_run_starts_child_under_fresh_default_id() {
+    let mut host = host();
+    let first = host.start("delegating_loop", "loop-1", json!(1));
+    host.complete(&host.task("llm"), json!("one"));
+    let second = host.engine.latest_run("loop-1").unwrap().to_owned();
+    assert_ne!(first, second);
+    host.complete(&host.task("llm"), json!("two"));
+    insta::assert_snapshot!("continued_child_first", host.render(&first));
+    insta::assert_snapshot!("continued_child_second", host.render(&second));
+    assert_eq!(
+        host.engine.run_state(&second).unwrap().terminal,
+        Some(Kind::WorkflowCompleted {
+            output: json!("two")
+        })
+    );
+    assert_replays(&host);
+}

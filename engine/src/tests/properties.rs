@@ -1,0 +1,1 @@
+//! Property tests: placeholder while the other areas are written.
