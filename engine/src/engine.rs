@@ -416,6 +416,12 @@ impl Engine {
         effects: &mut Vec<Effect>,
     ) -> Result<(), Error> {
         while let Some((run_id, kind)) = work.pop_front() {
+            if self.runs[&run_id].state.is_closed() {
+                // Queued while the run was open (a child's outcome, a cancel), but the run
+                // closed since, within this same input: a closed run records nothing more,
+                // as when the child closes after its parent.
+                continue;
+            }
             let event = self.append(&run_id, now, kind, effects);
             if let Kind::CancelRequested { reason } = &event.kind {
                 // Cancellation reaches child runs too; each reports back as `child_completed`.

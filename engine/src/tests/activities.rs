@@ -248,7 +248,7 @@ fn invalid_output_message_reaches_next_attempt() {
     assert_eq!(second.attempt, 2);
     assert_eq!(second.previous_failure, Some(invalid.clone()));
     // A worker that restarts gets the same message with the re-asked attempt.
-    let recovered = assert_recovers(&host);
+    let (recovered, _) = assert_recovers(&host);
     assert_eq!(
         recovered.run_state(&run).unwrap().activities[&1].last_failure,
         Some(invalid)
@@ -334,7 +334,7 @@ fn idempotency_key_is_stable_across_attempts_and_replays() {
     let second = host.task("llm");
     assert_eq!(second.idempotency_key, key);
     // A crash now: the re-asked attempt carries the same key.
-    let recovered = assert_recovers(&host);
+    let (recovered, _) = assert_recovers(&host);
     assert_eq!(
         recovered.run_state(&run).unwrap().activities[&1].idempotency_key,
         key

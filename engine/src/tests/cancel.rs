@@ -146,3 +146,30 @@ fn second_cancel_and_cancel_of_closed_run_are_ignored() {
         .count();
     assert_eq!(cancels, 1);
 }
+
+/// Waits for whichever of two children finishes first.
+async fn two_children(ctx: Ctx, _: ()) -> WorkflowResult<bool> {
+    let first = ctx.child::<bool>("waiter", &()).start();
+    let second = ctx.child::<bool>("waiter", &()).start();
+    match futures_util::future::select(first, second).await {
+        futures_util::future::Either::Left((answer, _))
+        | futures_util::future::Either::Right((answer, _)) => answer,
+    }
+}
+
+#[test]
+fn cancel_of_parent_racing_two_children_closes_each_run_once() {
+    let mut host = host();
+    host.engine = crate::engine::Engine::new({
+        let mut registry = Registry::new();
+        registry
+            .register("waiter", waiter)
+            .register("two_children", two_children);
+        registry
+    });
+    let run = host.start("two_children", "p-1", Value::Null);
+    host.cancel("p-1", "shutdown");
+    insta::assert_snapshot!("cancel_two_children", host.render(&run));
+    assert_eq!(host.closed.len(), 3, "{:?}", host.closed);
+    assert_replays(&host);
+}

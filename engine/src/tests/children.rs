@@ -207,3 +207,36 @@ fn continued_run_starts_child_under_fresh_default_id() {
     );
     assert_replays(&host);
 }
+
+/// Starts a child and returns without waiting for it.
+async fn fire_and_forget(ctx: Ctx, child_type: String) -> WorkflowResult<String> {
+    // Dropping the future does not cancel the child: it runs on by itself.
+    drop(ctx.child::<Value>(&child_type, &()).start());
+    Ok("started".to_owned())
+}
+
+async fn instant(_ctx: Ctx, _: ()) -> WorkflowResult<String> {
+    Ok("done at once".to_owned())
+}
+
+#[test]
+fn outcome_of_child_finishing_after_parent_closed_is_dropped() {
+    // The child finishes within the parent's step: its outcome is queued for the parent,
+    // which completes in the same step before the outcome is appended.
+    for (child_type, closed_count) in [("instant", 2), ("no_such_type", 1)] {
+        let mut registry = Registry::new();
+        registry
+            .register("fire_and_forget", fire_and_forget)
+            .register("instant", instant);
+        let mut host = Host::new(registry);
+        let run = host.start("fire_and_forget", "wf-1", json!(child_type));
+        insta::assert_snapshot!(format!("fire_and_forget_{child_type}"), host.render(&run));
+        assert_eq!(host.closed.len(), closed_count, "{child_type}");
+        assert!(host.closed.contains(&run), "{child_type}");
+        assert!(
+            !host.render(&run).contains("child_completed"),
+            "the parent had closed before its child's outcome came to be appended"
+        );
+        assert_replays(&host);
+    }
+}

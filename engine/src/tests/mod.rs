@@ -63,8 +63,9 @@ pub(crate) fn assert_history_replays(registry: &Registry, events: &[Event]) {
 
 /// Rebuilds an engine from the host's histories, as after a crash between two `handle`
 /// calls, and checks it equals the live one: the same run states and machine snapshots,
-/// nothing appended, and the pending work of every open run asked for again.
-pub(crate) fn assert_recovers(host: &Host) -> Engine {
+/// nothing appended, and the pending work of every open run asked for again. Returns the
+/// recovered engine and the effects it asked for.
+pub(crate) fn assert_recovers(host: &Host) -> (Engine, Vec<Effect>) {
     let histories: Vec<Vec<Event>> = host.engine.run_ids().map(|id| host.events(id)).collect();
     let mut effects = Vec::new();
     let recovered = Engine::recover(
@@ -101,7 +102,7 @@ pub(crate) fn assert_recovers(host: &Host) -> Engine {
 
     let mut activities = BTreeMap::new();
     let mut timers = BTreeMap::new();
-    for effect in effects {
+    for effect in effects.clone() {
         match effect {
             Effect::ScheduleActivity(task) => {
                 let key = (task.run_id.clone(), task.seq);
@@ -125,7 +126,7 @@ pub(crate) fn assert_recovers(host: &Host) -> Engine {
     }
     assert_eq!(activities, live_activities(host), "re-asked activities");
     assert_eq!(timers, live_timers(host), "re-asked timers");
-    recovered
+    (recovered, effects)
 }
 
 /// The host's open activity attempts that the live engine still waits for, as recovery asks

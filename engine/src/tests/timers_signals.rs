@@ -86,7 +86,7 @@ fn sleep_of_a_year_fires_at_the_recorded_time() {
             .get(&(run.clone(), TimerId::Workflow { seq: 1 })),
         Some(&Time(year_ms))
     );
-    let recovered = assert_recovers(&host);
+    let (recovered, _) = assert_recovers(&host);
     assert_eq!(
         recovered.run_state(&run).unwrap().timers[&1].fire_at,
         Time(year_ms)
@@ -263,7 +263,7 @@ fn query_reads_live_state_and_records_nothing() {
     );
 
     // A recovered engine rebuilds the same answers from history alone.
-    let recovered = assert_recovers(&host);
+    let (recovered, _) = assert_recovers(&host);
     assert_eq!(
         recovered.query("wf-1", "items", &Value::Null).unwrap(),
         json!(["a", "b"])
