@@ -19,6 +19,8 @@ pub struct Host {
     pub timers: BTreeMap<(String, TimerId), Time>,
     /// Every event appended, per run, in order.
     pub appended: BTreeMap<String, Vec<Event>>,
+    /// Every event appended, across runs, in the order it was made durable.
+    pub appended_log: Vec<(String, Event)>,
     pub closed: Vec<String>,
 }
 
@@ -30,6 +32,7 @@ impl Host {
             activities: BTreeMap::new(),
             timers: BTreeMap::new(),
             appended: BTreeMap::new(),
+            appended_log: Vec::new(),
             closed: Vec::new(),
         }
     }
@@ -48,7 +51,8 @@ impl Host {
         for effect in effects {
             match effect {
                 Effect::Append { run_id, event } => {
-                    self.appended.entry(run_id).or_default().push(event)
+                    self.appended_log.push((run_id.clone(), event.clone()));
+                    self.appended.entry(run_id).or_default().push(event);
                 }
                 Effect::ScheduleActivity(task) => {
                     self.activities

@@ -1,6 +1,6 @@
 //! Cancellation of a run, reaching its pending activities, timers, signal waits and children.
 
-use super::{appends, assert_recovers, assert_replays};
+use super::{appends, assert_recovers, assert_replays, cut_after, restart_after};
 use crate::engine::{Effect, TimerId};
 use crate::history::Kind;
 use crate::testing::Host;
@@ -172,4 +172,21 @@ fn cancel_of_parent_racing_two_children_closes_each_run_once() {
     insta::assert_snapshot!("cancel_two_children", host.render(&run));
     assert_eq!(host.closed.len(), 3, "{:?}", host.closed);
     assert_replays(&host);
+}
+
+#[test]
+fn crash_between_parent_cancel_and_child_cancel_still_cancels_child() {
+    let mut host = host();
+    let run = host.start("parent", "p-1", Value::Null);
+    let child = host
+        .engine
+        .latest_run(&format!("p-1/{run}/1"))
+        .unwrap()
+        .to_owned();
+    host.cancel("p-1", "shutdown");
+    let cut = cut_after(&host, &run, |k| matches!(k, Kind::CancelRequested { .. }));
+    let restarted = restart_after(&host, cut);
+    assert_eq!(restarted.render(&child), host.render(&child));
+    assert_eq!(restarted.render(&run), host.render(&run));
+    assert_replays(&restarted);
 }

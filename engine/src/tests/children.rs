@@ -1,6 +1,6 @@
 //! Child workflows and continue-as-new.
 
-use super::{assert_recovers, assert_replays};
+use super::{assert_recovers, assert_replays, cut_after, restart_after};
 use crate::activity::Failure;
 use crate::history::Kind;
 use crate::retry::RetryPolicy;
@@ -239,4 +239,112 @@ fn outcome_of_child_finishing_after_parent_closed_is_dropped() {
         );
         assert_replays(&host);
     }
+}
+
+#[test]
+fn crash_after_child_started_is_recorded_starts_child_on_recovery() {
+    let mut host = host();
+    let run = host.start("summarize_doc", "doc-1", json!(["intro"]));
+    let cut = cut_after(&host, &run, |k| matches!(k, Kind::ChildStarted { .. }));
+    let mut restarted = restart_after(&host, cut);
+    let child = restarted
+        .engine
+        .latest_run(&format!("doc-1/{run}/1"))
+        .expect("the child run is started on recovery")
+        .to_owned();
+    restarted.complete(&restarted.task("llm"), json!("Intro."));
+    assert_eq!(restarted.render(&run), host_render_completed(&run));
+    assert_eq!(
+        restarted.engine.run_state(&child).unwrap().terminal,
+        Some(Kind::WorkflowCompleted {
+            output: json!("Intro.")
+        })
+    );
+    assert_replays(&restarted);
+}
+
+/// The parent's history after its one child summarized "Intro." at time 0.
+fn host_render_completed(run: &str) -> String {
+    let mut host = host();
+    host.start("summarize_doc", "doc-1", json!(["intro"]));
+    host.complete(&host.task("llm"), json!("Intro."));
+    host.render(run)
+}
+
+#[test]
+fn crash_before_child_outcome_reaches_parent_delivers_it_on_recovery() {
+    let mut host = host();
+    let run = host.start("summarize_doc", "doc-1", json!(["intro"]));
+    let child = host
+        .engine
+        .latest_run(&format!("doc-1/{run}/1"))
+        .unwrap()
+        .to_owned();
+    host.complete(&host.task("llm"), json!("Intro."));
+    let cut = cut_after(&host, &child, |k| k.is_terminal());
+    assert!(
+        cut < host.appended_log.len(),
+        "the parent's child_completed comes later"
+    );
+    let restarted = restart_after(&host, cut);
+    assert_eq!(restarted.render(&run), host.render(&run));
+    assert_replays(&restarted);
+}
+
+#[test]
+fn crash_between_continue_as_new_and_next_run_starts_next_run_on_recovery() {
+    let mut host = host();
+    let first = host.start("counter", "count-1", json!(1));
+    host.fire_next_timer();
+    let second = next_run_id("count-1", &first);
+    let cut = cut_after(&host, &first, |k| k.is_terminal());
+    let mut restarted = restart_after(&host, cut);
+    assert_eq!(
+        restarted.engine.latest_run("count-1"),
+        Some(second.as_str())
+    );
+    assert_eq!(restarted.render(&second), host.render(&second));
+    restarted.fire_next_timer();
+    let third = next_run_id("count-1", &second);
+    assert_eq!(
+        restarted.engine.run_state(&third).unwrap().terminal,
+        Some(Kind::WorkflowCompleted { output: json!(3) })
+    );
+    assert_replays(&restarted);
+}
+
+#[test]
+fn crash_inside_parent_batch_after_child_closed_keeps_the_batch_whole() {
+    // The parent starts a child that finishes at once, then continues as new. A crash after
+    // the child's first event loses the child's and the parent's last ones. Recovery appends
+    // both cut-off batches before the child's outcome, which then finds the parent closed, as
+    // it did live, instead of landing in the middle of the parent's batch. (The child's run
+    // id sorts before the parent's, so it is recovered first.)
+    let mut registry = Registry::new();
+    registry.register("instant", instant).register(
+        "detach_then_continue",
+        |ctx: Ctx, round: u32| async move {
+            drop(ctx.child::<Value>("instant", &()).start());
+            if round == 0 {
+                return Err(ctx.continue_as_new(&1u32));
+            }
+            Ok(round)
+        },
+    );
+    let mut host = Host::new(registry);
+    let second = host.start("detach_then_continue", "wf-1", json!(0));
+    let first = crate::engine::first_run_id("wf-1");
+    assert_eq!(second, next_run_id("wf-1", &first));
+    let child = host
+        .engine
+        .latest_run(&format!("wf-1/{first}/1"))
+        .unwrap()
+        .to_owned();
+    assert!(child < first, "{child} {first}");
+    let cut = cut_after(&host, &child, |k| matches!(k, Kind::WorkflowStarted { .. }));
+    let restarted = restart_after(&host, cut);
+    for run in [&first, &child, &second] {
+        assert_eq!(restarted.render(run), host.render(run));
+    }
+    assert_replays(&restarted);
 }

@@ -183,3 +183,39 @@ fn live_timers(host: &Host) -> BTreeMap<(String, TimerId), Time> {
 pub(crate) fn appends(effects: &[Effect]) -> bool {
     effects.iter().any(|e| matches!(e, Effect::Append { .. }))
 }
+
+/// A host restarted from what the disk kept: the first `cut` appends of `host`, in the order
+/// they were made durable (so possibly inside one input's step). Effects of recovery are
+/// performed, including events it appends to finish a cut-off step.
+pub(crate) fn restart_after(host: &Host, cut: usize) -> Host {
+    let mut histories: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+    for (run_id, event) in &host.appended_log[..cut] {
+        histories
+            .entry(run_id.clone())
+            .or_default()
+            .push(event.clone());
+    }
+    let registry = host.engine.registry().clone();
+    let mut restarted = Host::new(registry.clone());
+    restarted.now = host.now;
+    let mut effects = Vec::new();
+    restarted.engine = Engine::recover(
+        registry,
+        histories.into_values().collect(),
+        host.now,
+        &mut effects,
+    )
+    .unwrap_or_else(|error| panic!("recovery after {cut} appends fails: {error}"));
+    restarted.perform(effects);
+    restarted
+}
+
+/// The position in `host.appended_log` just after the first event of `run_id` that
+/// `matches`: a crash there keeps that event and loses everything after it.
+pub(crate) fn cut_after(host: &Host, run_id: &str, matches: impl Fn(&Kind) -> bool) -> usize {
+    host.appended_log
+        .iter()
+        .position(|(r, e)| r == run_id && matches(&e.kind))
+        .unwrap_or_else(|| panic!("no such event in run {run_id}"))
+        + 1
+}

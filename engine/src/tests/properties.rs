@@ -8,7 +8,7 @@
 //! engine must equal one recovered from the histories so far; at the end every run must have
 //! closed, and replaying each history must reproduce it batch by batch.
 
-use super::{assert_history_replays, assert_recovers};
+use super::{assert_history_replays, assert_recovers, restart_after};
 use crate::activity::{Cause, Failure};
 use crate::retry::RetryPolicy;
 use crate::testing::Host;
@@ -431,6 +431,40 @@ proptest! {
         schedule in prop::collection::vec(action(), 0..60),
     ) {
         check(program, schedule);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        ..ProptestConfig::default()
+    })]
+
+    /// A crash between any two appends, even inside one input's step, loses no run: the
+    /// recovered engine finishes every step that spans runs and every run still closes.
+    #[test]
+    fn crash_inside_a_step_recovers_and_every_run_finishes(
+        program in program(),
+        schedule in prop::collection::vec(action(), 0..30),
+        cut in any::<usize>(),
+    ) {
+        check_crash_inside_step(program, schedule, cut);
+    }
+}
+
+/// Runs `schedule`, then crashes as if the disk kept only the first `cut` appends (in the
+/// order they were made durable, so possibly inside one input's step), recovers and drains.
+fn check_crash_inside_step(program: Program, schedule: Vec<Action>, cut: usize) {
+    let mut host = Host::new(registry());
+    host.start("program", "wf-1", json!(program));
+    for action in &schedule {
+        perform(&mut host, action);
+    }
+    let cut = cut % (host.appended_log.len() + 1);
+    let mut restarted = restart_after(&host, cut);
+    drain(&mut restarted);
+    for run_id in restarted.engine.run_ids() {
+        assert_history_replays(restarted.engine.registry(), &restarted.events(run_id));
     }
 }
 
