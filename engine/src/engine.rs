@@ -159,7 +159,9 @@ impl Engine {
     }
 
     /// Crash recovery: rebuilds every run from its durable history by replaying the workflow
-    /// code, then asks again for the work the histories say is pending (activities, timers).
+    /// code, then asks again for the work the histories say is pending (activities, timers),
+    /// and finishes any step a crash cut off between two appends (see
+    /// `finish_steps_across_runs`).
     pub fn recover(
         registry: Registry,
         histories: Vec<Vec<Event>>,

@@ -98,7 +98,7 @@ fn divergence(version: Version, events: &[Event]) -> machine::Nondeterminism {
 }
 
 #[test]
-fn original_history_renders_as_expected() {
+fn original_code_records_plan_sleep_search_llm() {
     let (_, events) = record(Version::Original);
     insta::assert_snapshot!("original", crate::history::render(&events));
 }
