@@ -61,9 +61,7 @@ impl Failure {
     /// A delay the failure itself suggests (HTTP `Retry-After`).
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {
-            Failure::RateLimited { retry_after_ms } | Failure::Overloaded { retry_after_ms } => {
-                *retry_after_ms
-            }
+            Failure::RateLimited { retry_after_ms } | Failure::Overloaded { retry_after_ms } => *retry_after_ms,
             Failure::TimedOut
             | Failure::InvalidOutput { .. }
             | Failure::Refused { .. }
@@ -75,14 +73,10 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::RateLimited {
-                retry_after_ms: Some(ms),
-            } => {
+            Failure::RateLimited { retry_after_ms: Some(ms) } => {
                 write!(f, "rate limited (retry after {ms} ms)")
             }
-            Failure::RateLimited {
-                retry_after_ms: None,
-            } => write!(f, "rate limited"),
+            Failure::RateLimited { retry_after_ms: None } => write!(f, "rate limited"),
             Failure::Overloaded { .. } => write!(f, "overloaded"),
             Failure::TimedOut => write!(f, "timed out"),
             Failure::InvalidOutput { message } => write!(f, "invalid output: {message}"),
@@ -156,30 +150,16 @@ mod tests {
 
     #[test]
     fn failure_serializes_with_kind_tag() {
-        let f = Failure::RateLimited {
-            retry_after_ms: Some(2000),
-        };
-        assert_eq!(
-            serde_json::to_string(&f).unwrap(),
-            r#"{"type":"rate_limited","retry_after_ms":2000}"#
-        );
+        let f = Failure::RateLimited { retry_after_ms: Some(2000) };
+        assert_eq!(serde_json::to_string(&f).unwrap(), r#"{"type":"rate_limited","retry_after_ms":2000}"#);
         let back: Failure = serde_json::from_str(r#"{"type":"timed_out"}"#).unwrap();
         assert_eq!(back, Failure::TimedOut);
     }
 
     #[test]
     fn only_refused_is_not_retryable() {
-        assert!(!Failure::Refused {
-            message: "x".into()
-        }
-        .is_retryable());
-        assert!(Failure::InvalidOutput {
-            message: "x".into()
-        }
-        .is_retryable());
-        assert!(Failure::Overloaded {
-            retry_after_ms: None
-        }
-        .is_retryable());
+        assert!(!Failure::Refused { message: "x".into() }.is_retryable());
+        assert!(Failure::InvalidOutput { message: "x".into() }.is_retryable());
+        assert!(Failure::Overloaded { retry_after_ms: None }.is_retryable());
     }
 }

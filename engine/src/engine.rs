@@ -128,11 +128,7 @@ pub enum Error {
     #[error(transparent)]
     Machine(#[from] machine::Error),
     #[error("history of run {run_id} is malformed at event {index}: {detail}")]
-    Malformed {
-        run_id: String,
-        index: u64,
-        detail: String,
-    },
+    Malformed { run_id: String, index: u64, detail: String },
 }
 
 struct Run {
@@ -151,11 +147,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(registry: Registry) -> Engine {
-        Engine {
-            registry,
-            runs: BTreeMap::new(),
-            latest: BTreeMap::new(),
-        }
+        Engine { registry, runs: BTreeMap::new(), latest: BTreeMap::new() }
     }
 
     /// Crash recovery: rebuilds every run from its durable history by replaying the workflow
@@ -181,18 +173,9 @@ impl Engine {
             // The latest run of a workflow id is the one that did not continue as new.
             let continued = state.status == crate::run::Status::ContinuedAsNew;
             if !continued || !engine.latest.contains_key(&state.workflow_id) {
-                engine
-                    .latest
-                    .insert(state.workflow_id.clone(), run_id.clone());
+                engine.latest.insert(state.workflow_id.clone(), run_id.clone());
             }
-            engine.runs.insert(
-                run_id.clone(),
-                Run {
-                    events,
-                    state,
-                    machine,
-                },
-            );
+            engine.runs.insert(run_id.clone(), Run { events, state, machine });
             continuations.push((run_id, commands));
         }
         // Every run's cut-off batch of commands is appended before any input they cause
@@ -211,11 +194,7 @@ impl Engine {
     /// a cancel reaches children, a run continues as new), and a crash between two of its
     /// appends leaves it half done in the histories. Finishes each such step as the live
     /// engine would have; between two inputs there is none, and this appends nothing.
-    fn finish_steps_across_runs(
-        &mut self,
-        now: Time,
-        effects: &mut Vec<Effect>,
-    ) -> Result<(), Error> {
+    fn finish_steps_across_runs(&mut self, now: Time, effects: &mut Vec<Effect>) -> Result<(), Error> {
         let mut work = VecDeque::new();
         let run_ids: Vec<String> = self.runs.keys().cloned().collect();
         for run_id in run_ids {
@@ -224,11 +203,8 @@ impl Engine {
             match &state.terminal {
                 Some(Kind::WorkflowContinuedAsNew { input, next_run_id }) => {
                     if !self.runs.contains_key(next_run_id) {
-                        let (workflow_type, workflow_id, parent) = (
-                            state.workflow_type.clone(),
-                            state.workflow_id.clone(),
-                            state.parent.clone(),
-                        );
+                        let (workflow_type, workflow_id, parent) =
+                            (state.workflow_type.clone(), state.workflow_id.clone(), state.parent.clone());
                         let (input, next_run_id) = (input.clone(), next_run_id.clone());
                         self.start_run(
                             now,
@@ -247,10 +223,8 @@ impl Engine {
                     // A closed child whose outcome never reached its parent.
                     let parent = state.parent.clone();
                     if let (Some(parent), Some(outcome)) = (parent, child_outcome(terminal)) {
-                        if let Some(kind) = self
-                            .runs
-                            .get(&parent.run_id)
-                            .and_then(|p| p.state.child_closed(parent.seq, outcome))
+                        if let Some(kind) =
+                            self.runs.get(&parent.run_id).and_then(|p| p.state.child_closed(parent.seq, outcome))
                         {
                             work.push_back((parent.run_id, kind));
                         }
@@ -264,9 +238,7 @@ impl Engine {
                     });
                     let children: Vec<(u32, ChildState, u64)> = state
                         .open_children()
-                        .map(|(seq, child)| {
-                            (seq, child.clone(), child_started_index(&run.events, seq))
-                        })
+                        .map(|(seq, child)| (seq, child.clone(), child_started_index(&run.events, seq)))
                         .collect();
                     for (seq, child, started_index) in children {
                         let child_run = self.latest.get(&child.workflow_id).cloned();
@@ -289,9 +261,7 @@ impl Engine {
                             );
                             continue;
                         }
-                        if let (Some(child_run), Some((cancel_index, reason))) =
-                            (child_run, &cancel)
-                        {
+                        if let (Some(child_run), Some((cancel_index, reason))) = (child_run, &cancel) {
                             if started_index < *cancel_index {
                                 if let Some(kind) = self.runs[&child_run].state.cancel(reason) {
                                     work.push_back((child_run, kind));
@@ -328,10 +298,7 @@ impl Engine {
                 let fire_at = activity.attempt_not_before.max(now).plus(timeout);
                 effects.push(Effect::StartTimer {
                     run_id: run_id.to_owned(),
-                    timer: TimerId::AttemptTimeout {
-                        seq,
-                        attempt: activity.attempt,
-                    },
+                    timer: TimerId::AttemptTimeout { seq, attempt: activity.attempt },
                     fire_at,
                 });
             }
@@ -357,9 +324,7 @@ impl Engine {
     }
 
     pub fn history(&self, run_id: &str) -> Option<History> {
-        self.runs
-            .get(run_id)
-            .map(|run| History::new(run.events.clone()))
+        self.runs.get(run_id).map(|run| History::new(run.events.clone()))
     }
 
     pub fn run_state(&self, run_id: &str) -> Option<&RunState> {
@@ -381,26 +346,15 @@ impl Engine {
 
     /// Answers a query against the latest run of `workflow_id`.
     pub fn query(&self, workflow_id: &str, name: &str, args: &Value) -> Result<Value, Error> {
-        let run_id = self
-            .latest_run(workflow_id)
-            .ok_or_else(|| Error::UnknownWorkflow(workflow_id.to_owned()))?;
+        let run_id = self.latest_run(workflow_id).ok_or_else(|| Error::UnknownWorkflow(workflow_id.to_owned()))?;
         Ok(self.runs[run_id].machine.query(name, args)?)
     }
 
     /// Feeds one input at time `now`; effects are appended in the order they must happen.
-    pub fn handle(
-        &mut self,
-        now: Time,
-        input: Input,
-        effects: &mut Vec<Effect>,
-    ) -> Result<(), Error> {
+    pub fn handle(&mut self, now: Time, input: Input, effects: &mut Vec<Effect>) -> Result<(), Error> {
         let mut work = VecDeque::new();
         match input {
-            Input::StartRun {
-                workflow_id,
-                workflow_type,
-                input,
-            } => {
+            Input::StartRun { workflow_id, workflow_type, input } => {
                 if self.latest.contains_key(&workflow_id) {
                     return Ok(());
                 }
@@ -408,51 +362,20 @@ impl Engine {
                     return Err(Error::UnknownWorkflowType(workflow_type));
                 }
                 let run_id = first_run_id(&workflow_id);
-                self.start_run(
-                    now,
-                    workflow_type,
-                    workflow_id,
-                    run_id,
-                    input,
-                    None,
-                    None,
-                    effects,
-                    &mut work,
-                )?;
+                self.start_run(now, workflow_type, workflow_id, run_id, input, None, None, effects, &mut work)?;
             }
-            Input::ActivityCompleted {
-                run_id,
-                seq,
-                attempt,
-                output,
-                worker,
-            } => {
+            Input::ActivityCompleted { run_id, seq, attempt, output, worker } => {
                 let state = &self.run(&run_id)?.state;
-                if let Some(kind) = state.activity_report(
-                    now,
-                    seq,
-                    attempt,
-                    AttemptReport::Completed { output },
-                    worker,
-                ) {
+                if let Some(kind) =
+                    state.activity_report(now, seq, attempt, AttemptReport::Completed { output }, worker)
+                {
                     work.push_back((run_id, kind));
                 }
             }
-            Input::ActivityFailed {
-                run_id,
-                seq,
-                attempt,
-                failure,
-                worker,
-            } => {
+            Input::ActivityFailed { run_id, seq, attempt, failure, worker } => {
                 let state = &self.run(&run_id)?.state;
-                if let Some(kind) = state.activity_report(
-                    now,
-                    seq,
-                    attempt,
-                    AttemptReport::Failed { failure },
-                    worker,
-                ) {
+                if let Some(kind) = state.activity_report(now, seq, attempt, AttemptReport::Failed { failure }, worker)
+                {
                     work.push_back((run_id, kind));
                 }
             }
@@ -464,9 +387,7 @@ impl Engine {
                         now,
                         seq,
                         attempt,
-                        AttemptReport::Failed {
-                            failure: Failure::TimedOut,
-                        },
+                        AttemptReport::Failed { failure: Failure::TimedOut },
                         None,
                     ),
                     TimerId::ActivityDeadline { seq } => state.activity_deadline_passed(seq),
@@ -475,12 +396,7 @@ impl Engine {
                     work.push_back((run_id, kind));
                 }
             }
-            Input::Signal {
-                workflow_id,
-                signal_id,
-                name,
-                payload,
-            } => {
+            Input::Signal { workflow_id, signal_id, name, payload } => {
                 let run_id = self
                     .latest_run(&workflow_id)
                     .ok_or_else(|| Error::UnknownWorkflow(workflow_id.clone()))?
@@ -489,10 +405,7 @@ impl Engine {
                     work.push_back((run_id, kind));
                 }
             }
-            Input::Cancel {
-                workflow_id,
-                reason,
-            } => {
+            Input::Cancel { workflow_id, reason } => {
                 let run_id = self
                     .latest_run(&workflow_id)
                     .ok_or_else(|| Error::UnknownWorkflow(workflow_id.clone()))?
@@ -506,18 +419,11 @@ impl Engine {
     }
 
     fn run(&self, run_id: &str) -> Result<&Run, Error> {
-        self.runs
-            .get(run_id)
-            .ok_or_else(|| Error::UnknownRun(run_id.to_owned()))
+        self.runs.get(run_id).ok_or_else(|| Error::UnknownRun(run_id.to_owned()))
     }
 
     /// Applies queued input events, one at a time, with everything they cause.
-    fn drain(
-        &mut self,
-        now: Time,
-        mut work: VecDeque<(String, Kind)>,
-        effects: &mut Vec<Effect>,
-    ) -> Result<(), Error> {
+    fn drain(&mut self, now: Time, mut work: VecDeque<(String, Kind)>, effects: &mut Vec<Effect>) -> Result<(), Error> {
         while let Some((run_id, kind)) = work.pop_front() {
             if self.runs[&run_id].state.is_closed() {
                 // Queued while the run was open (a child's outcome, a cancel), but the run
@@ -535,12 +441,7 @@ impl Engine {
                     }
                 }
             }
-            let commands = self
-                .runs
-                .get_mut(&run_id)
-                .expect("queued runs exist")
-                .machine
-                .apply(&event)?;
+            let commands = self.runs.get_mut(&run_id).expect("queued runs exist").machine.apply(&event)?;
             self.append_commands(&run_id, now, commands, effects, &mut work);
         }
         Ok(())
@@ -549,28 +450,19 @@ impl Engine {
     /// Appends one event to a run, checking it on the way in, and announces it.
     fn append(&mut self, run_id: &str, now: Time, kind: Kind, effects: &mut Vec<Effect>) -> Event {
         let run = self.runs.get_mut(run_id).expect("appending to a known run");
-        let event = Event {
-            index: run.events.len() as u64,
-            time_ms: now,
-            kind,
+        let event = Event { index: run.events.len() as u64, time_ms: now, kind };
+        // Cancellation reaches the activities still open at this moment; their cancel
+        // effects follow the append of the event that decided it.
+        let canceled: Vec<u32> = match event.kind {
+            Kind::CancelRequested { .. } => run.state.open_activities().map(|(seq, _)| seq).collect(),
+            _ => Vec::new(),
         };
-        if let Kind::CancelRequested { .. } = event.kind {
-            // Cancellation reaches the activities still open at this moment.
-            for (seq, _) in run.state.open_activities() {
-                effects.push(Effect::CancelActivity {
-                    run_id: run_id.to_owned(),
-                    seq,
-                });
-            }
-        }
         if let Err(detail) = run.state.apply(&event) {
             panic!("run {run_id}: engine produced a malformed event {event}: {detail}");
         }
         run.events.push(event.clone());
-        effects.push(Effect::Append {
-            run_id: run_id.to_owned(),
-            event: event.clone(),
-        });
+        effects.push(Effect::Append { run_id: run_id.to_owned(), event: event.clone() });
+        effects.extend(canceled.into_iter().map(|seq| Effect::CancelActivity { run_id: run_id.to_owned(), seq }));
         self.follow_up(run_id, &event, effects);
         event
     }
@@ -595,19 +487,14 @@ impl Engine {
                     previous_failure: activity.last_failure.clone(),
                 }));
                 if let Some(timeout) = activity.options.start_to_close() {
-                    let timer = TimerId::AttemptTimeout {
-                        seq: *seq,
-                        attempt: activity.attempt,
-                    };
+                    let timer = TimerId::AttemptTimeout { seq: *seq, attempt: activity.attempt };
                     effects.push(Effect::StartTimer {
                         run_id: run_id.to_owned(),
                         timer,
                         fire_at: not_before.plus(timeout),
                     });
                 }
-                if let (Kind::ActivityScheduled { .. }, Some(deadline)) =
-                    (&event.kind, activity.deadline())
-                {
+                if let (Kind::ActivityScheduled { .. }, Some(deadline)) = (&event.kind, activity.deadline()) {
                     effects.push(Effect::StartTimer {
                         run_id: run_id.to_owned(),
                         timer: TimerId::ActivityDeadline { seq: *seq },
@@ -615,9 +502,7 @@ impl Engine {
                     });
                 }
             }
-            Kind::TimerStarted {
-                seq, fire_at_ms, ..
-            } => {
+            Kind::TimerStarted { seq, fire_at_ms, .. } => {
                 effects.push(Effect::StartTimer {
                     run_id: run_id.to_owned(),
                     timer: TimerId::Workflow { seq: *seq },
@@ -640,24 +525,10 @@ impl Engine {
         for kind in commands {
             let event = self.append(run_id, now, kind, effects);
             match event.kind {
-                Kind::ChildStarted {
-                    seq,
-                    workflow_type,
-                    workflow_id,
-                    input,
-                } => self.start_child(
-                    run_id,
-                    seq,
-                    workflow_type,
-                    workflow_id,
-                    input,
-                    now,
-                    effects,
-                    work,
-                ),
-                ref terminal if terminal.is_terminal() => {
-                    self.close_run(run_id, now, terminal.clone(), effects, work)
+                Kind::ChildStarted { seq, workflow_type, workflow_id, input } => {
+                    self.start_child(run_id, seq, workflow_type, workflow_id, input, now, effects, work)
                 }
+                ref terminal if terminal.is_terminal() => self.close_run(run_id, now, terminal.clone(), effects, work),
                 _ => {}
             }
         }
@@ -677,35 +548,16 @@ impl Engine {
         effects: &mut Vec<Effect>,
         work: &mut VecDeque<(String, Kind)>,
     ) {
-        let parent = Parent {
-            workflow_id: self.runs[run_id].state.workflow_id.clone(),
-            run_id: run_id.to_owned(),
-            seq,
-        };
+        let parent =
+            Parent { workflow_id: self.runs[run_id].state.workflow_id.clone(), run_id: run_id.to_owned(), seq };
         if self.latest.contains_key(&workflow_id) || !self.registry.contains(&workflow_type) {
             let error = format!("cannot start child {workflow_id} of type {workflow_type}: id in use or type unknown");
-            work.push_back((
-                run_id.to_owned(),
-                Kind::ChildCompleted {
-                    seq,
-                    outcome: ChildOutcome::Failed { error },
-                },
-            ));
+            work.push_back((run_id.to_owned(), Kind::ChildCompleted { seq, outcome: ChildOutcome::Failed { error } }));
             return;
         }
         let child_run_id = first_run_id(&workflow_id);
-        self.start_run(
-            now,
-            workflow_type,
-            workflow_id,
-            child_run_id,
-            input,
-            Some(parent),
-            None,
-            effects,
-            work,
-        )
-        .expect("child type checked above");
+        self.start_run(now, workflow_type, workflow_id, child_run_id, input, Some(parent), None, effects, work)
+            .expect("child type checked above");
     }
 
     fn close_run(
@@ -717,11 +569,8 @@ impl Engine {
         work: &mut VecDeque<(String, Kind)>,
     ) {
         let state = &self.runs[run_id].state;
-        let (workflow_id, workflow_type, parent) = (
-            state.workflow_id.clone(),
-            state.workflow_type.clone(),
-            state.parent.clone(),
-        );
+        let (workflow_id, workflow_type, parent) =
+            (state.workflow_id.clone(), state.workflow_type.clone(), state.parent.clone());
         effects.push(Effect::RunClosed {
             workflow_id: workflow_id.clone(),
             run_id: run_id.to_owned(),
@@ -742,14 +591,10 @@ impl Engine {
             .expect("the type of a running workflow is registered");
             return;
         }
-        let outcome = child_outcome(&terminal)
-            .unwrap_or_else(|| panic!("run {run_id}: {} is not terminal", terminal.name()));
+        let outcome =
+            child_outcome(&terminal).unwrap_or_else(|| panic!("run {run_id}: {} is not terminal", terminal.name()));
         if let Some(parent) = parent {
-            if let Some(kind) = self
-                .runs
-                .get(&parent.run_id)
-                .and_then(|p| p.state.child_closed(parent.seq, outcome))
-            {
+            if let Some(kind) = self.runs.get(&parent.run_id).and_then(|p| p.state.child_closed(parent.seq, outcome)) {
                 work.push_back((parent.run_id, kind));
             }
         }
@@ -781,22 +626,10 @@ impl Engine {
             },
         };
         let mut state = RunState::default();
-        state
-            .apply(&started)
-            .expect("a first workflow_started is well formed");
+        state.apply(&started).expect("a first workflow_started is well formed");
         let (machine, commands) = Machine::new(&self.registry, &started)?;
-        effects.push(Effect::Append {
-            run_id: run_id.clone(),
-            event: started.clone(),
-        });
-        self.runs.insert(
-            run_id.clone(),
-            Run {
-                events: vec![started],
-                state,
-                machine,
-            },
-        );
+        effects.push(Effect::Append { run_id: run_id.clone(), event: started.clone() });
+        self.runs.insert(run_id.clone(), Run { events: vec![started], state, machine });
         self.latest.insert(workflow_id, run_id.clone());
         self.append_commands(&run_id, now, commands, effects, work);
         Ok(())
@@ -814,22 +647,15 @@ impl Engine {
 
 /// The index of the `child_started` event of command `seq`.
 fn child_started_index(events: &[Event], seq: u32) -> u64 {
-    events
-        .iter()
-        .find(|e| matches!(e.kind, Kind::ChildStarted { seq: s, .. } if s == seq))
-        .map_or(0, |e| e.index)
+    events.iter().find(|e| matches!(e.kind, Kind::ChildStarted { seq: s, .. } if s == seq)).map_or(0, |e| e.index)
 }
 
 /// How a run that ended with `terminal` ended, as its parent sees it; `None` for a run that
 /// continued as new (its last run reports) or for a kind that does not end a run.
 fn child_outcome(terminal: &Kind) -> Option<ChildOutcome> {
     match terminal {
-        Kind::WorkflowCompleted { output } => Some(ChildOutcome::Completed {
-            output: output.clone(),
-        }),
-        Kind::WorkflowFailed { error } => Some(ChildOutcome::Failed {
-            error: error.clone(),
-        }),
+        Kind::WorkflowCompleted { output } => Some(ChildOutcome::Completed { output: output.clone() }),
+        Kind::WorkflowFailed { error } => Some(ChildOutcome::Failed { error: error.clone() }),
         Kind::WorkflowCanceled => Some(ChildOutcome::Canceled),
         _ => None,
     }
@@ -837,10 +663,7 @@ fn child_outcome(terminal: &Kind) -> Option<ChildOutcome> {
 
 /// The first run id of a workflow id: derived, so a retried start names the same run.
 pub fn first_run_id(workflow_id: &str) -> String {
-    format!(
-        "r{:012x}",
-        crate::hash::hash_parts(&[workflow_id, "first-run"]) >> 16
-    )
+    format!("r{:012x}", crate::hash::hash_parts(&[workflow_id, "first-run"]) >> 16)
 }
 
 fn run_id_of(events: &[Event]) -> String {

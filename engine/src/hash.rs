@@ -67,10 +67,7 @@ mod tests {
         // seeds and digests depend on it.
         assert_eq!(hash_parts(&["run-1", "3"]), hash_parts(&["run-1", "3"]));
         assert_ne!(hash_parts(&["ab", "c"]), hash_parts(&["a", "bc"]));
-        assert_eq!(
-            format!("{:016x}", hash_bytes(0, b"tempest")),
-            "5ae3e6c0ef112599"
-        );
+        assert_eq!(format!("{:016x}", hash_bytes(0, b"tempest")), "5ae3e6c0ef112599");
     }
 
     #[test]

@@ -211,10 +211,7 @@ impl Kind {
             Kind::ActivityAttemptFailed { .. }
                 | Kind::ActivityFailed { .. }
                 | Kind::WorkflowFailed { .. }
-                | Kind::ChildCompleted {
-                    outcome: ChildOutcome::Failed { .. },
-                    ..
-                }
+                | Kind::ChildCompleted { outcome: ChildOutcome::Failed { .. }, .. }
         )
     }
 
@@ -247,38 +244,21 @@ impl Kind {
     pub fn same_command(recorded: &Kind, issued: &Kind) -> bool {
         match (recorded, issued) {
             (
-                Kind::ActivityScheduled {
-                    seq: a,
-                    activity_type: ta,
-                    input: ia,
-                    ..
-                },
-                Kind::ActivityScheduled {
-                    seq: b,
-                    activity_type: tb,
-                    input: ib,
-                    ..
-                },
+                Kind::ActivityScheduled { seq: a, activity_type: ta, input: ia, .. },
+                Kind::ActivityScheduled { seq: b, activity_type: tb, input: ib, .. },
             ) => a == b && ta == tb && ia == ib,
             (Kind::TimerStarted { seq: a, .. }, Kind::TimerStarted { seq: b, .. }) => a == b,
-            (
-                Kind::MarkerRecorded { seq: a, marker: ma },
-                Kind::MarkerRecorded { seq: b, marker: mb },
-            ) => {
+            (Kind::MarkerRecorded { seq: a, marker: ma }, Kind::MarkerRecorded { seq: b, marker: mb }) => {
                 a == b
                     && match (ma, mb) {
-                        (Marker::Random { .. }, Marker::Random { .. })
-                        | (Marker::Uuid { .. }, Marker::Uuid { .. }) => true,
-                        (Marker::Patch { patch_id: pa }, Marker::Patch { patch_id: pb }) => {
-                            pa == pb
+                        (Marker::Random { .. }, Marker::Random { .. }) | (Marker::Uuid { .. }, Marker::Uuid { .. }) => {
+                            true
                         }
+                        (Marker::Patch { patch_id: pa }, Marker::Patch { patch_id: pb }) => pa == pb,
                         _ => false,
                     }
             }
-            (
-                Kind::WorkflowContinuedAsNew { input: a, .. },
-                Kind::WorkflowContinuedAsNew { input: b, .. },
-            ) => a == b,
+            (Kind::WorkflowContinuedAsNew { input: a, .. }, Kind::WorkflowContinuedAsNew { input: b, .. }) => a == b,
             (recorded, issued) => recorded == issued,
         }
     }
@@ -300,25 +280,10 @@ fn compact(value: &Value) -> String {
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.name())?;
-        let worker_suffix = |w: &Option<String>| {
-            w.as_ref()
-                .map(|w| format!(" worker={w}"))
-                .unwrap_or_default()
-        };
+        let worker_suffix = |w: &Option<String>| w.as_ref().map(|w| format!(" worker={w}")).unwrap_or_default();
         match self {
-            Kind::WorkflowStarted {
-                workflow_type,
-                workflow_id,
-                run_id,
-                input,
-                parent,
-                continued_from,
-            } => {
-                write!(
-                    f,
-                    " {workflow_type} id={workflow_id} run={run_id} input={}",
-                    compact(input)
-                )?;
+            Kind::WorkflowStarted { workflow_type, workflow_id, run_id, input, parent, continued_from } => {
+                write!(f, " {workflow_type} id={workflow_id} run={run_id} input={}", compact(input))?;
                 if let Some(p) = parent {
                     write!(f, " parent={}/{}#{}", p.workflow_id, p.run_id, p.seq)?;
                 }
@@ -327,47 +292,19 @@ impl fmt::Display for Kind {
                 }
                 Ok(())
             }
-            Kind::ActivityCompleted {
-                seq,
-                attempt,
-                output,
-                worker,
-            } => {
-                write!(
-                    f,
-                    " seq={seq} attempt={attempt} output={}{}",
-                    compact(output),
-                    worker_suffix(worker)
-                )
+            Kind::ActivityCompleted { seq, attempt, output, worker } => {
+                write!(f, " seq={seq} attempt={attempt} output={}{}", compact(output), worker_suffix(worker))
             }
-            Kind::ActivityAttemptFailed {
-                seq,
-                attempt,
-                failure,
-                retry_at_ms,
-                worker,
-            } => write!(
+            Kind::ActivityAttemptFailed { seq, attempt, failure, retry_at_ms, worker } => write!(
                 f,
                 " seq={seq} attempt={attempt} failure=({failure}) retry_at={retry_at_ms}{}",
                 worker_suffix(worker)
             ),
-            Kind::ActivityFailed {
-                seq,
-                attempt,
-                cause,
-                failure,
-                worker,
-            } => write!(
-                f,
-                " seq={seq} attempt={attempt} cause={cause:?} failure=({failure}){}",
-                worker_suffix(worker)
-            ),
+            Kind::ActivityFailed { seq, attempt, cause, failure, worker } => {
+                write!(f, " seq={seq} attempt={attempt} cause={cause:?} failure=({failure}){}", worker_suffix(worker))
+            }
             Kind::TimerFired { seq } => write!(f, " seq={seq}"),
-            Kind::SignalReceived {
-                signal_id,
-                name,
-                payload,
-            } => {
+            Kind::SignalReceived { signal_id, name, payload } => {
                 write!(f, " {name} id={signal_id} payload={}", compact(payload))
             }
             Kind::CancelRequested { reason } => write!(f, " reason={reason:?}"),
@@ -378,40 +315,14 @@ impl fmt::Display for Kind {
                 ChildOutcome::Failed { error } => write!(f, " seq={seq} failed error={error:?}"),
                 ChildOutcome::Canceled => write!(f, " seq={seq} canceled"),
             },
-            Kind::ActivityScheduled {
-                seq,
-                activity_type,
-                input,
-                idempotency_key,
-                ..
-            } => {
-                write!(
-                    f,
-                    " seq={seq} {activity_type} input={} key={idempotency_key}",
-                    compact(input)
-                )
+            Kind::ActivityScheduled { seq, activity_type, input, idempotency_key, .. } => {
+                write!(f, " seq={seq} {activity_type} input={} key={idempotency_key}", compact(input))
             }
-            Kind::TimerStarted {
-                seq,
-                duration_ms,
-                fire_at_ms,
-            } => {
-                write!(
-                    f,
-                    " seq={seq} duration_ms={duration_ms} fire_at={fire_at_ms}"
-                )
+            Kind::TimerStarted { seq, duration_ms, fire_at_ms } => {
+                write!(f, " seq={seq} duration_ms={duration_ms} fire_at={fire_at_ms}")
             }
-            Kind::ChildStarted {
-                seq,
-                workflow_type,
-                workflow_id,
-                input,
-            } => {
-                write!(
-                    f,
-                    " seq={seq} {workflow_type} id={workflow_id} input={}",
-                    compact(input)
-                )
+            Kind::ChildStarted { seq, workflow_type, workflow_id, input } => {
+                write!(f, " seq={seq} {workflow_type} id={workflow_id} input={}", compact(input))
             }
             Kind::MarkerRecorded { seq, marker } => match marker {
                 Marker::Random { value } => write!(f, " seq={seq} random={value}"),
@@ -460,16 +371,7 @@ pub enum Error {
 impl History {
     /// Wraps events of one run; the first must be `workflow_started`.
     pub fn new(events: Vec<Event>) -> History {
-        let Some(Event {
-            kind:
-                Kind::WorkflowStarted {
-                    workflow_type,
-                    workflow_id,
-                    run_id,
-                    ..
-                },
-            ..
-        }) = events.first()
+        let Some(Event { kind: Kind::WorkflowStarted { workflow_type, workflow_id, run_id, .. }, .. }) = events.first()
         else {
             panic!("a history starts with workflow_started");
         };
@@ -495,16 +397,8 @@ impl History {
         let raw: Value = serde_json::from_str(text)?;
         match raw.get("format").and_then(Value::as_str) {
             Some(FORMAT) => {}
-            Some(other) => {
-                return Err(Error::Format {
-                    found: other.to_owned(),
-                })
-            }
-            None => {
-                return Err(Error::Format {
-                    found: "<missing>".to_owned(),
-                })
-            }
+            Some(other) => return Err(Error::Format { found: other.to_owned() }),
+            None => return Err(Error::Format { found: "<missing>".to_owned() }),
         }
         let history: History = serde_json::from_value(raw)?;
         history.validate()?;
@@ -514,32 +408,18 @@ impl History {
     /// Checks the header against the first event and every event's well-formedness.
     pub fn validate(&self) -> Result<(), Error> {
         let first = self.events.first().ok_or(Error::Empty)?;
-        let Kind::WorkflowStarted {
-            workflow_type,
-            workflow_id,
-            run_id,
-            ..
-        } = &first.kind
-        else {
+        let Kind::WorkflowStarted { workflow_type, workflow_id, run_id, .. } = &first.kind else {
             return Err(Error::Malformed {
                 index: 0,
                 detail: format!("first event is {}, not workflow_started", first.kind.name()),
             });
         };
-        if (workflow_type, workflow_id, run_id)
-            != (&self.workflow_type, &self.workflow_id, &self.run_id)
-        {
-            return Err(Error::Malformed {
-                index: 0,
-                detail: "header does not match workflow_started".to_owned(),
-            });
+        if (workflow_type, workflow_id, run_id) != (&self.workflow_type, &self.workflow_id, &self.run_id) {
+            return Err(Error::Malformed { index: 0, detail: "header does not match workflow_started".to_owned() });
         }
         let mut state = crate::run::RunState::default();
         for event in &self.events {
-            state.apply(event).map_err(|detail| Error::Malformed {
-                index: event.index,
-                detail,
-            })?;
+            state.apply(event).map_err(|detail| Error::Malformed { index: event.index, detail })?;
         }
         Ok(())
     }

@@ -11,9 +11,13 @@ pub mod engine;
 pub mod hash;
 pub mod history;
 pub mod machine;
+pub mod ratelimit;
 pub mod retry;
 pub mod run;
+pub mod services;
+pub mod store;
 pub mod time;
+pub mod worker;
 pub mod workflow;
 
 #[doc(hidden)]

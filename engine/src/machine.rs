@@ -39,11 +39,7 @@ pub enum Error {
     #[error("workflow type {0:?} is not registered")]
     UnknownWorkflowType(String),
     #[error("run {run_id}: event {index} is {kind}, which cannot start a run")]
-    NotAStart {
-        run_id: String,
-        index: u64,
-        kind: &'static str,
-    },
+    NotAStart { run_id: String, index: u64, kind: &'static str },
     #[error("run {run_id}: query {name:?} is not defined")]
     UnknownQuery { run_id: String, name: String },
 }
@@ -139,12 +135,8 @@ impl Shared {
         let is_recorded_patch = |e: &Event| matches!(&e.kind, Kind::MarkerRecorded { marker: Marker::Patch { patch_id: p }, .. } if p == patch_id);
         if self.expected.front().is_some_and(is_recorded_patch) {
             let seq = self.next_seq();
-            let issued = self.issue(Kind::MarkerRecorded {
-                seq,
-                marker: Marker::Patch {
-                    patch_id: patch_id.to_owned(),
-                },
-            });
+            let issued =
+                self.issue(Kind::MarkerRecorded { seq, marker: Marker::Patch { patch_id: patch_id.to_owned() } });
             return matches!(issued, Issued::Recorded(_));
         }
         if !self.is_live() {
@@ -153,22 +145,12 @@ impl Shared {
             return false;
         }
         let seq = self.next_seq();
-        self.issue(Kind::MarkerRecorded {
-            seq,
-            marker: Marker::Patch {
-                patch_id: patch_id.to_owned(),
-            },
-        });
+        self.issue(Kind::MarkerRecorded { seq, marker: Marker::Patch { patch_id: patch_id.to_owned() } });
         true
     }
 
     fn diverge(&mut self, event_index: u64, recorded: String, issued: String) {
-        self.nondeterminism = Some(Nondeterminism {
-            run_id: self.run_id.clone(),
-            event_index,
-            recorded,
-            issued,
-        });
+        self.nondeterminism = Some(Nondeterminism { run_id: self.run_id.clone(), event_index, recorded, issued });
     }
 
     pub(crate) fn register(&mut self, seq: u32, kind: PendingKind) {
@@ -231,23 +213,10 @@ impl Machine {
         expected: VecDeque<Event>,
         next_input: Option<Event>,
     ) -> Result<(Machine, Vec<Kind>), Error> {
-        let Kind::WorkflowStarted {
-            workflow_type,
-            workflow_id,
-            run_id,
-            input,
-            ..
-        } = &started.kind
-        else {
-            return Err(Error::NotAStart {
-                run_id: String::new(),
-                index: started.index,
-                kind: started.kind.name(),
-            });
+        let Kind::WorkflowStarted { workflow_type, workflow_id, run_id, input, .. } = &started.kind else {
+            return Err(Error::NotAStart { run_id: String::new(), index: started.index, kind: started.kind.name() });
         };
-        let factory = registry
-            .get(workflow_type)
-            .ok_or_else(|| Error::UnknownWorkflowType(workflow_type.clone()))?;
+        let factory = registry.get(workflow_type).ok_or_else(|| Error::UnknownWorkflowType(workflow_type.clone()))?;
         let shared = Rc::new(RefCell::new(Shared {
             workflow_type: workflow_type.clone(),
             workflow_id: workflow_id.clone(),
@@ -268,12 +237,7 @@ impl Machine {
         let future = factory(Ctx::new(shared.clone()), input.clone());
         let flag = Arc::new(Flag(AtomicBool::new(false)));
         let waker = Waker::from(flag.clone());
-        let mut machine = Machine {
-            shared,
-            future: Some(future),
-            flag,
-            waker,
-        };
+        let mut machine = Machine { shared, future: Some(future), flag, waker };
         let commands = machine.poll()?;
         Ok((machine, commands))
     }
@@ -287,12 +251,9 @@ impl Machine {
     /// the machine and the commands the code issues past the end of the history (empty when
     /// the history ends at a decision point, as histories written by a host do).
     pub fn replay(registry: &Registry, events: &[Event]) -> Result<(Machine, Vec<Kind>), Error> {
-        let first = events
-            .first()
-            .expect("replay needs at least workflow_started");
+        let first = events.first().expect("replay needs at least workflow_started");
         let (expected, next) = batch_after(events, 0);
-        let (mut machine, mut commands) =
-            Machine::start(registry, first, expected, next.map(|i| events[i].clone()))?;
+        let (mut machine, mut commands) = Machine::start(registry, first, expected, next.map(|i| events[i].clone()))?;
         let mut cursor = next;
         while let Some(index) = cursor {
             let (expected, next) = batch_after(events, index);
@@ -319,12 +280,7 @@ impl Machine {
     }
 
     fn apply_inner(&mut self, event: &Event) -> Result<Vec<Kind>, Error> {
-        assert!(
-            !event.kind.is_command(),
-            "run {}: event {} is a command, not an input",
-            self.run_id(),
-            event.index
-        );
+        assert!(!event.kind.is_command(), "run {}: event {} is a command, not an input", self.run_id(), event.index);
         {
             let mut shared = self.shared.borrow_mut();
             shared.now = event.time_ms;
@@ -378,9 +334,7 @@ impl Machine {
                 let next_run_id = crate::workflow::next_run_id(&shared.workflow_id, &shared.run_id);
                 Kind::WorkflowContinuedAsNew { input, next_run_id }
             }
-            Err(error) => Kind::WorkflowFailed {
-                error: error.to_string(),
-            },
+            Err(error) => Kind::WorkflowFailed { error: error.to_string() },
         }
     }
 
@@ -398,10 +352,7 @@ impl Machine {
         let handler = shared
             .queries
             .get(name)
-            .ok_or_else(|| Error::UnknownQuery {
-                run_id: shared.run_id.clone(),
-                name: name.to_owned(),
-            })?;
+            .ok_or_else(|| Error::UnknownQuery { run_id: shared.run_id.clone(), name: name.to_owned() })?;
         Ok(handler(args))
     }
 
@@ -409,11 +360,7 @@ impl Machine {
         let shared = self.shared.borrow();
         Snapshot {
             seq_next: shared.seq_next,
-            pending: shared
-                .pending
-                .iter()
-                .map(|(seq, (kind, _))| (*seq, *kind))
-                .collect(),
+            pending: shared.pending.iter().map(|(seq, (kind, _))| (*seq, *kind)).collect(),
             buffered_signals: shared
                 .signals
                 .iter()
@@ -452,13 +399,7 @@ fn apply_input(shared: &mut Shared, kind: &Kind) {
         Kind::ActivityCompleted { seq, output, .. } => {
             shared.resolve(*seq, Resolution::Activity(Ok(output.clone())));
         }
-        Kind::ActivityFailed {
-            seq,
-            attempt,
-            cause,
-            failure,
-            ..
-        } => {
+        Kind::ActivityFailed { seq, attempt, cause, failure, .. } => {
             let activity_type = String::new();
             let error = crate::activity::Error {
                 activity_type,
@@ -470,22 +411,13 @@ fn apply_input(shared: &mut Shared, kind: &Kind) {
             shared.resolve(*seq, Resolution::Activity(Err(error)));
         }
         Kind::TimerFired { seq } => shared.resolve(*seq, Resolution::Timer(Ok(()))),
-        Kind::ChildCompleted { seq, outcome } => {
-            shared.resolve(*seq, Resolution::Child(outcome.clone()))
-        }
-        Kind::SignalReceived {
-            signal_id,
-            name,
-            payload,
-        } => {
+        Kind::ChildCompleted { seq, outcome } => shared.resolve(*seq, Resolution::Child(outcome.clone())),
+        Kind::SignalReceived { signal_id, name, payload } => {
             shared
                 .signals
                 .entry(name.clone())
                 .or_default()
-                .push_back(SignalRecord {
-                    signal_id: signal_id.clone(),
-                    payload: payload.clone(),
-                });
+                .push_back(SignalRecord { signal_id: signal_id.clone(), payload: payload.clone() });
             shared.wake_signal_waiters(name);
         }
         Kind::CancelRequested { .. } => {

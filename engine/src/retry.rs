@@ -58,10 +58,7 @@ pub enum GiveUpReason {
 impl RetryPolicy {
     /// A policy with the given attempt limit and otherwise default settings.
     pub fn attempts(attempt_count_max: u32) -> RetryPolicy {
-        RetryPolicy {
-            attempt_count_max,
-            ..RetryPolicy::default()
-        }
+        RetryPolicy { attempt_count_max, ..RetryPolicy::default() }
     }
 
     pub fn initial_interval(mut self, interval: Duration) -> Self {
@@ -106,16 +103,12 @@ impl RetryPolicy {
 
     /// The delay after attempt `attempt` from backoff alone, with jitter applied.
     fn backoff_delay_ms(&self, attempt: u32, jitter_key: &str) -> u64 {
-        assert!(
-            self.backoff_coefficient >= 1.0,
-            "backoff coefficient below 1"
-        );
+        assert!(self.backoff_coefficient >= 1.0, "backoff coefficient below 1");
         assert!((0.0..1.0).contains(&self.jitter), "jitter outside [0, 1)");
         let exponent = i32::try_from(attempt - 1).unwrap_or(i32::MAX);
         let raw = self.interval_ms_initial as f64 * self.backoff_coefficient.powi(exponent);
         let capped = raw.min(self.interval_ms_max as f64);
-        let unit = (hash::hash_parts(&[jitter_key, &attempt.to_string()]) >> 11) as f64
-            / (1u64 << 53) as f64;
+        let unit = (hash::hash_parts(&[jitter_key, &attempt.to_string()]) >> 11) as f64 / (1u64 << 53) as f64;
         (capped * (1.0 - self.jitter * unit)) as u64
     }
 }
@@ -139,42 +132,23 @@ mod tests {
     #[test]
     fn retry_after_longer_than_backoff_wins() {
         let policy = RetryPolicy::attempts(3);
-        let failure = Failure::RateLimited {
-            retry_after_ms: Some(30_000),
-        };
-        assert_eq!(
-            policy.decide(1, &failure, "k"),
-            Decision::RetryAfter(Duration::from_secs(30))
-        );
+        let failure = Failure::RateLimited { retry_after_ms: Some(30_000) };
+        assert_eq!(policy.decide(1, &failure, "k"), Decision::RetryAfter(Duration::from_secs(30)));
     }
 
     #[test]
     fn refused_is_never_retried_and_attempts_run_out() {
         let policy = RetryPolicy::attempts(2);
-        let refused = Failure::Refused {
-            message: "no".into(),
-        };
-        assert_eq!(
-            policy.decide(1, &refused, "k"),
-            Decision::GiveUp(GiveUpReason::NonRetryable)
-        );
-        assert_eq!(
-            policy.decide(2, &Failure::TimedOut, "k"),
-            Decision::GiveUp(GiveUpReason::AttemptsExhausted)
-        );
+        let refused = Failure::Refused { message: "no".into() };
+        assert_eq!(policy.decide(1, &refused, "k"), Decision::GiveUp(GiveUpReason::NonRetryable));
+        assert_eq!(policy.decide(2, &Failure::TimedOut, "k"), Decision::GiveUp(GiveUpReason::AttemptsExhausted));
     }
 
     #[test]
     fn non_retryable_kind_listed_in_policy_is_not_retried() {
         let policy = RetryPolicy::attempts(5).non_retryable("quota_exhausted");
-        let failure = Failure::Application {
-            kind: "quota_exhausted".into(),
-            message: "m".into(),
-        };
-        assert_eq!(
-            policy.decide(1, &failure, "k"),
-            Decision::GiveUp(GiveUpReason::NonRetryable)
-        );
+        let failure = Failure::Application { kind: "quota_exhausted".into(), message: "m".into() };
+        assert_eq!(policy.decide(1, &failure, "k"), Decision::GiveUp(GiveUpReason::NonRetryable));
     }
 
     #[test]
@@ -182,9 +156,7 @@ mod tests {
         let policy = RetryPolicy::attempts(0).with_jitter(0.5);
         let a = policy.decide(1, &Failure::TimedOut, "run-1:3");
         assert_eq!(a, policy.decide(1, &Failure::TimedOut, "run-1:3"));
-        let Decision::RetryAfter(d) = a else {
-            panic!("expected a retry")
-        };
+        let Decision::RetryAfter(d) = a else { panic!("expected a retry") };
         assert!(d.as_millis() > 500 && d.as_millis() <= 1000, "{d:?}");
     }
 }

@@ -56,9 +56,7 @@ pub struct ActivityState {
 impl ActivityState {
     /// The schedule-to-close deadline, if any.
     pub fn deadline(&self) -> Option<Time> {
-        self.options
-            .schedule_to_close_ms
-            .map(|ms| self.scheduled_at.plus(Duration::from_millis(ms)))
+        self.options.schedule_to_close_ms.map(|ms| self.scheduled_at.plus(Duration::from_millis(ms)))
     }
 }
 
@@ -121,48 +119,39 @@ impl RunState {
     /// Folds one event in, checking that it may follow the events before it.
     pub fn apply(&mut self, event: &Event) -> Result<(), String> {
         if event.index != self.event_count {
-            return Err(format!(
-                "index {} where {} was expected",
-                event.index, self.event_count
-            ));
+            return Err(format!("index {} where {} was expected", event.index, self.event_count));
         }
         if event.time_ms < self.last_time {
-            return Err(format!(
-                "time {} goes back before {}",
-                event.time_ms, self.last_time
-            ));
+            return Err(format!("time {} goes back before {}", event.time_ms, self.last_time));
         }
-        if self.event_count == 0 && !matches!(event.kind, Kind::WorkflowStarted { .. }) {
-            return Err(format!(
-                "first event is {}, not workflow_started",
-                event.kind.name()
-            ));
+        self.accept(event.time_ms, &event.kind)
+    }
+
+    /// Folds one event in by content alone, without a position: the store uses this for its
+    /// logical view of a run (history plus accepted inputs not yet in the history).
+    pub fn accept(&mut self, time: Time, kind: &Kind) -> Result<(), String> {
+        if self.event_count == 0 && !matches!(kind, Kind::WorkflowStarted { .. }) {
+            return Err(format!("first event is {}, not workflow_started", kind.name()));
         }
         if self.is_closed() {
-            return Err(format!("{} after the run closed", event.kind.name()));
+            return Err(format!("{} after the run closed", kind.name()));
         }
-        if event.kind.is_command() {
-            if let Some(seq) = event.kind.seq() {
+        if kind.is_command() {
+            if let Some(seq) = kind.seq() {
                 if self.seq_last.is_some_and(|last| seq <= last) {
-                    return Err(format!(
-                        "command seq {seq} does not follow {:?}",
-                        self.seq_last
-                    ));
+                    return Err(format!("command seq {seq} does not follow {:?}", self.seq_last));
                 }
                 self.seq_last = Some(seq);
             }
         }
-        self.apply_kind(event.time_ms, &event.kind)?;
+        self.apply_kind(time, kind)?;
         self.event_count += 1;
-        self.last_time = event.time_ms;
+        self.last_time = self.last_time.max(time);
         Ok(())
     }
 
     fn open_activity(&mut self, seq: u32, attempt: u32) -> Result<&mut ActivityState, String> {
-        let activity = self
-            .activities
-            .get_mut(&seq)
-            .ok_or(format!("activity seq {seq} was never scheduled"))?;
+        let activity = self.activities.get_mut(&seq).ok_or(format!("activity seq {seq} was never scheduled"))?;
         if activity.closed {
             return Err(format!("activity seq {seq} already closed"));
         }
@@ -177,13 +166,7 @@ impl RunState {
 
     fn apply_kind(&mut self, now: Time, kind: &Kind) -> Result<(), String> {
         match kind {
-            Kind::WorkflowStarted {
-                workflow_type,
-                workflow_id,
-                run_id,
-                parent,
-                ..
-            } => {
+            Kind::WorkflowStarted { workflow_type, workflow_id, run_id, parent, .. } => {
                 if self.event_count != 0 {
                     return Err("workflow_started after the first event".to_owned());
                 }
@@ -192,13 +175,7 @@ impl RunState {
                 self.run_id.clone_from(run_id);
                 self.parent.clone_from(parent);
             }
-            Kind::ActivityScheduled {
-                seq,
-                activity_type,
-                input,
-                idempotency_key,
-                options,
-            } => {
+            Kind::ActivityScheduled { seq, activity_type, input, idempotency_key, options } => {
                 self.activities.insert(
                     *seq,
                     ActivityState {
@@ -217,44 +194,22 @@ impl RunState {
             Kind::ActivityCompleted { seq, attempt, .. } => {
                 self.open_activity(*seq, *attempt)?.closed = true;
             }
-            Kind::ActivityAttemptFailed {
-                seq,
-                attempt,
-                failure,
-                retry_at_ms,
-                ..
-            } => {
+            Kind::ActivityAttemptFailed { seq, attempt, failure, retry_at_ms, .. } => {
                 let activity = self.open_activity(*seq, *attempt)?;
                 activity.attempt += 1;
                 activity.attempt_not_before = *retry_at_ms;
                 activity.last_failure = Some(failure.clone());
             }
-            Kind::ActivityFailed {
-                seq,
-                attempt,
-                failure,
-                ..
-            } => {
+            Kind::ActivityFailed { seq, attempt, failure, .. } => {
                 let activity = self.open_activity(*seq, *attempt)?;
                 activity.closed = true;
                 activity.last_failure = Some(failure.clone());
             }
-            Kind::TimerStarted {
-                seq, fire_at_ms, ..
-            } => {
-                self.timers.insert(
-                    *seq,
-                    TimerState {
-                        fire_at: *fire_at_ms,
-                        closed: false,
-                    },
-                );
+            Kind::TimerStarted { seq, fire_at_ms, .. } => {
+                self.timers.insert(*seq, TimerState { fire_at: *fire_at_ms, closed: false });
             }
             Kind::TimerFired { seq } => {
-                let timer = self
-                    .timers
-                    .get_mut(seq)
-                    .ok_or(format!("timer seq {seq} was never started"))?;
+                let timer = self.timers.get_mut(seq).ok_or(format!("timer seq {seq} was never started"))?;
                 if timer.closed {
                     return Err(format!("timer seq {seq} fired twice or after cancellation"));
                 }
@@ -280,12 +235,7 @@ impl RunState {
                     timer.closed = true;
                 }
             }
-            Kind::ChildStarted {
-                seq,
-                workflow_type,
-                workflow_id,
-                input,
-            } => {
+            Kind::ChildStarted { seq, workflow_type, workflow_id, input } => {
                 self.children.insert(
                     *seq,
                     ChildState {
@@ -297,10 +247,7 @@ impl RunState {
                 );
             }
             Kind::ChildCompleted { seq, outcome } => {
-                let child = self
-                    .children
-                    .get_mut(seq)
-                    .ok_or(format!("child seq {seq} was never started"))?;
+                let child = self.children.get_mut(seq).ok_or(format!("child seq {seq} was never started"))?;
                 if child.outcome.is_some() {
                     return Err(format!("child seq {seq} completed twice"));
                 }
@@ -322,24 +269,15 @@ impl RunState {
 
     /// Activities whose current attempt is due or running.
     pub fn open_activities(&self) -> impl Iterator<Item = (u32, &ActivityState)> {
-        self.activities
-            .iter()
-            .filter(|(_, a)| !a.closed)
-            .map(|(seq, a)| (*seq, a))
+        self.activities.iter().filter(|(_, a)| !a.closed).map(|(seq, a)| (*seq, a))
     }
 
     pub fn open_timers(&self) -> impl Iterator<Item = (u32, &TimerState)> {
-        self.timers
-            .iter()
-            .filter(|(_, t)| !t.closed)
-            .map(|(seq, t)| (*seq, t))
+        self.timers.iter().filter(|(_, t)| !t.closed).map(|(seq, t)| (*seq, t))
     }
 
     pub fn open_children(&self) -> impl Iterator<Item = (u32, &ChildState)> {
-        self.children
-            .iter()
-            .filter(|(_, c)| c.outcome.is_none())
-            .map(|(seq, c)| (*seq, c))
+        self.children.iter().filter(|(_, c)| c.outcome.is_none()).map(|(seq, c)| (*seq, c))
     }
 
     /// The event a report about attempt `attempt` of activity `seq` turns into, or `None` if
@@ -356,54 +294,23 @@ impl RunState {
         if self.is_closed() {
             return None;
         }
-        let activity = self
-            .activities
-            .get(&seq)
-            .filter(|a| !a.closed && a.attempt == attempt)?;
+        let activity = self.activities.get(&seq).filter(|a| !a.closed && a.attempt == attempt)?;
         Some(match report {
-            AttemptReport::Completed { output } => Kind::ActivityCompleted {
-                seq,
-                attempt,
-                output,
-                worker,
-            },
+            AttemptReport::Completed { output } => Kind::ActivityCompleted { seq, attempt, output, worker },
             AttemptReport::Failed { failure } => {
-                let decision =
-                    activity
-                        .options
-                        .retry
-                        .decide(attempt, &failure, &activity.idempotency_key);
+                let decision = activity.options.retry.decide(attempt, &failure, &activity.idempotency_key);
                 match decision {
                     Decision::RetryAfter(delay) => {
                         let retry_at = now.plus(delay);
-                        if activity
-                            .deadline()
-                            .is_some_and(|deadline| retry_at >= deadline)
-                        {
-                            Kind::ActivityFailed {
-                                seq,
-                                attempt,
-                                cause: Cause::ScheduleToCloseTimeout,
-                                failure,
-                                worker,
-                            }
+                        if activity.deadline().is_some_and(|deadline| retry_at >= deadline) {
+                            Kind::ActivityFailed { seq, attempt, cause: Cause::ScheduleToCloseTimeout, failure, worker }
                         } else {
-                            Kind::ActivityAttemptFailed {
-                                seq,
-                                attempt,
-                                failure,
-                                retry_at_ms: retry_at,
-                                worker,
-                            }
+                            Kind::ActivityAttemptFailed { seq, attempt, failure, retry_at_ms: retry_at, worker }
                         }
                     }
-                    Decision::GiveUp(reason) => Kind::ActivityFailed {
-                        seq,
-                        attempt,
-                        cause: reason.into(),
-                        failure,
-                        worker,
-                    },
+                    Decision::GiveUp(reason) => {
+                        Kind::ActivityFailed { seq, attempt, cause: reason.into(), failure, worker }
+                    }
                 }
             }
         })
@@ -433,23 +340,16 @@ impl RunState {
     /// The event a signal turns into, or `None` if this signal id is already recorded.
     pub fn signal(&self, signal_id: &str, name: &str, payload: Value) -> Option<Kind> {
         let fresh = !self.is_closed() && !self.signal_ids.contains(signal_id);
-        fresh.then(|| Kind::SignalReceived {
-            signal_id: signal_id.to_owned(),
-            name: name.to_owned(),
-            payload,
-        })
+        fresh.then(|| Kind::SignalReceived { signal_id: signal_id.to_owned(), name: name.to_owned(), payload })
     }
 
     pub fn cancel(&self, reason: &str) -> Option<Kind> {
         let fresh = !self.is_closed() && !self.cancel_requested;
-        fresh.then(|| Kind::CancelRequested {
-            reason: reason.to_owned(),
-        })
+        fresh.then(|| Kind::CancelRequested { reason: reason.to_owned() })
     }
 
     pub fn child_closed(&self, seq: u32, outcome: ChildOutcome) -> Option<Kind> {
-        let pending =
-            !self.is_closed() && self.children.get(&seq).is_some_and(|c| c.outcome.is_none());
+        let pending = !self.is_closed() && self.children.get(&seq).is_some_and(|c| c.outcome.is_none());
         pending.then_some(Kind::ChildCompleted { seq, outcome })
     }
 }

@@ -40,9 +40,7 @@ impl Host {
     /// Feeds an input at the current time, records the effects and returns them.
     pub fn feed(&mut self, input: Input) -> Vec<Effect> {
         let mut effects = Vec::new();
-        self.engine
-            .handle(self.now, input, &mut effects)
-            .expect("engine accepts the input");
+        self.engine.handle(self.now, input, &mut effects).expect("engine accepts the input");
         self.perform(effects.clone());
         effects
     }
@@ -55,17 +53,12 @@ impl Host {
                     self.appended.entry(run_id).or_default().push(event);
                 }
                 Effect::ScheduleActivity(task) => {
-                    self.activities
-                        .insert((task.run_id.clone(), task.seq), task);
+                    self.activities.insert((task.run_id.clone(), task.seq), task);
                 }
                 Effect::CancelActivity { run_id, seq } => {
                     self.activities.remove(&(run_id, seq));
                 }
-                Effect::StartTimer {
-                    run_id,
-                    timer,
-                    fire_at,
-                } => {
+                Effect::StartTimer { run_id, timer, fire_at } => {
                     self.timers.insert((run_id, timer), fire_at);
                 }
                 Effect::RunClosed { run_id, .. } => self.closed.push(run_id),
@@ -73,21 +66,9 @@ impl Host {
         }
     }
 
-    pub fn start(
-        &mut self,
-        workflow_type: &str,
-        workflow_id: &str,
-        input: serde_json::Value,
-    ) -> String {
-        self.feed(Input::StartRun {
-            workflow_id: workflow_id.into(),
-            workflow_type: workflow_type.into(),
-            input,
-        });
-        self.engine
-            .latest_run(workflow_id)
-            .expect("run started")
-            .to_owned()
+    pub fn start(&mut self, workflow_type: &str, workflow_id: &str, input: serde_json::Value) -> String {
+        self.feed(Input::StartRun { workflow_id: workflow_id.into(), workflow_type: workflow_type.into(), input });
+        self.engine.latest_run(workflow_id).expect("run started").to_owned()
     }
 
     /// The open activity attempt of activity `seq` of run `run_id`.
@@ -100,28 +81,16 @@ impl Host {
 
     /// The one open activity attempt of a run with this type (panics if none or several).
     pub fn task(&self, activity_type: &str) -> ActivityTask {
-        let mut found = self
-            .activities
-            .values()
-            .filter(|t| t.activity_type == activity_type);
-        let task = found
-            .next()
-            .unwrap_or_else(|| panic!("no pending {activity_type} activity"));
-        assert!(
-            found.next().is_none(),
-            "several pending {activity_type} activities"
-        );
+        let mut found = self.activities.values().filter(|t| t.activity_type == activity_type);
+        let task = found.next().unwrap_or_else(|| panic!("no pending {activity_type} activity"));
+        assert!(found.next().is_none(), "several pending {activity_type} activities");
         task.clone()
     }
 
     /// Drops `task` from the open attempts, unless a later attempt already replaced it.
     fn forget(&mut self, task: &ActivityTask) {
         let key = (task.run_id.clone(), task.seq);
-        if self
-            .activities
-            .get(&key)
-            .is_some_and(|open| open.attempt == task.attempt)
-        {
+        if self.activities.get(&key).is_some_and(|open| open.attempt == task.attempt) {
             self.activities.remove(&key);
         }
     }
@@ -152,12 +121,8 @@ impl Host {
 
     /// Advances time to the earliest pending timer and fires it.
     pub fn fire_next_timer(&mut self) -> Vec<Effect> {
-        let (run_id, timer) = self
-            .timers
-            .iter()
-            .min_by_key(|(_, at)| **at)
-            .map(|(k, _)| k.clone())
-            .expect("a pending timer");
+        let (run_id, timer) =
+            self.timers.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()).expect("a pending timer");
         self.fire(&run_id, timer)
     }
 
@@ -168,17 +133,11 @@ impl Host {
             .remove(&(run_id.to_owned(), timer))
             .unwrap_or_else(|| panic!("no pending timer {timer:?} in run {run_id}"));
         self.now = self.now.max(fire_at);
-        self.feed(Input::TimerFired {
-            run_id: run_id.to_owned(),
-            timer,
-        })
+        self.feed(Input::TimerFired { run_id: run_id.to_owned(), timer })
     }
 
     pub fn cancel(&mut self, workflow_id: &str, reason: &str) -> Vec<Effect> {
-        self.feed(Input::Cancel {
-            workflow_id: workflow_id.into(),
-            reason: reason.into(),
-        })
+        self.feed(Input::Cancel { workflow_id: workflow_id.into(), reason: reason.into() })
     }
 
     pub fn signal(

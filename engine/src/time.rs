@@ -8,9 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// A point on the engine clock, in milliseconds since the clock's epoch.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Time(pub u64);
 
@@ -63,9 +61,6 @@ mod tests {
 
     #[test]
     fn time_plus_saturates() {
-        assert_eq!(
-            Time(u64::MAX - 1).plus(Duration::from_secs(10)),
-            Time(u64::MAX)
-        );
+        assert_eq!(Time(u64::MAX - 1).plus(Duration::from_secs(10)), Time(u64::MAX));
     }
 }

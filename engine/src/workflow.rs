@@ -45,9 +45,7 @@ pub enum WorkflowError {
 
 impl WorkflowError {
     pub fn failed(message: impl Into<String>) -> WorkflowError {
-        WorkflowError::Failed {
-            message: message.into(),
-        }
+        WorkflowError::Failed { message: message.into() }
     }
 }
 
@@ -62,9 +60,7 @@ impl From<activity::Error> for WorkflowError {
 
 impl From<serde_json::Error> for WorkflowError {
     fn from(error: serde_json::Error) -> Self {
-        WorkflowError::Payload {
-            message: error.to_string(),
-        }
+        WorkflowError::Payload { message: error.to_string() }
     }
 }
 
@@ -121,10 +117,7 @@ impl Registry {
 
 /// The run id that continue-as-new hands over to: derived, so replay names the same one.
 pub fn next_run_id(workflow_id: &str, run_id: &str) -> String {
-    format!(
-        "r{:012x}",
-        hash::hash_parts(&[workflow_id, run_id, "continue-as-new"]) >> 16
-    )
+    format!("r{:012x}", hash::hash_parts(&[workflow_id, run_id, "continue-as-new"]) >> 16)
 }
 
 /// The idempotency key of activity `seq` of run `run_id`: the same for every attempt, worker
@@ -169,15 +162,9 @@ impl Ctx {
         let mut shared = self.shared.borrow_mut();
         let seq = shared.next_seq();
         let value = hash::hash_parts(&[&shared.run_id, &seq.to_string(), "random"]);
-        match shared.issue(Kind::MarkerRecorded {
-            seq,
-            marker: Marker::Random { value },
-        }) {
+        match shared.issue(Kind::MarkerRecorded { seq, marker: Marker::Random { value } }) {
             Issued::Recorded(recorded) => match *recorded {
-                Kind::MarkerRecorded {
-                    marker: Marker::Random { value: recorded },
-                    ..
-                } => recorded,
+                Kind::MarkerRecorded { marker: Marker::Random { value: recorded }, .. } => recorded,
                 _ => value,
             },
             Issued::New | Issued::Diverged => value,
@@ -198,17 +185,9 @@ impl Ctx {
             (low >> 48) & 0x3fff | 0x8000,
             low & 0xffff_ffff_ffff
         );
-        match shared.issue(Kind::MarkerRecorded {
-            seq,
-            marker: Marker::Uuid {
-                value: value.clone(),
-            },
-        }) {
+        match shared.issue(Kind::MarkerRecorded { seq, marker: Marker::Uuid { value: value.clone() } }) {
             Issued::Recorded(recorded) => match *recorded {
-                Kind::MarkerRecorded {
-                    marker: Marker::Uuid { value: recorded },
-                    ..
-                } => recorded,
+                Kind::MarkerRecorded { marker: Marker::Uuid { value: recorded }, .. } => recorded,
                 _ => value,
             },
             Issued::New | Issued::Diverged => value,
@@ -238,10 +217,7 @@ impl Ctx {
     /// Answers query `name` with `handler(args)`; handlers read state the workflow shares
     /// with them (e.g. through `Rc<RefCell<_>>`) and must not change it.
     pub fn set_query_handler(&self, name: &str, handler: impl Fn(&Value) -> Value + 'static) {
-        self.shared
-            .borrow_mut()
-            .queries
-            .insert(name.to_owned(), Box::new(handler));
+        self.shared.borrow_mut().queries.insert(name.to_owned(), Box::new(handler));
     }
 
     /// Answers query `name` with a fixed value until the next call.
@@ -251,11 +227,7 @@ impl Ctx {
     }
 
     /// An activity call; options are set on the returned builder, and it runs on `.await`.
-    pub fn activity<O: DeserializeOwned>(
-        &self,
-        activity_type: &str,
-        input: &impl Serialize,
-    ) -> ActivityCall<O> {
+    pub fn activity<O: DeserializeOwned>(&self, activity_type: &str, input: &impl Serialize) -> ActivityCall<O> {
         ActivityCall {
             ctx: self.clone(),
             activity_type: activity_type.to_owned(),
@@ -271,26 +243,15 @@ impl Ctx {
         let seq = shared.next_seq();
         let duration_ms = duration_ms(duration);
         let fire_at_ms = shared.now.plus(duration);
-        shared.issue(Kind::TimerStarted {
-            seq,
-            duration_ms,
-            fire_at_ms,
-        });
+        shared.issue(Kind::TimerStarted { seq, duration_ms, fire_at_ms });
         shared.register(seq, PendingKind::Timer);
-        Timer {
-            shared: self.shared.clone(),
-            seq,
-        }
+        Timer { shared: self.shared.clone(), seq }
     }
 
     /// Waits for the next signal called `name`. A signal that arrived before this wait is
     /// buffered and returned at once.
     pub fn signal<T: DeserializeOwned>(&self, name: &str) -> SignalWait<T> {
-        SignalWait {
-            shared: self.shared.clone(),
-            name: name.to_owned(),
-            output: PhantomData,
-        }
+        SignalWait { shared: self.shared.clone(), name: name.to_owned(), output: PhantomData }
     }
 
     /// Waits for signal `name` at most `timeout`; `Ok(None)` when the time ran out.
@@ -299,13 +260,7 @@ impl Ctx {
         name: &str,
         timeout: Duration,
     ) -> WorkflowResult<Option<T>> {
-        if self
-            .shared
-            .borrow()
-            .signals
-            .get(name)
-            .is_some_and(|q| !q.is_empty())
-        {
+        if self.shared.borrow().signals.get(name).is_some_and(|q| !q.is_empty()) {
             return self.signal(name).await.map(Some);
         }
         let signal = self.signal::<T>(name);
@@ -319,11 +274,7 @@ impl Ctx {
     /// Starts a child workflow and waits for its outcome. Its workflow id defaults to
     /// `<parent workflow id>/<parent run id>/<seq>`: the run id keeps the children of a run
     /// that continued as new apart from those of the runs before it, which used the same seqs.
-    pub fn child<O: DeserializeOwned>(
-        &self,
-        workflow_type: &str,
-        input: &impl Serialize,
-    ) -> ChildCall<O> {
+    pub fn child<O: DeserializeOwned>(&self, workflow_type: &str, input: &impl Serialize) -> ChildCall<O> {
         ChildCall {
             ctx: self.clone(),
             workflow_type: workflow_type.to_owned(),
@@ -380,12 +331,7 @@ impl<O: DeserializeOwned> ActivityCall<O> {
             options: self.options,
         });
         shared.register(seq, PendingKind::Activity);
-        ActivityFuture {
-            shared: self.ctx.shared.clone(),
-            seq,
-            activity_type: self.activity_type,
-            output: PhantomData,
-        }
+        ActivityFuture { shared: self.ctx.shared.clone(), seq, activity_type: self.activity_type, output: PhantomData }
     }
 }
 
@@ -430,9 +376,7 @@ impl<O: DeserializeOwned> Future for ActivityFuture<O> {
                     seq: this.seq,
                     attempt_count: 0,
                     cause: activity::Cause::NonRetryable,
-                    last_failure: activity::Failure::InvalidOutput {
-                        message: format!("output does not decode: {e}"),
-                    },
+                    last_failure: activity::Failure::InvalidOutput { message: format!("output does not decode: {e}") },
                 }))
             }
             Some(Resolution::Activity(Err(mut error))) => {
@@ -473,21 +417,13 @@ impl<T: DeserializeOwned> Future for SignalWait<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut shared = self.shared.borrow_mut();
-        if let Some(record) = shared
-            .signals
-            .get_mut(&self.name)
-            .and_then(|q| q.pop_front())
-        {
+        if let Some(record) = shared.signals.get_mut(&self.name).and_then(|q| q.pop_front()) {
             return Poll::Ready(serde_json::from_value(record.payload).map_err(Into::into));
         }
         if shared.cancel_requested {
             return Poll::Ready(Err(WorkflowError::Canceled));
         }
-        shared
-            .signal_waiters
-            .entry(self.name.clone())
-            .or_default()
-            .push(cx.waker().clone());
+        shared.signal_waiters.entry(self.name.clone()).or_default().push(cx.waker().clone());
         Poll::Pending
     }
 }
@@ -510,9 +446,7 @@ impl<O: DeserializeOwned> ChildCall<O> {
     pub fn start(self) -> ChildFuture<O> {
         let mut shared = self.ctx.shared.borrow_mut();
         let seq = shared.next_seq();
-        let workflow_id = self
-            .workflow_id
-            .unwrap_or_else(|| format!("{}/{}/{seq}", shared.workflow_id, shared.run_id));
+        let workflow_id = self.workflow_id.unwrap_or_else(|| format!("{}/{}/{seq}", shared.workflow_id, shared.run_id));
         shared.issue(Kind::ChildStarted {
             seq,
             workflow_type: self.workflow_type,
@@ -520,12 +454,7 @@ impl<O: DeserializeOwned> ChildCall<O> {
             input: self.input,
         });
         shared.register(seq, PendingKind::Child);
-        ChildFuture {
-            shared: self.ctx.shared.clone(),
-            seq,
-            workflow_id,
-            output: PhantomData,
-        }
+        ChildFuture { shared: self.ctx.shared.clone(), seq, workflow_id, output: PhantomData }
     }
 }
 
@@ -555,14 +484,9 @@ impl<O: DeserializeOwned> Future for ChildFuture<O> {
                 Poll::Ready(serde_json::from_value(output).map_err(Into::into))
             }
             Some(Resolution::Child(ChildOutcome::Failed { error })) => {
-                Poll::Ready(Err(WorkflowError::Child {
-                    workflow_id: self.workflow_id.clone(),
-                    error,
-                }))
+                Poll::Ready(Err(WorkflowError::Child { workflow_id: self.workflow_id.clone(), error }))
             }
-            Some(Resolution::Child(ChildOutcome::Canceled)) => {
-                Poll::Ready(Err(WorkflowError::Canceled))
-            }
+            Some(Resolution::Child(ChildOutcome::Canceled)) => Poll::Ready(Err(WorkflowError::Canceled)),
             Some(other) => panic!("child seq {} resolved as {other:?}", self.seq),
         }
     }

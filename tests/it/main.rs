@@ -1,1 +1,3 @@
-//! Cross-crate tests.
+//! Cross-crate tests: one test binary, so the suite links once.
+
+mod tidy;

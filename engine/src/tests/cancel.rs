@@ -11,11 +11,7 @@ use std::time::Duration;
 
 /// An activity and a one-hour timer side by side.
 async fn busy(ctx: Ctx, _: ()) -> WorkflowResult<String> {
-    let (answer, slept) = join(
-        ctx.activity::<String>("llm", &"q").start(),
-        ctx.sleep(Duration::from_secs(3600)),
-    )
-    .await;
+    let (answer, slept) = join(ctx.activity::<String>("llm", &"q").start(), ctx.sleep(Duration::from_secs(3600))).await;
     slept?;
     Ok(answer?)
 }
@@ -43,11 +39,7 @@ async fn parent(ctx: Ctx, _: ()) -> WorkflowResult<bool> {
 
 fn host() -> Host {
     let mut registry = Registry::new();
-    registry
-        .register("busy", busy)
-        .register("booking", booking)
-        .register("waiter", waiter)
-        .register("parent", parent);
+    registry.register("busy", busy).register("booking", booking).register("waiter", waiter).register("parent", parent);
     Host::new(registry)
 }
 
@@ -95,10 +87,7 @@ fn cancel_during_activity_runs_cleanup_then_ends_canceled() {
     assert_recovers(&host);
     host.complete(&release, json!("released"));
     insta::assert_snapshot!("cancel_with_cleanup", host.render(&run));
-    assert_eq!(
-        host.engine.run_state(&run).unwrap().terminal,
-        Some(Kind::WorkflowCanceled)
-    );
+    assert_eq!(host.engine.run_state(&run).unwrap().terminal, Some(Kind::WorkflowCanceled));
     assert_replays(&host);
 }
 
@@ -116,11 +105,7 @@ fn cancel_ends_signal_wait() {
 fn cancel_reaches_child_run_and_parent_sees_it() {
     let mut host = host();
     let run = host.start("parent", "p-1", Value::Null);
-    let child = host
-        .engine
-        .latest_run(&format!("p-1/{run}/1"))
-        .unwrap()
-        .to_owned();
+    let child = host.engine.latest_run(&format!("p-1/{run}/1")).unwrap().to_owned();
     host.advance(1_000);
     host.cancel("p-1", "shutdown");
     insta::assert_snapshot!("cancel_parent", host.render(&run));
@@ -139,11 +124,7 @@ fn second_cancel_and_cancel_of_closed_run_are_ignored() {
     host.complete(&host.task("release"), json!("released"));
     let effects = host.cancel("wf-1", "after close");
     assert!(effects.is_empty(), "{effects:?}");
-    let cancels = host
-        .events(&run)
-        .iter()
-        .filter(|e| matches!(e.kind, Kind::CancelRequested { .. }))
-        .count();
+    let cancels = host.events(&run).iter().filter(|e| matches!(e.kind, Kind::CancelRequested { .. })).count();
     assert_eq!(cancels, 1);
 }
 
@@ -152,8 +133,7 @@ async fn two_children(ctx: Ctx, _: ()) -> WorkflowResult<bool> {
     let first = ctx.child::<bool>("waiter", &()).start();
     let second = ctx.child::<bool>("waiter", &()).start();
     match futures_util::future::select(first, second).await {
-        futures_util::future::Either::Left((answer, _))
-        | futures_util::future::Either::Right((answer, _)) => answer,
+        futures_util::future::Either::Left((answer, _)) | futures_util::future::Either::Right((answer, _)) => answer,
     }
 }
 
@@ -162,9 +142,7 @@ fn cancel_of_parent_racing_two_children_closes_each_run_once() {
     let mut host = host();
     host.engine = crate::engine::Engine::new({
         let mut registry = Registry::new();
-        registry
-            .register("waiter", waiter)
-            .register("two_children", two_children);
+        registry.register("waiter", waiter).register("two_children", two_children);
         registry
     });
     let run = host.start("two_children", "p-1", Value::Null);
@@ -178,11 +156,7 @@ fn cancel_of_parent_racing_two_children_closes_each_run_once() {
 fn crash_between_parent_cancel_and_child_cancel_still_cancels_child() {
     let mut host = host();
     let run = host.start("parent", "p-1", Value::Null);
-    let child = host
-        .engine
-        .latest_run(&format!("p-1/{run}/1"))
-        .unwrap()
-        .to_owned();
+    let child = host.engine.latest_run(&format!("p-1/{run}/1")).unwrap().to_owned();
     host.cancel("p-1", "shutdown");
     let cut = cut_after(&host, &run, |k| matches!(k, Kind::CancelRequested { .. }));
     let restarted = restart_after(&host, cut);

@@ -10,10 +10,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 async fn summarize_chunk(ctx: Ctx, chunk: String) -> WorkflowResult<String> {
-    let summary: String = ctx
-        .activity("llm", &chunk)
-        .retry(RetryPolicy::attempts(2))
-        .await?;
+    let summary: String = ctx.activity("llm", &chunk).retry(RetryPolicy::attempts(2)).await?;
     Ok(summary)
 }
 
@@ -42,9 +39,7 @@ async fn counter(ctx: Ctx, count: u32) -> WorkflowResult<u32> {
 
 /// Each of its runs delegates to a child under the default child id, twice in all.
 async fn delegating_loop(ctx: Ctx, round: u32) -> WorkflowResult<String> {
-    let summary: String = ctx
-        .child("summarize_chunk", &format!("round {round}"))
-        .await?;
+    let summary: String = ctx.child("summarize_chunk", &format!("round {round}")).await?;
     if round < 2 {
         return Err(ctx.continue_as_new(&(round + 1)));
     }
@@ -72,18 +67,10 @@ fn host() -> Host {
 fn child_output_returns_to_parent() {
     let mut host = host();
     let run = host.start("summarize_doc", "doc-1", json!(["intro", "body"]));
-    let first = host
-        .engine
-        .latest_run(&format!("doc-1/{run}/1"))
-        .unwrap()
-        .to_owned();
+    let first = host.engine.latest_run(&format!("doc-1/{run}/1")).unwrap().to_owned();
     host.advance(1_000);
     host.complete(&host.task("llm"), json!("Intro."));
-    let second = host
-        .engine
-        .latest_run(&format!("doc-1/{run}/2"))
-        .unwrap()
-        .to_owned();
+    let second = host.engine.latest_run(&format!("doc-1/{run}/2")).unwrap().to_owned();
     assert_recovers(&host);
     host.advance(1_000);
     host.complete(&host.task("llm"), json!("Body."));
@@ -97,17 +84,8 @@ fn child_output_returns_to_parent() {
 fn child_failure_fails_parent_with_child_error() {
     let mut host = host();
     let run = host.start("summarize_doc", "doc-1", json!(["intro"]));
-    let child = host
-        .engine
-        .latest_run(&format!("doc-1/{run}/1"))
-        .unwrap()
-        .to_owned();
-    host.fail(
-        &host.task("llm"),
-        Failure::Refused {
-            message: "unsafe content".into(),
-        },
-    );
+    let child = host.engine.latest_run(&format!("doc-1/{run}/1")).unwrap().to_owned();
+    host.fail(&host.task("llm"), Failure::Refused { message: "unsafe content".into() });
     insta::assert_snapshot!("child_failed_parent", host.render(&run));
     insta::assert_snapshot!("child_failed_child", host.render(&child));
     assert_replays(&host);
@@ -142,10 +120,7 @@ fn continue_as_new_hands_over_to_next_run_with_new_input() {
     insta::assert_snapshot!("continue_second", host.render(&second));
     insta::assert_snapshot!("continue_third", host.render(&third));
     assert_eq!(host.closed, vec![first, second, third.clone()]);
-    assert_eq!(
-        host.engine.run_state(&third).unwrap().terminal,
-        Some(Kind::WorkflowCompleted { output: json!(3) })
-    );
+    assert_eq!(host.engine.run_state(&third).unwrap().terminal, Some(Kind::WorkflowCompleted { output: json!(3) }));
     assert_replays(&host);
 }
 
@@ -176,16 +151,9 @@ fn child_that_continues_as_new_reports_its_last_run_to_parent() {
     host.fire_next_timer();
     host.fire_next_timer();
     insta::assert_snapshot!("child_continued_parent", host.render(&run));
-    let child_last = host
-        .engine
-        .latest_run(&format!("p-1/{run}/1"))
-        .unwrap()
-        .to_owned();
+    let child_last = host.engine.latest_run(&format!("p-1/{run}/1")).unwrap().to_owned();
     let rendered = host.render(&child_last);
-    assert!(
-        rendered.contains(&format!("parent=p-1/{run}#1")),
-        "the last run keeps the parent: {rendered}"
-    );
+    assert!(rendered.contains(&format!("parent=p-1/{run}#1")), "the last run keeps the parent: {rendered}");
     assert_replays(&host);
 }
 
@@ -201,9 +169,7 @@ fn continued_run_starts_child_under_fresh_default_id() {
     insta::assert_snapshot!("continued_child_second", host.render(&second));
     assert_eq!(
         host.engine.run_state(&second).unwrap().terminal,
-        Some(Kind::WorkflowCompleted {
-            output: json!("two")
-        })
+        Some(Kind::WorkflowCompleted { output: json!("two") })
     );
     assert_replays(&host);
 }
@@ -225,9 +191,7 @@ fn outcome_of_child_finishing_after_parent_closed_is_dropped() {
     // which completes in the same step before the outcome is appended.
     for (child_type, closed_count) in [("instant", 2), ("no_such_type", 1)] {
         let mut registry = Registry::new();
-        registry
-            .register("fire_and_forget", fire_and_forget)
-            .register("instant", instant);
+        registry.register("fire_and_forget", fire_and_forget).register("instant", instant);
         let mut host = Host::new(registry);
         let run = host.start("fire_and_forget", "wf-1", json!(child_type));
         insta::assert_snapshot!(format!("fire_and_forget_{child_type}"), host.render(&run));
@@ -256,9 +220,7 @@ fn crash_after_child_started_is_recorded_starts_child_on_recovery() {
     assert_eq!(restarted.render(&run), host_render_completed(&run));
     assert_eq!(
         restarted.engine.run_state(&child).unwrap().terminal,
-        Some(Kind::WorkflowCompleted {
-            output: json!("Intro.")
-        })
+        Some(Kind::WorkflowCompleted { output: json!("Intro.") })
     );
     assert_replays(&restarted);
 }
@@ -275,17 +237,10 @@ fn host_render_completed(run: &str) -> String {
 fn crash_before_child_outcome_reaches_parent_delivers_it_on_recovery() {
     let mut host = host();
     let run = host.start("summarize_doc", "doc-1", json!(["intro"]));
-    let child = host
-        .engine
-        .latest_run(&format!("doc-1/{run}/1"))
-        .unwrap()
-        .to_owned();
+    let child = host.engine.latest_run(&format!("doc-1/{run}/1")).unwrap().to_owned();
     host.complete(&host.task("llm"), json!("Intro."));
     let cut = cut_after(&host, &child, |k| k.is_terminal());
-    assert!(
-        cut < host.appended_log.len(),
-        "the parent's child_completed comes later"
-    );
+    assert!(cut < host.appended_log.len(), "the parent's child_completed comes later");
     let restarted = restart_after(&host, cut);
     assert_eq!(restarted.render(&run), host.render(&run));
     assert_replays(&restarted);
@@ -299,10 +254,7 @@ fn crash_between_continue_as_new_and_next_run_starts_next_run_on_recovery() {
     let second = next_run_id("count-1", &first);
     let cut = cut_after(&host, &first, |k| k.is_terminal());
     let mut restarted = restart_after(&host, cut);
-    assert_eq!(
-        restarted.engine.latest_run("count-1"),
-        Some(second.as_str())
-    );
+    assert_eq!(restarted.engine.latest_run("count-1"), Some(second.as_str()));
     assert_eq!(restarted.render(&second), host.render(&second));
     restarted.fire_next_timer();
     let third = next_run_id("count-1", &second);
@@ -321,25 +273,18 @@ fn crash_inside_parent_batch_after_child_closed_keeps_the_batch_whole() {
     // it did live, instead of landing in the middle of the parent's batch. (The child's run
     // id sorts before the parent's, so it is recovered first.)
     let mut registry = Registry::new();
-    registry.register("instant", instant).register(
-        "detach_then_continue",
-        |ctx: Ctx, round: u32| async move {
-            drop(ctx.child::<Value>("instant", &()).start());
-            if round == 0 {
-                return Err(ctx.continue_as_new(&1u32));
-            }
-            Ok(round)
-        },
-    );
+    registry.register("instant", instant).register("detach_then_continue", |ctx: Ctx, round: u32| async move {
+        drop(ctx.child::<Value>("instant", &()).start());
+        if round == 0 {
+            return Err(ctx.continue_as_new(&1u32));
+        }
+        Ok(round)
+    });
     let mut host = Host::new(registry);
     let second = host.start("detach_then_continue", "wf-1", json!(0));
     let first = crate::engine::first_run_id("wf-1");
     assert_eq!(second, next_run_id("wf-1", &first));
-    let child = host
-        .engine
-        .latest_run(&format!("wf-1/{first}/1"))
-        .unwrap()
-        .to_owned();
+    let child = host.engine.latest_run(&format!("wf-1/{first}/1")).unwrap().to_owned();
     assert!(child < first, "{child} {first}");
     let cut = cut_after(&host, &child, |k| matches!(k, Kind::WorkflowStarted { .. }));
     let restarted = restart_after(&host, cut);

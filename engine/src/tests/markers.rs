@@ -70,11 +70,7 @@ fn now_random_and_uuid_are_recorded_and_replayed() {
     assert_ne!(output["random"], output["second_random"]);
     let uuid = output["uuid"].as_str().unwrap();
     let parts: Vec<&str> = uuid.split('-').collect();
-    assert_eq!(
-        parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
-        vec![8, 4, 4, 4, 12],
-        "{uuid}"
-    );
+    assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12], "{uuid}");
     assert!(parts[2].starts_with('4'), "version 4 layout: {uuid}");
     assert!("89ab".contains(&parts[3][..1]), "RFC 4122 variant: {uuid}");
     // Replay re-issues the same completion, output included: the values came from history.
@@ -89,11 +85,7 @@ fn replay_returns_recorded_random_even_if_derivation_changes() {
     // Tamper with the recorded random value: replay must hand the recorded one to the code,
     // which then completes with it.
     for event in &mut events {
-        if let Kind::MarkerRecorded {
-            marker: Marker::Random { value },
-            ..
-        } = &mut event.kind
-        {
+        if let Kind::MarkerRecorded { marker: Marker::Random { value }, .. } = &mut event.kind {
             *value = 42;
         }
     }
@@ -178,10 +170,7 @@ fn old_run_reaching_patch_point_after_deploy_takes_new_path() {
     host.complete(&host.task("llm"), json!("because"));
     assert_eq!(host.task("verify").input, json!("because"));
     let rendered = host.render(&run);
-    assert!(
-        rendered.contains("marker_recorded seq=2 patch=verify"),
-        "{rendered}"
-    );
+    assert!(rendered.contains("marker_recorded seq=2 patch=verify"), "{rendered}");
     assert_recovers(&host);
     assert_replays(&host);
 }
@@ -191,9 +180,8 @@ fn patched_history_does_not_replay_on_code_without_the_patch() {
     let mut host = Host::new(registry(2));
     let run = host.start("answer", "wf-1", json!("why?"));
     host.complete(&host.task("llm"), json!("because"));
-    let error = Machine::replay(&registry(1), &host.events(&run))
-        .err()
-        .expect("rolling back past a patch is nondeterminism");
+    let error =
+        Machine::replay(&registry(1), &host.events(&run)).err().expect("rolling back past a patch is nondeterminism");
     assert_eq!(
         error.to_string(),
         format!(

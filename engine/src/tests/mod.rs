@@ -39,12 +39,8 @@ pub(crate) fn assert_accepts(registry: &Registry, events: &[Event]) {
 /// Replaying `events` succeeds with nothing left to do, and replaying up to each input event
 /// issues exactly the commands recorded right after it.
 pub(crate) fn assert_history_replays(registry: &Registry, events: &[Event]) {
-    let run = events
-        .first()
-        .map(|e| e.kind.to_string())
-        .unwrap_or_default();
-    let (_, extra) = Machine::replay(registry, events)
-        .unwrap_or_else(|error| panic!("{run}: replay fails: {error}"));
+    let run = events.first().map(|e| e.kind.to_string()).unwrap_or_default();
+    let (_, extra) = Machine::replay(registry, events).unwrap_or_else(|error| panic!("{run}: replay fails: {error}"));
     assert!(extra.is_empty(), "{run}: replay issues more: {extra:?}");
     for (index, event) in events.iter().enumerate() {
         if event.kind.is_command() {
@@ -52,11 +48,8 @@ pub(crate) fn assert_history_replays(registry: &Registry, events: &[Event]) {
         }
         let (_, commands) = Machine::replay(registry, &events[..=index])
             .unwrap_or_else(|error| panic!("{run}: replay up to event {index} fails: {error}"));
-        let recorded: Vec<Kind> = events[index + 1..]
-            .iter()
-            .take_while(|e| e.kind.is_command())
-            .map(|e| e.kind.clone())
-            .collect();
+        let recorded: Vec<Kind> =
+            events[index + 1..].iter().take_while(|e| e.kind.is_command()).map(|e| e.kind.clone()).collect();
         assert_eq!(commands, recorded, "{run}: commands after event {index}");
     }
 }
@@ -68,25 +61,13 @@ pub(crate) fn assert_history_replays(registry: &Registry, events: &[Event]) {
 pub(crate) fn assert_recovers(host: &Host) -> (Engine, Vec<Effect>) {
     let histories: Vec<Vec<Event>> = host.engine.run_ids().map(|id| host.events(id)).collect();
     let mut effects = Vec::new();
-    let recovered = Engine::recover(
-        host.engine.registry().clone(),
-        histories,
-        host.now,
-        &mut effects,
-    )
-    .unwrap_or_else(|error| panic!("recovery fails: {error}"));
+    let recovered = Engine::recover(host.engine.registry().clone(), histories, host.now, &mut effects)
+        .unwrap_or_else(|error| panic!("recovery fails: {error}"));
     let live = &host.engine;
-    assert!(
-        recovered.run_ids().eq(live.run_ids()),
-        "recovered runs differ"
-    );
+    assert!(recovered.run_ids().eq(live.run_ids()), "recovered runs differ");
     for run_id in live.run_ids() {
         let state = live.run_state(run_id).expect("live run");
-        assert_eq!(
-            recovered.run_state(run_id),
-            Some(state),
-            "run {run_id}: state"
-        );
+        assert_eq!(recovered.run_state(run_id), Some(state), "run {run_id}: state");
         assert_eq!(
             recovered.machine(run_id).map(Machine::snapshot),
             live.machine(run_id).map(Machine::snapshot),
@@ -106,20 +87,10 @@ pub(crate) fn assert_recovers(host: &Host) -> (Engine, Vec<Effect>) {
         match effect {
             Effect::ScheduleActivity(task) => {
                 let key = (task.run_id.clone(), task.seq);
-                assert!(
-                    activities.insert(key, task).is_none(),
-                    "activity asked twice"
-                );
+                assert!(activities.insert(key, task).is_none(), "activity asked twice");
             }
-            Effect::StartTimer {
-                run_id,
-                timer,
-                fire_at,
-            } => {
-                assert!(
-                    timers.insert((run_id, timer), fire_at).is_none(),
-                    "timer asked twice"
-                );
+            Effect::StartTimer { run_id, timer, fire_at } => {
+                assert!(timers.insert((run_id, timer), fire_at).is_none(), "timer asked twice");
             }
             other => panic!("recovery between two inputs only re-asks for work, not {other:?}"),
         }
@@ -136,11 +107,7 @@ fn live_activities(host: &Host) -> BTreeMap<(String, u32), ActivityTask> {
         .iter()
         .filter(|((run_id, seq), task)| {
             let state = host.engine.run_state(run_id).expect("known run");
-            !state.is_closed()
-                && state
-                    .activities
-                    .get(seq)
-                    .is_some_and(|a| !a.closed && a.attempt == task.attempt)
+            !state.is_closed() && state.activities.get(seq).is_some_and(|a| !a.closed && a.attempt == task.attempt)
         })
         .map(|(key, task)| {
             let mut task = task.clone();
@@ -163,16 +130,11 @@ fn live_timers(host: &Host) -> BTreeMap<(String, TimerId), Time> {
             let fire_at = match *timer {
                 TimerId::Workflow { seq } => (!state.timers[&seq].closed).then_some(*fire_at)?,
                 TimerId::AttemptTimeout { seq, attempt } => {
-                    let activity = state
-                        .activities
-                        .get(&seq)
-                        .filter(|a| !a.closed && a.attempt == attempt)?;
+                    let activity = state.activities.get(&seq).filter(|a| !a.closed && a.attempt == attempt)?;
                     let timeout = activity.options.start_to_close().expect("has a timeout");
                     activity.attempt_not_before.max(host.now).plus(timeout)
                 }
-                TimerId::ActivityDeadline { seq } => {
-                    (!state.activities[&seq].closed).then_some(*fire_at)?
-                }
+                TimerId::ActivityDeadline { seq } => (!state.activities[&seq].closed).then_some(*fire_at)?,
             };
             Some(((run_id.clone(), *timer), fire_at))
         })
@@ -190,22 +152,14 @@ pub(crate) fn appends(effects: &[Effect]) -> bool {
 pub(crate) fn restart_after(host: &Host, cut: usize) -> Host {
     let mut histories: BTreeMap<String, Vec<Event>> = BTreeMap::new();
     for (run_id, event) in &host.appended_log[..cut] {
-        histories
-            .entry(run_id.clone())
-            .or_default()
-            .push(event.clone());
+        histories.entry(run_id.clone()).or_default().push(event.clone());
     }
     let registry = host.engine.registry().clone();
     let mut restarted = Host::new(registry.clone());
     restarted.now = host.now;
     let mut effects = Vec::new();
-    restarted.engine = Engine::recover(
-        registry,
-        histories.into_values().collect(),
-        host.now,
-        &mut effects,
-    )
-    .unwrap_or_else(|error| panic!("recovery after {cut} appends fails: {error}"));
+    restarted.engine = Engine::recover(registry, histories.into_values().collect(), host.now, &mut effects)
+        .unwrap_or_else(|error| panic!("recovery after {cut} appends fails: {error}"));
     restarted.perform(effects);
     restarted
 }

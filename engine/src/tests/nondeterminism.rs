@@ -39,12 +39,8 @@ async fn research(ctx: Ctx, question: String, version: Version) -> WorkflowResul
         match version {
             Version::RenamedSearch => ctx.activity("web_search", &question),
             Version::ChangedSearchInput => ctx.activity("search", &question.to_uppercase()),
-            Version::PatchedSearch if ctx.patched("web-search") => {
-                ctx.activity("web_search", &question)
-            }
-            Version::OtherRetryPolicy => ctx
-                .activity("search", &question)
-                .retry(RetryPolicy::attempts(9)),
+            Version::PatchedSearch if ctx.patched("web-search") => ctx.activity("web_search", &question),
+            Version::OtherRetryPolicy => ctx.activity("search", &question).retry(RetryPolicy::attempts(9)),
             _ => ctx.activity("search", &question),
         }
     };
@@ -63,9 +59,7 @@ async fn research(ctx: Ctx, question: String, version: Version) -> WorkflowResul
 
 fn registry(version: Version) -> Registry {
     let mut registry = Registry::new();
-    registry.register("research", move |ctx: Ctx, question: String| {
-        research(ctx, question, version)
-    });
+    registry.register("research", move |ctx: Ctx, question: String| research(ctx, question, version));
     registry
 }
 
@@ -202,9 +196,7 @@ fn recovery_reports_nondeterminism_as_an_error() {
         ),
         "{error}"
     );
-    assert!(error.to_string().starts_with(&format!(
-        "run {run}: history diverges at event 5: recorded `#5"
-    )));
+    assert!(error.to_string().starts_with(&format!("run {run}: history diverges at event 5: recorded `#5")));
     assert!(effects.is_empty(), "nothing is asked of a diverged run");
 }
 

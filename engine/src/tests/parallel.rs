@@ -21,9 +21,8 @@ async fn fan_out(ctx: Ctx, _: ()) -> WorkflowResult<Vec<String>> {
 
 /// Asks three models at once and returns their answers in the order they arrived.
 async fn arrival_order(ctx: Ctx, _: ()) -> WorkflowResult<Vec<String>> {
-    let mut calls: futures_util::stream::FuturesUnordered<_> = (1..=3)
-        .map(|i| ctx.activity::<String>("model", &i).start())
-        .collect();
+    let mut calls: futures_util::stream::FuturesUnordered<_> =
+        (1..=3).map(|i| ctx.activity::<String>("model", &i).start()).collect();
     let mut answers = Vec::new();
     while let Some(answer) = calls.next().await {
         answers.push(answer?);
@@ -74,11 +73,8 @@ async fn helper(ctx: Ctx, topic: String) -> WorkflowResult<String> {
 
 /// A child workflow and an activity side by side.
 async fn child_and_activity(ctx: Ctx, _: ()) -> WorkflowResult<String> {
-    let (notes, draft) = join(
-        ctx.child::<String>("helper", &"rust").start(),
-        ctx.activity::<String>("model", &"draft").start(),
-    )
-    .await;
+    let (notes, draft) =
+        join(ctx.child::<String>("helper", &"rust").start(), ctx.activity::<String>("model", &"draft").start()).await;
     Ok(format!("{} + {}", notes?, draft?))
 }
 
@@ -108,9 +104,7 @@ fn join_of_three_activities_returns_in_call_order_whatever_the_history_order() {
     insta::assert_snapshot!("join_three", host.render(&run));
     assert_eq!(
         host.engine.run_state(&run).unwrap().terminal,
-        Some(Kind::WorkflowCompleted {
-            output: json!(["a", "b", "c"])
-        })
+        Some(Kind::WorkflowCompleted { output: json!(["a", "b", "c"]) })
     );
     assert_replays(&host);
 }
@@ -125,9 +119,7 @@ fn arrival_order_seen_by_workflow_is_history_order() {
     }
     assert_eq!(
         host.engine.run_state(&run).unwrap().terminal,
-        Some(Kind::WorkflowCompleted {
-            output: json!(["b", "c", "a"])
-        })
+        Some(Kind::WorkflowCompleted { output: json!(["b", "c", "a"]) })
     );
     assert_replays(&host);
 }
@@ -149,10 +141,7 @@ fn select_takes_the_activity_completed_first_in_history_not_the_first_polled() {
     let run = host.start("race", "wf-1", Value::Null);
     host.complete(&host.task("left_model"), json!("from left"));
     let rendered = host.render(&run);
-    assert!(
-        rendered.ends_with("workflow_completed output=\"left: from left\"\n"),
-        "{rendered}"
-    );
+    assert!(rendered.ends_with("workflow_completed output=\"left: from left\"\n"), "{rendered}");
     assert_replays(&host);
 }
 
@@ -164,8 +153,7 @@ fn select_on_replay_follows_the_recorded_winner() {
     let events = host.events(&run);
     // Replaying the history, rather than re-running the race, picks the same winner.
     assert_history_replays(host.engine.registry(), &events);
-    let (machine, extra) =
-        crate::machine::Machine::replay(host.engine.registry(), &events).unwrap();
+    let (machine, extra) = crate::machine::Machine::replay(host.engine.registry(), &events).unwrap();
     assert!(extra.is_empty() && machine.is_closed());
 }
 
@@ -182,9 +170,7 @@ fn timer_winning_select_leaves_activity_running_and_records_its_late_result() {
     insta::assert_snapshot!("select_timer_wins", host.render(&run));
     assert_eq!(
         host.engine.run_state(&run).unwrap().terminal,
-        Some(Kind::WorkflowCompleted {
-            output: json!("timed out")
-        })
+        Some(Kind::WorkflowCompleted { output: json!("timed out") })
     );
     assert_replays(&host);
 }
@@ -200,10 +186,7 @@ fn select_over_futures_already_completed_picks_first_polled() {
     host.complete(&host.task("left_model"), json!("from left"));
     host.fire_next_timer();
     let rendered = host.render(&run);
-    assert!(
-        rendered.ends_with("workflow_completed output=\"left: from left\"\n"),
-        "{rendered}"
-    );
+    assert!(rendered.ends_with("workflow_completed output=\"left: from left\"\n"), "{rendered}");
     assert_replays(&host);
 }
 
@@ -211,11 +194,7 @@ fn select_over_futures_already_completed_picks_first_polled() {
 fn child_and_activity_run_side_by_side() {
     let mut host = host();
     let run = host.start("child_and_activity", "wf-1", Value::Null);
-    let child = host
-        .engine
-        .latest_run(&format!("wf-1/{run}/1"))
-        .expect("child started")
-        .to_owned();
+    let child = host.engine.latest_run(&format!("wf-1/{run}/1")).expect("child started").to_owned();
     host.advance(1_000);
     host.complete(&host.task("model"), json!("draft"));
     host.fire_next_timer();

@@ -63,12 +63,7 @@ struct Program {
 /// Starts activity `call` of step `step_index`; `call_index` tells calls of one step apart.
 fn start(ctx: &Ctx, call: &Call, step_index: usize, call_index: usize) -> ActivityFuture<Value> {
     let policy = RetryPolicy::attempts(call.attempt_count_max).non_retryable("fatal");
-    let mut activity = ctx
-        .activity(
-            &format!("a{}", call.type_index),
-            &json!([step_index, call_index]),
-        )
-        .retry(policy);
+    let mut activity = ctx.activity(&format!("a{}", call.type_index), &json!([step_index, call_index])).retry(policy);
     if let Some(ms) = call.start_to_close_ms {
         activity = activity.start_to_close(Duration::from_millis(ms));
     }
@@ -88,10 +83,7 @@ fn outcome(result: Result<Value, crate::activity::Error>) -> WorkflowResult<Valu
 }
 
 fn child_program(steps: &[Step]) -> Program {
-    Program {
-        steps: steps.to_vec(),
-        continue_count: 0,
-    }
+    Program { steps: steps.to_vec(), continue_count: 0 }
 }
 
 async fn interpret(ctx: Ctx, program: Program) -> WorkflowResult<Vec<Value>> {
@@ -104,15 +96,11 @@ async fn interpret(ctx: Ctx, program: Program) -> WorkflowResult<Vec<Value>> {
                 json!("slept")
             }
             Step::Signal => ctx.signal::<Value>("go").await?,
-            Step::SignalTimeout { timeout_ms } => json!(
-                ctx.signal_timeout::<Value>("go", Duration::from_millis(*timeout_ms))
-                    .await?
-            ),
+            Step::SignalTimeout { timeout_ms } => {
+                json!(ctx.signal_timeout::<Value>("go", Duration::from_millis(*timeout_ms)).await?)
+            }
             Step::Join(calls) => {
-                let futures = calls
-                    .iter()
-                    .enumerate()
-                    .map(|(i, call)| start(&ctx, call, index, i));
+                let futures = calls.iter().enumerate().map(|(i, call)| start(&ctx, call, index, i));
                 let mut values = Vec::new();
                 for result in join_all(futures.collect::<Vec<_>>()).await {
                     values.push(outcome(result)?);
@@ -127,16 +115,11 @@ async fn interpret(ctx: Ctx, program: Program) -> WorkflowResult<Vec<Value>> {
                     Either::Right((result, _)) => json!(["right", outcome(result)?]),
                 }
             }
-            Step::Child(steps) => {
-                match ctx
-                    .child::<Vec<Value>>("child", &child_program(steps))
-                    .await
-                {
-                    Ok(log) => json!(log),
-                    Err(WorkflowError::Canceled) => return Err(WorkflowError::Canceled),
-                    Err(error) => json!(error.to_string()),
-                }
-            }
+            Step::Child(steps) => match ctx.child::<Vec<Value>>("child", &child_program(steps)).await {
+                Ok(log) => json!(log),
+                Err(WorkflowError::Canceled) => return Err(WorkflowError::Canceled),
+                Err(error) => json!(error.to_string()),
+            },
             Step::Detach(steps) => {
                 drop(ctx.child::<Value>("child", &child_program(steps)).start());
                 json!("detached")
@@ -162,10 +145,7 @@ async fn interpret(ctx: Ctx, program: Program) -> WorkflowResult<Vec<Value>> {
         log.push(value);
     }
     if program.continue_count > 0 {
-        return Err(ctx.continue_as_new(&Program {
-            steps: program.steps,
-            continue_count: program.continue_count - 1,
-        }));
+        return Err(ctx.continue_as_new(&Program { steps: program.steps, continue_count: program.continue_count - 1 }));
     }
     Ok(log)
 }
@@ -200,20 +180,13 @@ enum Action {
 }
 
 fn call() -> impl Strategy<Value = Call> {
-    (
-        0u8..3,
-        1u32..=3,
-        prop::option::weighted(0.3, 1_000u64..20_000),
-        prop::option::weighted(0.2, 1_000u64..60_000),
-    )
-        .prop_map(
-            |(type_index, attempt_count_max, start_to_close_ms, schedule_to_close_ms)| Call {
-                type_index,
-                attempt_count_max,
-                start_to_close_ms,
-                schedule_to_close_ms,
-            },
-        )
+    (0u8..3, 1u32..=3, prop::option::weighted(0.3, 1_000u64..20_000), prop::option::weighted(0.2, 1_000u64..60_000))
+        .prop_map(|(type_index, attempt_count_max, start_to_close_ms, schedule_to_close_ms)| Call {
+            type_index,
+            attempt_count_max,
+            start_to_close_ms,
+            schedule_to_close_ms,
+        })
 }
 
 fn leaf_step() -> impl Strategy<Value = Step> {
@@ -242,33 +215,18 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn program() -> impl Strategy<Value = Program> {
-    (prop::collection::vec(step(), 0..7), 0u8..3).prop_map(|(steps, continue_count)| Program {
-        steps,
-        continue_count,
-    })
+    (prop::collection::vec(step(), 0..7), 0u8..3).prop_map(|(steps, continue_count)| Program { steps, continue_count })
 }
 
 fn failure() -> impl Strategy<Value = Failure> {
     prop_oneof![
-        prop::option::of(0u64..5_000)
-            .prop_map(|retry_after_ms| Failure::RateLimited { retry_after_ms }),
-        prop::option::of(0u64..5_000)
-            .prop_map(|retry_after_ms| Failure::Overloaded { retry_after_ms }),
+        prop::option::of(0u64..5_000).prop_map(|retry_after_ms| Failure::RateLimited { retry_after_ms }),
+        prop::option::of(0u64..5_000).prop_map(|retry_after_ms| Failure::Overloaded { retry_after_ms }),
         Just(Failure::TimedOut),
-        Just(Failure::InvalidOutput {
-            message: "expected a JSON object".into()
-        }),
-        Just(Failure::Refused {
-            message: "content policy".into()
-        }),
-        Just(Failure::Application {
-            kind: "tool_error".into(),
-            message: "exit 1".into()
-        }),
-        Just(Failure::Application {
-            kind: "fatal".into(),
-            message: "disk full".into()
-        }),
+        Just(Failure::InvalidOutput { message: "expected a JSON object".into() }),
+        Just(Failure::Refused { message: "content policy".into() }),
+        Just(Failure::Application { kind: "tool_error".into(), message: "exit 1".into() }),
+        Just(Failure::Application { kind: "fatal".into(), message: "disk full".into() }),
     ]
 }
 
@@ -287,9 +245,7 @@ fn action() -> impl Strategy<Value = Action> {
 
 fn registry() -> Registry {
     let mut registry = Registry::new();
-    registry
-        .register("program", interpret)
-        .register("child", interpret);
+    registry.register("program", interpret).register("child", interpret);
     registry
 }
 
@@ -335,11 +291,7 @@ fn perform(host: &mut Host, action: &Action) -> bool {
             }
             None => false,
         },
-        Action::Signal {
-            pick: p,
-            id,
-            payload,
-        } => match pick(open_workflow_ids(host).into_iter(), *p) {
+        Action::Signal { pick: p, id, payload } => match pick(open_workflow_ids(host).into_iter(), *p) {
             Some(workflow_id) => {
                 host.signal(&workflow_id, &format!("s{id}"), "go", json!(payload));
                 true
@@ -386,10 +338,7 @@ fn drain(host: &mut Host) {
         }
         assert_recovers(host);
     }
-    panic!(
-        "runs still open after draining: {:?}",
-        open_workflow_ids(host)
-    );
+    panic!("runs still open after draining: {:?}", open_workflow_ids(host));
 }
 
 fn check(program: Program, schedule: Vec<Action>) {
@@ -492,20 +441,13 @@ fn crash_between_every_input_changes_nothing() {
     };
     let mut schedule = Vec::new();
     for pick in 0..30 {
-        schedule.push(Action::Fail {
-            pick,
-            failure: Failure::TimedOut,
-        });
+        schedule.push(Action::Fail { pick, failure: Failure::TimedOut });
         schedule.push(Action::Crash);
         schedule.push(Action::Complete { pick });
         schedule.push(Action::Crash);
         schedule.push(Action::Fire { pick });
         schedule.push(Action::Crash);
-        schedule.push(Action::Signal {
-            pick,
-            id: 0,
-            payload: 1,
-        });
+        schedule.push(Action::Signal { pick, id: 0, payload: 1 });
     }
     check(program, schedule);
 }

@@ -6,10 +6,7 @@ use serde_json::json;
 use std::time::Duration;
 
 async fn summarize(ctx: Ctx, doc: String) -> WorkflowResult<String> {
-    let summary: String = ctx
-        .activity("llm", &doc)
-        .retry(RetryPolicy::attempts(5))
-        .await?;
+    let summary: String = ctx.activity("llm", &doc).retry(RetryPolicy::attempts(5)).await?;
     ctx.sleep(Duration::from_secs(365 * 86_400)).await?;
     let approved: bool = ctx.signal("approve").await?;
     Ok(format!("{summary} approved={approved}"))
@@ -23,22 +20,14 @@ fn smoke_retry_timer_signal() {
     let run = host.start("summarize", "wf-1", json!("doc"));
     host.signal("wf-1", "s1", "approve", json!(true));
     let task = host.task("llm");
-    host.fail(
-        &task,
-        Failure::RateLimited {
-            retry_after_ms: Some(30_000),
-        },
-    );
+    host.fail(&task, Failure::RateLimited { retry_after_ms: Some(30_000) });
     let task = host.task("llm");
     assert_eq!(task.attempt, 2);
     assert_eq!(task.not_before.0, 30_000);
     host.complete(&task, json!("short"));
     host.fire_next_timer();
     let rendered = host.render(&run);
-    assert!(
-        rendered.contains("workflow_completed output=\"short approved=true\""),
-        "{rendered}"
-    );
+    assert!(rendered.contains("workflow_completed output=\"short approved=true\""), "{rendered}");
     // Replay reproduces the history without new commands.
     let events = host.appended[&run].clone();
     let (_, extra) = crate::machine::Machine::replay(host.engine.registry(), &events).unwrap();

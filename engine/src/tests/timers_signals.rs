@@ -81,23 +81,14 @@ fn sleep_of_a_year_fires_at_the_recorded_time() {
     let mut host = host();
     let run = host.start("year_sleep", "wf-1", Value::Null);
     let year_ms = 365 * 86_400_000;
-    assert_eq!(
-        host.timers
-            .get(&(run.clone(), TimerId::Workflow { seq: 1 })),
-        Some(&Time(year_ms))
-    );
+    assert_eq!(host.timers.get(&(run.clone(), TimerId::Workflow { seq: 1 })), Some(&Time(year_ms)));
     let (recovered, _) = assert_recovers(&host);
-    assert_eq!(
-        recovered.run_state(&run).unwrap().timers[&1].fire_at,
-        Time(year_ms)
-    );
+    assert_eq!(recovered.run_state(&run).unwrap().timers[&1].fire_at, Time(year_ms));
     host.fire_next_timer();
     insta::assert_snapshot!("sleep_a_year", host.render(&run));
     assert_eq!(
         host.engine.run_state(&run).unwrap().terminal,
-        Some(crate::history::Kind::WorkflowCompleted {
-            output: json!(year_ms)
-        })
+        Some(crate::history::Kind::WorkflowCompleted { output: json!(year_ms) })
     );
     assert_replays(&host);
 }
@@ -107,10 +98,7 @@ fn timer_fired_twice_is_recorded_once() {
     let mut host = host();
     let run = host.start("year_sleep", "wf-1", Value::Null);
     host.fire_next_timer();
-    let effects = host.feed(Input::TimerFired {
-        run_id: run.clone(),
-        timer: TimerId::Workflow { seq: 1 },
-    });
+    let effects = host.feed(Input::TimerFired { run_id: run.clone(), timer: TimerId::Workflow { seq: 1 } });
     assert!(effects.is_empty(), "{effects:?}");
     assert_eq!(host.events(&run).len(), 4);
 }
@@ -158,9 +146,7 @@ fn duplicate_signal_id_is_recorded_once() {
     insta::assert_snapshot!("signal_duplicate", host.render(&run));
     assert_eq!(
         host.engine.run_state(&run).unwrap().terminal,
-        Some(crate::history::Kind::WorkflowCompleted {
-            output: json!(["a", "b"])
-        })
+        Some(crate::history::Kind::WorkflowCompleted { output: json!(["a", "b"]) })
     );
     assert_replays(&host);
 }
@@ -174,29 +160,16 @@ fn buffered_signals_of_one_name_are_taken_in_arrival_order() {
     }
     host.signal("wf-1", "s4", "unrelated", json!(1));
     assert_eq!(
-        host.engine
-            .machine(&run)
-            .unwrap()
-            .snapshot()
-            .buffered_signals,
+        host.engine.machine(&run).unwrap().snapshot().buffered_signals,
         vec![("item".to_owned(), 3), ("unrelated".to_owned(), 1)]
     );
     host.complete(&host.task("draft"), json!("v1"));
     assert_eq!(
         host.engine.run_state(&run).unwrap().terminal,
-        Some(crate::history::Kind::WorkflowCompleted {
-            output: json!(["x", "y", "z"])
-        })
+        Some(crate::history::Kind::WorkflowCompleted { output: json!(["x", "y", "z"]) })
     );
     // A signal nobody waits for stays buffered and does not disturb the run.
-    assert_eq!(
-        host.engine
-            .machine(&run)
-            .unwrap()
-            .snapshot()
-            .buffered_signals,
-        vec![("unrelated".to_owned(), 1)]
-    );
+    assert_eq!(host.engine.machine(&run).unwrap().snapshot().buffered_signals, vec![("unrelated".to_owned(), 1)]);
     assert_replays(&host);
 }
 
@@ -244,11 +217,8 @@ fn signal_with_timeout_takes_buffered_signal_without_timer() {
 fn query_reads_live_state_and_records_nothing() {
     let mut host = host();
     let run = host.start("collector", "wf-1", Value::Null);
-    let query = |host: &Host, name: &str, args: Value| {
-        host.engine
-            .query("wf-1", name, &args)
-            .unwrap_or_else(|e| panic!("{e}"))
-    };
+    let query =
+        |host: &Host, name: &str, args: Value| host.engine.query("wf-1", name, &args).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(query(&host, "items", Value::Null), json!([]));
     host.signal("wf-1", "s1", "item", json!("a"));
     host.signal("wf-1", "s2", "item", json!("b"));
@@ -256,24 +226,14 @@ fn query_reads_live_state_and_records_nothing() {
     assert_eq!(query(&host, "items", Value::Null), json!(["a", "b"]));
     assert_eq!(query(&host, "item", json!(1)), json!("b"));
     assert_eq!(query(&host, "count", Value::Null), json!(2));
-    assert_eq!(
-        host.events(&run).len(),
-        event_count,
-        "queries append nothing"
-    );
+    assert_eq!(host.events(&run).len(), event_count, "queries append nothing");
 
     // A recovered engine rebuilds the same answers from history alone.
     let (recovered, _) = assert_recovers(&host);
-    assert_eq!(
-        recovered.query("wf-1", "items", &Value::Null).unwrap(),
-        json!(["a", "b"])
-    );
+    assert_eq!(recovered.query("wf-1", "items", &Value::Null).unwrap(), json!(["a", "b"]));
 
     let error = host.engine.query("wf-1", "nope", &Value::Null).unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        format!("run {run}: query \"nope\" is not defined")
-    );
+    assert_eq!(error.to_string(), format!("run {run}: query \"nope\" is not defined"));
     // A closed run still answers with its final state.
     host.signal("wf-1", "s3", "item", json!("done"));
     assert_eq!(query(&host, "items", Value::Null), json!(["a", "b"]));

@@ -1,0 +1,708 @@
+//! The store protocol: histories, task queues, durable timers and leases as a state machine.
+//!
+//! Owns the rules every store implementation keeps: starting a run is idempotent by
+//! workflow id; accepted inputs (activity reports, timer firings, signals, cancellations)
+//! wait in a run's durable inbox until a workflow task moves them into the history, in the
+//! order the workflow code saw them, next to the commands it issued; every write is
+//! conditional (append only at the expected next event index, complete a task only with its
+//! current fencing token, before its lease expires); a signal is acknowledged only once it is
+//! in a history. Each write is returned as `Record`s that the host must make durable before it
+//! replies; `Store::recover` rebuilds the same state from those records. It never touches a
+//! disk or a clock itself, and leases are deliberately not durable: after a restart every
+//! task is claimable again and older tokens (an older epoch) are rejected.
+
+use crate::engine::ActivityTask;
+use crate::history::{ChildOutcome, Event, Kind, Parent};
+use crate::run::{AttemptReport, RunState, Status};
+use crate::time::Time;
+use crate::Failure;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// How long a worker may hold a workflow task, in ms.
+    pub workflow_lease_ms: u64,
+    /// How long an activity attempt is leased without a heartbeat, in ms; capped by the
+    /// activity's start-to-close timeout.
+    pub activity_lease_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { workflow_lease_ms: 10_000, activity_lease_ms: 60_000 }
+    }
+}
+
+/// One durable write. Replaying the records in order rebuilds the store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum Record {
+    /// The store (re)started; tokens of earlier epochs are stale.
+    Epoch { epoch: u32 },
+    /// An accepted input waiting for a workflow task.
+    Inbox { run_id: String, time_ms: Time, kind: Kind },
+    /// A completed workflow task: `events` appended, the first `consumed` inbox inputs
+    /// moved into them.
+    Append { run_id: String, time_ms: Time, events: Vec<Event>, consumed: usize },
+}
+
+/// A run as the store keeps it.
+#[derive(Clone, Debug)]
+pub struct StoredRun {
+    pub events: Vec<Event>,
+    pub inbox: VecDeque<(Time, Kind)>,
+    /// The run after its history *and* its inbox: what the store decides on.
+    pub logical: RunState,
+    /// Signal ids in the history (acknowledged).
+    pub recorded_signals: BTreeSet<String>,
+    /// Signal ids accepted but dropped because the run closed before reading them.
+    pub rejected_signals: BTreeSet<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub token: u64,
+    pub worker: String,
+    pub expires_at: Time,
+    /// For activity leases: the attempt and when it started (for start-to-close).
+    pub attempt: u32,
+    pub started_at: Time,
+}
+
+/// A workflow task handed to a worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkflowTask {
+    pub run_id: String,
+    pub token: u64,
+    /// History length the completion must build on.
+    pub base_len: u64,
+    /// `history[from..base_len]`: everything when `from` is 0, or only what a sticky
+    /// worker has not seen.
+    pub from: u64,
+    pub history: Vec<Event>,
+    pub inbox: Vec<(Time, Kind)>,
+}
+
+/// A worker's answer to a workflow task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkflowCompletion {
+    pub run_id: String,
+    pub token: u64,
+    pub base_len: u64,
+    /// New events: inbox inputs interleaved with the commands they caused.
+    pub events: Vec<Event>,
+    pub consumed: usize,
+}
+
+/// An activity attempt handed to a worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActivityLease {
+    pub task: ActivityTask,
+    pub token: u64,
+    pub expires_at: Time,
+}
+
+/// Whether a conditional write was accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ack {
+    Accepted,
+    /// The write lost a race: stale token, expired lease, or the history moved on.
+    Rejected(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignalStatus {
+    /// In the run's history: acknowledged.
+    Recorded,
+    /// Accepted, waiting for a workflow task to read it.
+    Pending,
+    /// The run closed before reading it.
+    RunClosed,
+    UnknownWorkflow,
+}
+
+/// What happened during `tick`, for fault accounting.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TickReport {
+    pub activity_leases_expired: u32,
+    pub workflow_leases_expired: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    config: Config,
+    epoch: u32,
+    token_count: u32,
+    runs: BTreeMap<String, StoredRun>,
+    /// workflow id -> its runs, first to latest.
+    chains: BTreeMap<String, Vec<String>>,
+    workflow_leases: BTreeMap<String, Lease>,
+    activity_leases: BTreeMap<(String, u32), Lease>,
+    /// run id -> (worker, history length it has cached).
+    sticky: BTreeMap<String, (String, u64)>,
+}
+
+impl Store {
+    pub fn new(config: Config) -> Store {
+        Store {
+            config,
+            epoch: 0,
+            token_count: 0,
+            runs: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            workflow_leases: BTreeMap::new(),
+            activity_leases: BTreeMap::new(),
+            sticky: BTreeMap::new(),
+        }
+    }
+
+    /// Rebuilds the store from its durable records and opens a new epoch; the returned
+    /// record must be made durable like any other.
+    pub fn recover(config: Config, records: impl IntoIterator<Item = Record>) -> (Store, Record) {
+        let mut store = Store::new(config);
+        for record in records {
+            store.apply(&record);
+        }
+        let epoch = Record::Epoch { epoch: store.epoch + 1 };
+        store.apply(&epoch);
+        (store, epoch)
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    pub fn runs(&self) -> &BTreeMap<String, StoredRun> {
+        &self.runs
+    }
+
+    pub fn run(&self, run_id: &str) -> Option<&StoredRun> {
+        self.runs.get(run_id)
+    }
+
+    /// Runs of a workflow id, first to latest.
+    pub fn chain(&self, workflow_id: &str) -> &[String] {
+        self.chains.get(workflow_id).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn workflow_ids(&self) -> impl Iterator<Item = &str> {
+        self.chains.keys().map(String::as_str)
+    }
+
+    pub fn latest_run(&self, workflow_id: &str) -> Option<&str> {
+        self.chains.get(workflow_id).and_then(|c| c.last()).map(String::as_str)
+    }
+
+    pub fn activity_lease(&self, run_id: &str, seq: u32) -> Option<&Lease> {
+        self.activity_leases.get(&(run_id.to_owned(), seq))
+    }
+
+    fn next_token(&mut self) -> u64 {
+        self.token_count += 1;
+        (u64::from(self.epoch) << 32) | u64::from(self.token_count)
+    }
+
+    // ---- writes -------------------------------------------------------------------------
+
+    /// Starts a run, or returns the existing one for this workflow id.
+    pub fn start(&mut self, now: Time, workflow_id: &str, workflow_type: &str, input: Value) -> (String, Vec<Record>) {
+        if let Some(run_id) = self.latest_run(workflow_id) {
+            return (run_id.to_owned(), Vec::new());
+        }
+        let run_id = crate::engine::first_run_id(workflow_id);
+        let kind = Kind::WorkflowStarted {
+            workflow_type: workflow_type.to_owned(),
+            workflow_id: workflow_id.to_owned(),
+            run_id: run_id.clone(),
+            input,
+            parent: None,
+            continued_from: None,
+        };
+        let record = Record::Inbox { run_id: run_id.clone(), time_ms: now, kind };
+        self.apply(&record);
+        (run_id, vec![record])
+    }
+
+    /// Accepts a signal for the latest run of `workflow_id`, once per signal id.
+    pub fn signal(
+        &mut self,
+        now: Time,
+        workflow_id: &str,
+        signal_id: &str,
+        name: &str,
+        payload: Value,
+    ) -> (SignalStatus, Vec<Record>) {
+        let status = self.signal_status(workflow_id, signal_id);
+        if status != SignalStatus::RunClosed || self.signal_seen(workflow_id, signal_id) {
+            return (status, Vec::new());
+        }
+        let Some(run_id) = self.latest_run(workflow_id).map(str::to_owned) else {
+            return (SignalStatus::UnknownWorkflow, Vec::new());
+        };
+        let Some(kind) = self.runs[&run_id].logical.signal(signal_id, name, payload) else {
+            return (SignalStatus::RunClosed, Vec::new());
+        };
+        let record = Record::Inbox { run_id, time_ms: now, kind };
+        self.apply(&record);
+        (SignalStatus::Pending, vec![record])
+    }
+
+    fn signal_seen(&self, workflow_id: &str, signal_id: &str) -> bool {
+        self.chain(workflow_id).iter().any(|run_id| self.runs[run_id].rejected_signals.contains(signal_id))
+    }
+
+    /// Where a signal stands; a client retrying a signal asks this.
+    pub fn signal_status(&self, workflow_id: &str, signal_id: &str) -> SignalStatus {
+        let chain = self.chain(workflow_id);
+        if chain.is_empty() {
+            return SignalStatus::UnknownWorkflow;
+        }
+        for run_id in chain {
+            let run = &self.runs[run_id];
+            if run.recorded_signals.contains(signal_id) {
+                return SignalStatus::Recorded;
+            }
+            if run.logical.signal_ids.contains(signal_id) && !run.rejected_signals.contains(signal_id) {
+                return SignalStatus::Pending;
+            }
+        }
+        SignalStatus::RunClosed
+    }
+
+    /// Asks the latest run of `workflow_id` to cancel; `false` if there is nothing to cancel.
+    pub fn cancel(&mut self, now: Time, workflow_id: &str, reason: &str) -> (bool, Vec<Record>) {
+        let Some(run_id) = self.latest_run(workflow_id).map(str::to_owned) else {
+            return (false, Vec::new());
+        };
+        let Some(kind) = self.runs[&run_id].logical.cancel(reason) else {
+            return (false, Vec::new());
+        };
+        let record = Record::Inbox { run_id, time_ms: now, kind };
+        self.apply(&record);
+        (true, vec![record])
+    }
+
+    /// Claims the next workflow task for `worker`, if any run has inputs waiting.
+    pub fn poll_workflow_task(&mut self, now: Time, worker: &str) -> Option<WorkflowTask> {
+        let run_id = self
+            .runs
+            .iter()
+            .find(|(run_id, run)| {
+                !run.inbox.is_empty() && self.workflow_leases.get(*run_id).is_none_or(|l| l.expires_at <= now)
+            })
+            .map(|(run_id, _)| run_id.clone())?;
+        let token = self.next_token();
+        let expires_at = now.plus(Duration::from_millis(self.config.workflow_lease_ms));
+        self.workflow_leases.insert(
+            run_id.clone(),
+            Lease { token, worker: worker.to_owned(), expires_at, attempt: 0, started_at: now },
+        );
+        let run = &self.runs[&run_id];
+        let base_len = run.events.len() as u64;
+        let from = match self.sticky.get(&run_id) {
+            Some((sticky_worker, len)) if sticky_worker == worker && *len <= base_len => *len,
+            _ => 0,
+        };
+        Some(WorkflowTask {
+            run_id,
+            token,
+            base_len,
+            from,
+            history: run.events[from as usize..].to_vec(),
+            inbox: run.inbox.iter().cloned().collect(),
+        })
+    }
+
+    /// Takes back a workflow task the worker could not complete (e.g. its cache missed a
+    /// sticky delta); the next poll hands out the full history.
+    pub fn abandon_workflow_task(&mut self, run_id: &str, token: u64) -> Ack {
+        if self.workflow_leases.get(run_id).is_none_or(|l| l.token != token) {
+            return Ack::Rejected(format!("run {run_id}: token {token:#x} is not the current workflow task"));
+        }
+        self.workflow_leases.remove(run_id);
+        self.sticky.remove(run_id);
+        Ack::Accepted
+    }
+
+    /// Conditional append of a completed workflow task.
+    pub fn complete_workflow_task(
+        &mut self,
+        now: Time,
+        worker: &str,
+        completion: WorkflowCompletion,
+    ) -> (Ack, Vec<Record>) {
+        let WorkflowCompletion { run_id, token, base_len, events, consumed } = completion;
+        match self.workflow_leases.get(&run_id) {
+            Some(lease) if lease.token == token && lease.expires_at > now => {}
+            Some(lease) if lease.token == token => {
+                return (
+                    Ack::Rejected(format!("run {run_id}: workflow task lease expired at {}", lease.expires_at)),
+                    Vec::new(),
+                );
+            }
+            _ => {
+                return (
+                    Ack::Rejected(format!("run {run_id}: token {token:#x} is not the current workflow task")),
+                    Vec::new(),
+                )
+            }
+        }
+        let Some(run) = self.runs.get(&run_id) else {
+            return (Ack::Rejected(format!("run {run_id} is not known")), Vec::new());
+        };
+        if run.events.len() as u64 != base_len {
+            return (
+                Ack::Rejected(format!(
+                    "run {run_id}: history has {} events, completion expects {base_len}",
+                    run.events.len()
+                )),
+                Vec::new(),
+            );
+        }
+        if let Err(detail) = check_completion(run, base_len, &events, consumed) {
+            return (Ack::Rejected(format!("run {run_id}: {detail}")), Vec::new());
+        }
+        self.workflow_leases.remove(&run_id);
+        let len = base_len + events.len() as u64;
+        let record = Record::Append { run_id: run_id.clone(), time_ms: now, events, consumed };
+        self.apply(&record);
+        self.sticky.insert(run_id, (worker.to_owned(), len));
+        (Ack::Accepted, vec![record])
+    }
+
+    /// Claims the next due activity attempt whose rate-limit key is not in `blocked_keys`.
+    pub fn poll_activity_task(
+        &mut self,
+        now: Time,
+        worker: &str,
+        blocked_keys: &BTreeSet<String>,
+    ) -> Option<ActivityLease> {
+        let (run_id, seq) = self.runs.iter().find_map(|(run_id, run)| {
+            run.logical.open_activities().find_map(|(seq, activity)| {
+                let due = activity.attempt_not_before <= now;
+                let leased = self.activity_leases.contains_key(&(run_id.clone(), seq));
+                let blocked = activity.options.rate_limit_key.as_ref().is_some_and(|k| blocked_keys.contains(k));
+                (due && !leased && !blocked && !run.logical.is_closed()).then(|| (run_id.clone(), seq))
+            })
+        })?;
+        let token = self.next_token();
+        let run = &self.runs[&run_id];
+        let activity = &run.logical.activities[&seq];
+        let lease_ms = match activity.options.start_to_close_ms {
+            Some(stc) => stc.min(self.config.activity_lease_ms),
+            None => self.config.activity_lease_ms,
+        };
+        let expires_at = now.plus(Duration::from_millis(lease_ms));
+        let task = ActivityTask {
+            workflow_id: run.logical.workflow_id.clone(),
+            run_id: run_id.clone(),
+            seq,
+            attempt: activity.attempt,
+            activity_type: activity.activity_type.clone(),
+            input: activity.input.clone(),
+            idempotency_key: activity.idempotency_key.clone(),
+            not_before: activity.attempt_not_before,
+            options: activity.options.clone(),
+            previous_failure: activity.last_failure.clone(),
+        };
+        let attempt = activity.attempt;
+        self.activity_leases
+            .insert((run_id, seq), Lease { token, worker: worker.to_owned(), expires_at, attempt, started_at: now });
+        Some(ActivityLease { task, token, expires_at })
+    }
+
+    fn check_activity_lease(&self, now: Time, run_id: &str, seq: u32, token: u64) -> Result<&Lease, Ack> {
+        match self.activity_leases.get(&(run_id.to_owned(), seq)) {
+            Some(lease) if lease.token == token && lease.expires_at > now => Ok(lease),
+            Some(lease) if lease.token == token => {
+                Err(Ack::Rejected(format!("activity {run_id}:{seq}: lease expired at {}", lease.expires_at)))
+            }
+            _ => Err(Ack::Rejected(format!("activity {run_id}:{seq}: token {token:#x} is not the current lease"))),
+        }
+    }
+
+    /// Extends an activity lease; `Rejected` tells the worker to give the attempt up.
+    pub fn heartbeat(&mut self, now: Time, run_id: &str, seq: u32, token: u64) -> Ack {
+        let lease_ms = self.config.activity_lease_ms;
+        let deadline = {
+            let lease = match self.check_activity_lease(now, run_id, seq, token) {
+                Ok(lease) => lease,
+                Err(ack) => return ack,
+            };
+            let stc = self.runs[run_id].logical.activities[&seq].options.start_to_close_ms;
+            stc.map(|ms| lease.started_at.plus(Duration::from_millis(ms)))
+        };
+        let lease = self.activity_leases.get_mut(&(run_id.to_owned(), seq)).expect("checked above");
+        let extended = now.plus(Duration::from_millis(lease_ms));
+        lease.expires_at = deadline.map_or(extended, |d| extended.min(d));
+        Ack::Accepted
+    }
+
+    /// Reports the end of an activity attempt; conditional on the current fencing token.
+    pub fn complete_activity_task(
+        &mut self,
+        now: Time,
+        run_id: &str,
+        seq: u32,
+        token: u64,
+        report: AttemptReport,
+        worker: &str,
+    ) -> (Ack, Vec<Record>) {
+        let attempt = match self.check_activity_lease(now, run_id, seq, token) {
+            Ok(lease) => lease.attempt,
+            Err(ack) => return (ack, Vec::new()),
+        };
+        self.activity_leases.remove(&(run_id.to_owned(), seq));
+        let Some(kind) = self.runs[run_id].logical.activity_report(now, seq, attempt, report, Some(worker.to_owned()))
+        else {
+            return (
+                Ack::Rejected(format!("activity {run_id}:{seq}: attempt {attempt} is no longer current")),
+                Vec::new(),
+            );
+        };
+        let record = Record::Inbox { run_id: run_id.to_owned(), time_ms: now, kind };
+        self.apply(&record);
+        (Ack::Accepted, vec![record])
+    }
+
+    /// Expires leases and fires due timers and deadlines.
+    pub fn tick(&mut self, now: Time) -> (TickReport, Vec<Record>) {
+        let mut report = TickReport::default();
+        let mut records = Vec::new();
+        let expired: Vec<(String, u32)> =
+            self.activity_leases.iter().filter(|(_, l)| l.expires_at <= now).map(|(k, _)| k.clone()).collect();
+        for (run_id, seq) in expired {
+            let lease = self.activity_leases.remove(&(run_id.clone(), seq)).expect("listed above");
+            report.activity_leases_expired += 1;
+            let failure = AttemptReport::Failed { failure: Failure::TimedOut };
+            if let Some(kind) =
+                self.runs[&run_id].logical.activity_report(now, seq, lease.attempt, failure, Some(lease.worker))
+            {
+                records.push(Record::Inbox { run_id, time_ms: now, kind });
+            }
+        }
+        let expired_workflow_leases = self.workflow_leases.iter().filter(|(_, l)| l.expires_at <= now).count();
+        self.workflow_leases.retain(|_, l| l.expires_at > now);
+        report.workflow_leases_expired = u32::try_from(expired_workflow_leases).unwrap_or(u32::MAX);
+        for (run_id, run) in self.runs.iter().filter(|(_, run)| !run.logical.is_closed()) {
+            for (seq, timer) in run.logical.open_timers() {
+                if timer.fire_at <= now {
+                    records.push(Record::Inbox {
+                        run_id: run_id.clone(),
+                        time_ms: now,
+                        kind: Kind::TimerFired { seq },
+                    });
+                }
+            }
+            for (seq, activity) in run.logical.open_activities() {
+                if activity.deadline().is_some_and(|d| d <= now) {
+                    if let Some(kind) = run.logical.activity_deadline_passed(seq) {
+                        records.push(Record::Inbox { run_id: run_id.clone(), time_ms: now, kind });
+                    }
+                }
+            }
+        }
+        for record in &records {
+            self.apply(record);
+        }
+        (report, records)
+    }
+
+    /// The earliest time at which `tick` has something to do.
+    pub fn next_wakeup(&self) -> Option<Time> {
+        let leases = self.activity_leases.values().chain(self.workflow_leases.values()).map(|l| l.expires_at);
+        let timers = self.runs.values().filter(|run| !run.logical.is_closed()).flat_map(|run| {
+            let timers = run.logical.open_timers().map(|(_, t)| t.fire_at);
+            let deadlines = run.logical.open_activities().filter_map(|(_, a)| a.deadline());
+            timers.chain(deadlines).collect::<Vec<_>>()
+        });
+        leases.chain(timers).min()
+    }
+
+    // ---- applying records ---------------------------------------------------------------
+
+    /// Applies one durable record: the only way the store's durable state changes.
+    pub fn apply(&mut self, record: &Record) {
+        match record {
+            Record::Epoch { epoch } => {
+                assert!(*epoch > self.epoch, "epoch {epoch} does not follow {}", self.epoch);
+                self.epoch = *epoch;
+                self.token_count = 0;
+                self.workflow_leases.clear();
+                self.activity_leases.clear();
+                self.sticky.clear();
+            }
+            Record::Inbox { run_id, time_ms, kind } => self.push_inbox(run_id, *time_ms, kind.clone()),
+            Record::Append { run_id, time_ms, events, consumed } => self.append(run_id, *time_ms, events, *consumed),
+        }
+    }
+
+    fn push_inbox(&mut self, run_id: &str, time: Time, kind: Kind) {
+        if let Kind::WorkflowStarted { workflow_id, .. } = &kind {
+            assert!(!self.runs.contains_key(run_id), "run {run_id} started twice");
+            self.chains.entry(workflow_id.clone()).or_default().push(run_id.to_owned());
+            self.runs.insert(
+                run_id.to_owned(),
+                StoredRun {
+                    events: Vec::new(),
+                    inbox: VecDeque::new(),
+                    logical: RunState::default(),
+                    recorded_signals: BTreeSet::new(),
+                    rejected_signals: BTreeSet::new(),
+                },
+            );
+        }
+        let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("inbox record for unknown run {run_id}"));
+        if let Err(detail) = run.logical.accept(time, &kind) {
+            panic!("run {run_id}: inbox input {} rejected by the run state: {detail}", kind.name());
+        }
+        let cancel_reason = match &kind {
+            Kind::CancelRequested { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        run.inbox.push_back((time, kind));
+        if let Some(reason) = cancel_reason {
+            // Cancellation reaches child runs; each reports back as `child_completed`.
+            let children: Vec<String> = run.logical.open_children().map(|(_, c)| c.workflow_id.clone()).collect();
+            for child_id in children {
+                let Some(child_run) = self.latest_run(&child_id).map(str::to_owned) else {
+                    continue;
+                };
+                if let Some(kind) = self.runs[&child_run].logical.cancel(&reason) {
+                    self.push_inbox(&child_run, time, kind);
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, run_id: &str, time: Time, events: &[Event], consumed: usize) {
+        let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("append to unknown run {run_id}"));
+        assert!(consumed <= run.inbox.len(), "run {run_id}: consumed {consumed} of {} inbox inputs", run.inbox.len());
+        run.inbox.drain(..consumed);
+        let mut follow_ups = Vec::new();
+        for event in events {
+            assert_eq!(event.index, run.events.len() as u64, "run {run_id}: append out of place");
+            if let Kind::SignalReceived { signal_id, .. } = &event.kind {
+                run.recorded_signals.insert(signal_id.clone());
+            }
+            if event.kind.is_command() {
+                if let Err(detail) = run.logical.accept(event.time_ms, &event.kind) {
+                    panic!("run {run_id}: command {event} rejected by the run state: {detail}");
+                }
+                if matches!(event.kind, Kind::ChildStarted { .. }) || event.kind.is_terminal() {
+                    follow_ups.push(event.kind.clone());
+                }
+            }
+            run.events.push(event.clone());
+        }
+        for kind in follow_ups {
+            match kind {
+                Kind::ChildStarted { seq, workflow_type, workflow_id, input } => {
+                    let parent = Parent {
+                        workflow_id: self.runs[run_id].logical.workflow_id.clone(),
+                        run_id: run_id.to_owned(),
+                        seq,
+                    };
+                    if self.chains.contains_key(&workflow_id) {
+                        let error = format!("workflow id {workflow_id} is already in use");
+                        if let Some(kind) = self.runs[run_id].logical.child_closed(seq, ChildOutcome::Failed { error })
+                        {
+                            self.push_inbox(run_id, time, kind);
+                        }
+                        continue;
+                    }
+                    let child_run_id = crate::engine::first_run_id(&workflow_id);
+                    let started = Kind::WorkflowStarted {
+                        workflow_type,
+                        workflow_id,
+                        run_id: child_run_id.clone(),
+                        input,
+                        parent: Some(parent),
+                        continued_from: None,
+                    };
+                    self.push_inbox(&child_run_id, time, started);
+                }
+                terminal => self.close(run_id, time, terminal),
+            }
+        }
+    }
+
+    fn close(&mut self, run_id: &str, time: Time, terminal: Kind) {
+        self.workflow_leases.remove(run_id);
+        let run = self.runs.get_mut(run_id).expect("closing a known run");
+        let leftovers: Vec<(Time, Kind)> = run.inbox.drain(..).collect();
+        let (workflow_id, workflow_type, parent) =
+            (run.logical.workflow_id.clone(), run.logical.workflow_type.clone(), run.logical.parent.clone());
+        let outcome = match terminal {
+            Kind::WorkflowContinuedAsNew { input, next_run_id } => {
+                let started = Kind::WorkflowStarted {
+                    workflow_type,
+                    workflow_id,
+                    run_id: next_run_id.clone(),
+                    input,
+                    parent,
+                    continued_from: Some(run_id.to_owned()),
+                };
+                self.push_inbox(&next_run_id, time, started);
+                // Signals the old run never read belong to the workflow, so they move on.
+                for (_, kind) in leftovers {
+                    if let Kind::SignalReceived { signal_id, name, payload } = kind {
+                        if let Some(kind) = self.runs[&next_run_id].logical.signal(&signal_id, &name, payload) {
+                            self.push_inbox(&next_run_id, time, kind);
+                        }
+                    }
+                }
+                return;
+            }
+            Kind::WorkflowCompleted { output } => ChildOutcome::Completed { output },
+            Kind::WorkflowFailed { error } => ChildOutcome::Failed { error },
+            Kind::WorkflowCanceled => ChildOutcome::Canceled,
+            other => panic!("run {run_id}: {} is not terminal", other.name()),
+        };
+        let run = self.runs.get_mut(run_id).expect("closing a known run");
+        for (_, kind) in leftovers {
+            if let Kind::SignalReceived { signal_id, .. } = kind {
+                run.rejected_signals.insert(signal_id);
+            }
+        }
+        if let Some(parent) = parent {
+            let notify = self.runs.get(&parent.run_id).and_then(|p| p.logical.child_closed(parent.seq, outcome));
+            if let Some(kind) = notify {
+                self.push_inbox(&parent.run_id, time, kind);
+            }
+        }
+    }
+
+    /// Whether the run is closed (completed, failed, canceled or continued).
+    pub fn status(&self, run_id: &str) -> Option<Status> {
+        self.runs.get(run_id).map(|r| r.logical.status)
+    }
+}
+
+/// Checks that a completion moves exactly the first `consumed` inbox inputs into the history,
+/// in order, and numbers its events from `base_len`.
+fn check_completion(run: &StoredRun, base_len: u64, events: &[Event], consumed: usize) -> Result<(), String> {
+    if consumed > run.inbox.len() {
+        return Err(format!("consumes {consumed} inputs but the inbox has {}", run.inbox.len()));
+    }
+    let mut inputs = run.inbox.iter().take(consumed);
+    for (offset, event) in events.iter().enumerate() {
+        if event.index != base_len + offset as u64 {
+            return Err(format!("event index {} where {} was expected", event.index, base_len + offset as u64));
+        }
+        if event.kind.is_command() {
+            continue;
+        }
+        match inputs.next() {
+            Some((time, kind)) if *time == event.time_ms && *kind == event.kind => {}
+            _ => return Err(format!("input event {} is not the next inbox input", event.index)),
+        }
+    }
+    if inputs.next().is_some() {
+        return Err("fewer input events than consumed".to_owned());
+    }
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! Pieces the scenarios share: the LLM call activity and retry settings.
+//!
+//! Owns the one LLM activity shape every scenario uses (a chat request under the model's
+//! rate-limit key, retried with backoff and `Retry-After`). It never decides a scenario's
+//! outcome.
+
+use std::time::Duration;
+use tempest_engine::services::{ActivityCtx, LlmRequest, LlmResponse};
+use tempest_engine::{Failure, RetryPolicy};
+use tempest_sim::check::LLM_KEY;
+
+pub(crate) const MODEL: &str = "sim-model";
+
+/// Retries for LLM calls: fast at first, capped, jittered, ten attempts.
+pub(crate) fn llm_retry() -> RetryPolicy {
+    RetryPolicy::attempts(10)
+        .initial_interval(Duration::from_secs(1))
+        .max_interval(Duration::from_secs(30))
+        .with_jitter(0.2)
+}
+
+/// Retries for tool calls.
+pub(crate) fn tool_retry() -> RetryPolicy {
+    RetryPolicy::attempts(8).initial_interval(Duration::from_millis(500)).max_interval(Duration::from_secs(20))
+}
+
+pub(crate) const LLM_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const LLM_KEY_NAME: &str = LLM_KEY;
+
+/// Sends a request and rejects an answer that is not well-formed JSON when JSON was asked
+/// for, so the next attempt can be told what was wrong.
+pub(crate) async fn chat(ctx: &ActivityCtx, request: LlmRequest) -> Result<LlmResponse, Failure> {
+    let json_output = request.json_output;
+    let response = ctx.llm(request).await?;
+    if json_output && serde_json::from_str::<serde_json::Value>(&response.content).is_err() {
+        return Err(Failure::InvalidOutput { message: format!("answer is not valid JSON: {:?}", response.content) });
+    }
+    Ok(response)
+}

@@ -1,0 +1,1646 @@
+//! The world of one seed: hosts, messages, crashes and the agenda that drives them.
+//!
+//! Owns the simulated deployment: a store host (the engine's `Store` over a `Disk` that
+//! loses unsynced writes), worker hosts (the engine's `WorkflowWorker`, a rate limiter and a
+//! deterministic executor for activity futures), a client, an LLM provider, a tool service
+//! and humans, all talking through a faulty `Network`. Every decision that could differ
+//! between two runs comes from the seed's `Rng` forks; time only moves when the agenda pops.
+//! It never reads a real clock, sleeps or does I/O; a fault is decided only in this file.
+
+use crate::agenda::Agenda;
+use crate::check::{self, Evidence};
+use crate::disk::Disk;
+use crate::human::{HumanModel, HumanPlan};
+use crate::llm::{LlmOutcome, LlmProvider};
+use crate::net::{HostId, Network};
+use crate::plan::FaultPlan;
+use crate::rng::Rng;
+use crate::scenario::{HumanAnswer, Scenario, Start, NOTIFY_HUMAN};
+use crate::swarm::{fault, FaultConfig, FaultCounts};
+use serde_json::Value;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tempest_engine::hash::Digest;
+use tempest_engine::history::{History, Kind};
+use tempest_engine::ratelimit::{Limit, Limiter};
+use tempest_engine::run::AttemptReport;
+use tempest_engine::services::{
+    Activities, ActivityCtx, ActivityFuture, LlmRequest, LlmResponse, ServiceFuture, Services,
+};
+use tempest_engine::store::{
+    self, Ack, ActivityLease, Record, SignalStatus, Store, TickReport, WorkflowCompletion, WorkflowTask,
+};
+use tempest_engine::worker::{Outcome as TaskOutcome, WorkflowWorker};
+use tempest_engine::{Failure, Time};
+
+pub const STORE: HostId = HostId(0);
+pub const CLIENT: HostId = HostId(100);
+pub const LLM: HostId = HostId(101);
+pub const TOOL: HostId = HostId(102);
+pub const HUMAN: HostId = HostId(103);
+
+fn worker_host(index: usize) -> HostId {
+    HostId(1 + u32::try_from(index).expect("few workers"))
+}
+
+/// How long the store holds a poll that finds no work before answering empty. Long, so a
+/// world whose runs wait days for humans spends few events idling.
+const POLL_HOLD_MS: u64 = 3_600_000;
+/// How long a requester waits for an answer before retrying (polls: hold + this).
+const REQUEST_TIMEOUT_MS: u64 = 5_000;
+const SIGNAL_RECHECK_MS: u64 = 2_000;
+const FSYNC_MS: u64 = 2;
+const LLM_CALL_TIMEOUT_MS: u64 = 120_000;
+const TOOL_CALL_TIMEOUT_MS: u64 = 30_000;
+/// Heartbeats go out at a third of the activity lease, so two can be lost in a row.
+const HEARTBEAT_MS: u64 = 20_000;
+const ACTIVITY_SLOTS_PER_WORKER: usize = 4;
+const STICKY_CACHE_LEN_MAX: usize = 64;
+const AGENDA_LEN_MAX: usize = 1_000_000;
+const STEP_COUNT_MAX: u64 = 5_000_000;
+
+/// A store as the world calls it. Test code wraps the real one to prove checks can fail.
+pub trait StoreProtocol {
+    fn store(&mut self) -> &mut Store;
+
+    fn start(&mut self, now: Time, workflow_id: &str, workflow_type: &str, input: Value) -> (String, Vec<Record>) {
+        self.store().start(now, workflow_id, workflow_type, input)
+    }
+
+    fn complete_workflow_task(
+        &mut self,
+        now: Time,
+        worker: &str,
+        completion: WorkflowCompletion,
+    ) -> (Ack, Vec<Record>) {
+        self.store().complete_workflow_task(now, worker, completion)
+    }
+
+    fn complete_activity_task(
+        &mut self,
+        now: Time,
+        run_id: &str,
+        seq: u32,
+        token: u64,
+        report: AttemptReport,
+        worker: &str,
+    ) -> (Ack, Vec<Record>) {
+        self.store().complete_activity_task(now, run_id, seq, token, report, worker)
+    }
+
+    fn tick(&mut self, now: Time) -> (TickReport, Vec<Record>) {
+        self.store().tick(now)
+    }
+
+    /// Whether replies wait until the records behind them are synced (they must).
+    fn sync_before_reply(&self) -> bool {
+        true
+    }
+}
+
+struct PlainStore(Store);
+
+impl StoreProtocol for PlainStore {
+    fn store(&mut self) -> &mut Store {
+        &mut self.0
+    }
+}
+
+/// What a worker asks before it dispatches rate-limited work. Test code swaps in a broken
+/// one to prove `check_rate_limits_held` can fail.
+pub trait DispatchLimiter {
+    fn next_allowed(&mut self, now: Time, key: &str, token_count: u64) -> Option<Time>;
+    fn dispatch(&mut self, now: Time, key: &str, token_count: u64);
+    fn finish(&mut self, key: &str);
+    fn blocked_keys(&mut self, now: Time) -> BTreeSet<String>;
+}
+
+impl DispatchLimiter for Limiter {
+    fn next_allowed(&mut self, now: Time, key: &str, token_count: u64) -> Option<Time> {
+        Limiter::next_allowed(self, now, key, token_count)
+    }
+
+    fn dispatch(&mut self, now: Time, key: &str, token_count: u64) {
+        Limiter::dispatch(self, now, key, token_count);
+    }
+
+    fn finish(&mut self, key: &str) {
+        Limiter::finish(self, key);
+    }
+
+    fn blocked_keys(&mut self, now: Time) -> BTreeSet<String> {
+        Limiter::blocked_keys(self, now)
+    }
+}
+
+/// Builds a worker's limiter from its limits; `Some(time)` when the worker restarted then.
+pub type LimiterFactory = Arc<dyn Fn(BTreeMap<String, Limit>, Option<Time>) -> Box<dyn DispatchLimiter> + Send + Sync>;
+
+fn new_limiter(
+    factory: &Option<LimiterFactory>,
+    limits: BTreeMap<String, Limit>,
+    restarted_at: Option<Time>,
+) -> Box<dyn DispatchLimiter> {
+    match (factory, restarted_at) {
+        (Some(factory), _) => factory(limits, restarted_at),
+        (None, Some(now)) => Box::new(Limiter::after_restart(limits, now)),
+        (None, None) => Box::new(Limiter::new(limits)),
+    }
+}
+
+/// Builds the store protocol around a (recovered) store.
+pub type StoreFactory = Arc<dyn Fn(Store) -> Box<dyn StoreProtocol> + Send + Sync>;
+
+/// Everything that defines one world besides the scenario.
+#[derive(Clone)]
+pub struct Options {
+    pub seed: u64,
+    pub plan: FaultPlan,
+    pub worker_count: usize,
+    pub store_factory: Option<StoreFactory>,
+    pub limiter_factory: Option<LimiterFactory>,
+    /// Keep every run's history in the outcome (for `--record` and checks in tests).
+    pub keep_histories: bool,
+}
+
+impl Options {
+    /// The swarm world of `seed`: its fault plan is drawn from the seed.
+    pub fn swarm(seed: u64) -> Options {
+        Options {
+            seed,
+            plan: FaultPlan::draw(seed),
+            worker_count: 3,
+            store_factory: None,
+            limiter_factory: None,
+            keep_histories: false,
+        }
+    }
+}
+
+/// A failed check: its name and what it saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckFailure {
+    pub check: String,
+    pub message: String,
+}
+
+/// What one world came to.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub seed: u64,
+    pub scenario: &'static str,
+    pub failure: Option<CheckFailure>,
+    pub faults: FaultCounts,
+    pub sometimes: BTreeMap<&'static str, u64>,
+    pub runs_completed: u64,
+    pub workflows_accepted: u64,
+    pub simulated_ms: u64,
+    pub step_count: u64,
+    pub trace_digest: String,
+    pub histories: Vec<History>,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+// ---- messages ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Msg {
+    StartReq { req_id: u64, start: Start },
+    StartResp { req_id: u64 },
+    SignalReq { req_id: u64, workflow_id: String, signal_id: String, name: String, payload: Value },
+    SignalResp { req_id: u64, status: SignalStatus },
+    PollWorkflow { req_id: u64 },
+    PollWorkflowResp { req_id: u64, task: Option<Box<WorkflowTask>> },
+    CompleteWorkflow { req_id: u64, completion: Box<WorkflowCompletion> },
+    CompleteWorkflowResp { req_id: u64, run_id: String, ack: Ack },
+    AbandonWorkflow { run_id: String, token: u64 },
+    PollActivity { req_id: u64, blocked_keys: BTreeSet<String> },
+    PollActivityResp { req_id: u64, lease: Option<Box<ActivityLease>> },
+    CompleteActivity { req_id: u64, run_id: String, seq: u32, token: u64, report: AttemptReport },
+    CompleteActivityResp { req_id: u64 },
+    Heartbeat { req_id: u64, run_id: String, seq: u32, token: u64 },
+    HeartbeatResp { req_id: u64, token: u64, ack: Ack },
+    LlmReq { call_id: u64, request: LlmRequest },
+    LlmResp { call_id: u64, result: Result<LlmResponse, Failure> },
+    ToolReq { call_id: u64, name: String, arguments: Value, idempotency_key: Option<String> },
+    ToolResp { call_id: u64, result: Result<Value, Failure> },
+}
+
+impl Msg {
+    fn tag(&self) -> u8 {
+        match self {
+            Msg::StartReq { .. } => 1,
+            Msg::StartResp { .. } => 2,
+            Msg::SignalReq { .. } => 3,
+            Msg::SignalResp { .. } => 4,
+            Msg::PollWorkflow { .. } => 5,
+            Msg::PollWorkflowResp { .. } => 6,
+            Msg::CompleteWorkflow { .. } => 7,
+            Msg::CompleteWorkflowResp { .. } => 8,
+            Msg::AbandonWorkflow { .. } => 9,
+            Msg::PollActivity { .. } => 10,
+            Msg::PollActivityResp { .. } => 11,
+            Msg::CompleteActivity { .. } => 12,
+            Msg::CompleteActivityResp { .. } => 13,
+            Msg::Heartbeat { .. } => 14,
+            Msg::HeartbeatResp { .. } => 15,
+            Msg::LlmReq { .. } => 16,
+            Msg::LlmResp { .. } => 17,
+            Msg::ToolReq { .. } => 18,
+            Msg::ToolResp { .. } => 19,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Wake {
+    StoreSync,
+    StoreTick,
+    StoreCrash,
+    RequestTimeout {
+        req_id: u64,
+    },
+    /// Start a leased activity once the rate limiter allows it.
+    ActivityStart {
+        token: u64,
+    },
+    Heartbeat {
+        token: u64,
+    },
+    /// A stalled worker wakes up and reports its late result.
+    ActivityReport {
+        token: u64,
+    },
+    ServiceTimeout {
+        call_id: u64,
+    },
+    ClientRetry {
+        req_id: u64,
+    },
+    ClientStart {
+        index: usize,
+    },
+    HumanSend {
+        answer: HumanAnswer,
+        signal_id: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Deliver { from: HostId, to: HostId, msg: Msg },
+    Wake { host: HostId, incarnation: u32, wake: Wake },
+    Crash { host: HostId },
+    Restart { host: HostId },
+    Heal,
+    LivenessDeadline,
+}
+
+// ---- activity executor ------------------------------------------------------------------
+
+enum ServiceCall {
+    Llm(LlmRequest),
+    Tool { name: String, arguments: Value, idempotency_key: Option<String> },
+}
+
+enum ServiceResult {
+    Llm(Result<LlmResponse, Failure>),
+    Tool(Result<Value, Failure>),
+}
+
+#[derive(Default)]
+struct CallSlots {
+    outbox: Vec<(u64, ServiceCall)>,
+    results: BTreeMap<u64, ServiceResult>,
+}
+
+/// The services one activity attempt sees: calls become messages, answers resolve futures.
+struct SimServices {
+    slots: Rc<RefCell<CallSlots>>,
+    call_ids: Rc<RefCell<u64>>,
+}
+
+impl SimServices {
+    fn call(&self, call: ServiceCall) -> u64 {
+        let mut next = self.call_ids.borrow_mut();
+        *next += 1;
+        let call_id = *next;
+        self.slots.borrow_mut().outbox.push((call_id, call));
+        call_id
+    }
+}
+
+struct CallFuture<T> {
+    slots: Rc<RefCell<CallSlots>>,
+    call_id: u64,
+    unpack: fn(ServiceResult) -> Result<T, Failure>,
+}
+
+impl<T> std::future::Future for CallFuture<T> {
+    type Output = Result<T, Failure>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The worker polls an activity again whenever one of its calls is answered.
+        match self.slots.borrow_mut().results.remove(&self.call_id) {
+            Some(result) => Poll::Ready((self.unpack)(result)),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Services for SimServices {
+    fn llm(&self, request: LlmRequest) -> ServiceFuture<LlmResponse> {
+        let call_id = self.call(ServiceCall::Llm(request));
+        Box::pin(CallFuture {
+            slots: self.slots.clone(),
+            call_id,
+            unpack: |r| match r {
+                ServiceResult::Llm(result) => result,
+                ServiceResult::Tool(_) => panic!("llm call answered by a tool"),
+            },
+        })
+    }
+
+    fn tool(&self, name: &str, arguments: Value, idempotency_key: Option<String>) -> ServiceFuture<Value> {
+        let call_id = self.call(ServiceCall::Tool { name: name.to_owned(), arguments, idempotency_key });
+        Box::pin(CallFuture {
+            slots: self.slots.clone(),
+            call_id,
+            unpack: |r| match r {
+                ServiceResult::Tool(result) => result,
+                ServiceResult::Llm(_) => panic!("tool call answered by the llm"),
+            },
+        })
+    }
+}
+
+struct Running {
+    lease: ActivityLease,
+    future: Option<ActivityFuture>,
+    slots: Rc<RefCell<CallSlots>>,
+    /// The worker will stall past its lease before reporting (the lease-expiry fault).
+    stalled: bool,
+    started: bool,
+    report: Option<AttemptReport>,
+}
+
+// ---- hosts ------------------------------------------------------------------------------
+
+struct StoreHost {
+    up: bool,
+    incarnation: u32,
+    protocol: Box<dyn StoreProtocol>,
+    disk: Disk,
+    unsynced: bool,
+    sync_scheduled: bool,
+    queued_replies: Vec<(HostId, Msg)>,
+    held_workflow_polls: Vec<(HostId, u64, Time)>,
+    held_activity_polls: Vec<(HostId, u64, BTreeSet<String>, Time)>,
+    tick_scheduled: BTreeSet<Time>,
+}
+
+enum Pending {
+    PollWorkflow,
+    CompleteWorkflow { completion: Box<WorkflowCompletion>, tries: u32 },
+    PollActivity,
+    CompleteActivity { run_id: String, seq: u32, token: u64, report: AttemptReport, tries: u32 },
+    Heartbeat,
+}
+
+struct WorkerHost {
+    name: String,
+    up: bool,
+    incarnation: u32,
+    workflows: WorkflowWorker,
+    limiter: Box<dyn DispatchLimiter>,
+    workflow_poll: Option<u64>,
+    activity_poll: Option<u64>,
+    running: BTreeMap<u64, Running>,
+    requests: BTreeMap<u64, Pending>,
+    /// Service call id -> the activity that made it.
+    calls: BTreeMap<u64, (u64, bool)>,
+}
+
+enum ClientRequest {
+    Start { index: usize },
+    Signal { workflow_id: String, signal_id: String, name: String, payload: Value },
+}
+
+/// The world of one seed.
+pub struct World<'s> {
+    scenario: &'s dyn Scenario,
+    options: Options,
+    faults: FaultConfig,
+    faults_on: bool,
+    rng_net: Rng,
+    rng_faults: Rng,
+    rng_llm: Rng,
+    rng_tool: Rng,
+    rng_human: Rng,
+    agenda: Agenda<Ev>,
+    network: Network,
+    store: StoreHost,
+    workers: Vec<WorkerHost>,
+    activities: Activities,
+    call_ids: Rc<RefCell<u64>>,
+    req_ids: u64,
+    llm: LlmProvider,
+    human: HumanModel,
+    workload: Vec<Start>,
+    client_requests: BTreeMap<u64, ClientRequest>,
+    /// Tool answers by idempotency key, so a retried call applies nothing twice.
+    tool_answers: BTreeMap<String, Value>,
+    counts: FaultCounts,
+    digest: Digest,
+    step_count: u64,
+    heal_at: Time,
+    /// A run closed since the last look: time to see whether the world is done.
+    run_closed: bool,
+    done: bool,
+    failure: Option<CheckFailure>,
+    evidence: Evidence,
+}
+
+impl<'s> World<'s> {
+    pub fn new(scenario: &'s dyn Scenario, options: Options) -> World<'s> {
+        let rng = Rng::new(options.seed);
+        let faults = options.plan.config.clone();
+        if let Err(error) = faults.validate() {
+            panic!("fault plan of seed {}: {error}", options.seed);
+        }
+        let mut workload_rng = rng.fork("workload");
+        let workload = scenario.workload(&mut workload_rng);
+        let factory = options.store_factory.clone();
+        let protocol: Box<dyn StoreProtocol> = match &factory {
+            Some(factory) => factory(Store::new(store::Config::default())),
+            None => Box::new(PlainStore(Store::new(store::Config::default()))),
+        };
+        let mut limits_rng = rng.fork("limits");
+        let worker_limits = worker_limits(&faults, options.worker_count, &mut limits_rng);
+        let registry = scenario.registry();
+        let workers = (0..options.worker_count)
+            .map(|index| WorkerHost {
+                name: format!("worker-{}", index + 1),
+                up: true,
+                incarnation: 0,
+                workflows: WorkflowWorker::new(registry.clone(), STICKY_CACHE_LEN_MAX),
+                limiter: new_limiter(&options.limiter_factory, worker_limits.clone(), None),
+                workflow_poll: None,
+                activity_poll: None,
+                running: BTreeMap::new(),
+                requests: BTreeMap::new(),
+                calls: BTreeMap::new(),
+            })
+            .collect();
+        let heal_at = Time(options.plan.fault_phase_ms);
+        let mut evidence = Evidence::default();
+        evidence.worker_limits = worker_limits;
+        let mut world = World {
+            scenario,
+            faults: faults.clone(),
+            faults_on: true,
+            rng_net: rng.fork("network"),
+            rng_faults: rng.fork("faults"),
+            rng_llm: rng.fork("llm"),
+            rng_tool: rng.fork("tool"),
+            rng_human: rng.fork("human"),
+            agenda: Agenda::new(AGENDA_LEN_MAX),
+            network: Network::new(faults.network.clone()),
+            store: StoreHost {
+                up: true,
+                incarnation: 0,
+                protocol,
+                disk: Disk::new(),
+                unsynced: false,
+                sync_scheduled: false,
+                queued_replies: Vec::new(),
+                held_workflow_polls: Vec::new(),
+                held_activity_polls: Vec::new(),
+                tick_scheduled: BTreeSet::new(),
+            },
+            workers,
+            activities: scenario.activities(),
+            call_ids: Rc::new(RefCell::new(0)),
+            req_ids: 0,
+            llm: LlmProvider::new(faults.llm.clone()),
+            human: HumanModel::new(faults.human.clone()),
+            workload,
+            client_requests: BTreeMap::new(),
+            tool_answers: BTreeMap::new(),
+            counts: FaultCounts::new(),
+            digest: Digest::new(),
+            step_count: 0,
+            heal_at,
+            run_closed: false,
+            done: false,
+            failure: None,
+            evidence,
+            options,
+        };
+        world.schedule_plan();
+        world
+    }
+
+    fn schedule_plan(&mut self) {
+        for (index, start) in self.workload.iter().enumerate() {
+            self.agenda.push(start.at, Ev::Wake { host: CLIENT, incarnation: 0, wake: Wake::ClientStart { index } });
+        }
+        for crash in &self.options.plan.crashes {
+            if crash.at_ms < self.options.plan.fault_phase_ms {
+                let host = if crash.host == "store" {
+                    STORE
+                } else {
+                    HostId(crash.host.trim_start_matches("worker-").parse().unwrap_or(1))
+                };
+                self.agenda.push(Time(crash.at_ms), Ev::Crash { host });
+            }
+        }
+        self.agenda.push(self.heal_at, Ev::Heal);
+        for index in 0..self.workers.len() {
+            self.worker_poll_workflow(index);
+            self.worker_poll_activity(Time::ZERO, index);
+        }
+    }
+
+    /// Runs the world to its end and checks it.
+    pub fn run(mut self) -> Outcome {
+        while let Some((now, ev)) = self.agenda.pop() {
+            self.step_count += 1;
+            self.trace(now, &ev);
+            self.handle(now, ev);
+            if std::mem::take(&mut self.run_closed) && self.all_done() {
+                self.done = true;
+            }
+            if self.done || self.failure.is_some() {
+                break;
+            }
+            if self.step_count >= STEP_COUNT_MAX {
+                self.fail(
+                    "check_liveness_after_heal",
+                    format!("the world took {STEP_COUNT_MAX} steps without finishing"),
+                );
+                break;
+            }
+        }
+        if self.failure.is_none() && !self.done {
+            self.fail("check_liveness_after_heal", "the world ran out of events with runs still open".to_owned());
+        }
+        self.finish()
+    }
+
+    fn fail(&mut self, check: &str, message: String) {
+        if self.failure.is_none() {
+            tracing::debug!(target: "tempest::world", check, %message, "check failed");
+            self.failure = Some(CheckFailure { check: check.to_owned(), message });
+        }
+    }
+
+    fn trace(&mut self, now: Time, ev: &Ev) {
+        let mut bytes = now.as_ms().to_le_bytes().to_vec();
+        match ev {
+            Ev::Deliver { from, to, msg } => {
+                bytes.extend([0, msg.tag()]);
+                bytes.extend(from.0.to_le_bytes());
+                bytes.extend(to.0.to_le_bytes());
+                tracing::trace!(target: "tempest::world", t = %now, from = %from, to = %to, msg = ?msg, "deliver");
+            }
+            Ev::Wake { host, wake, .. } => {
+                bytes.extend([1]);
+                bytes.extend(host.0.to_le_bytes());
+                tracing::trace!(target: "tempest::world", t = %now, host = %host, wake = ?wake, "wake");
+            }
+            Ev::Crash { host } => {
+                bytes.extend([2]);
+                bytes.extend(host.0.to_le_bytes());
+                tracing::debug!(target: "tempest::world", t = %now, host = %host, "crash");
+            }
+            Ev::Restart { host } => {
+                bytes.extend([3]);
+                bytes.extend(host.0.to_le_bytes());
+                tracing::debug!(target: "tempest::world", t = %now, host = %host, "restart");
+            }
+            Ev::Heal => {
+                bytes.extend([4]);
+                tracing::debug!(target: "tempest::world", t = %now, "heal: faults off, every host up");
+            }
+            Ev::LivenessDeadline => bytes.extend([5]),
+        }
+        self.digest.update(&bytes);
+    }
+
+    fn next_req_id(&mut self) -> u64 {
+        self.req_ids += 1;
+        self.req_ids
+    }
+
+    /// Sends a message through the network at `at` (now, or later for a slow service).
+    fn send(&mut self, from: HostId, to: HostId, at: Time, msg: Msg) {
+        if self.faults_on && self.rng_faults.chance(self.faults.partition_probability) {
+            let two_way = self.rng_faults.chance(self.faults.partition_two_way_probability);
+            let until = Time(at.0 + self.rng_faults.exp_ms(self.faults.partition_duration_ms_mean));
+            self.network.partition(from, to, two_way, until);
+            self.counts.add(fault::PARTITION);
+            tracing::debug!(target: "tempest::world", t = %at, a = %from, b = %to, two_way, until = %until, "partition");
+        }
+        let deliveries = self.network.send(from, to, at, &mut self.rng_net);
+        if deliveries.is_empty() {
+            tracing::trace!(target: "tempest::world", t = %at, from = %from, to = %to, "message lost");
+        }
+        let last = deliveries.len().saturating_sub(1);
+        let mut msg = Some(msg);
+        for (i, time) in deliveries.iter().enumerate() {
+            let copy = if i == last { msg.take().expect("one message") } else { msg.clone().expect("one message") };
+            self.agenda.push(*time, Ev::Deliver { from, to, msg: copy });
+        }
+    }
+
+    fn wake(&mut self, host: HostId, at: Time, wake: Wake) {
+        let incarnation = self.incarnation(host);
+        self.agenda.push(at, Ev::Wake { host, incarnation, wake });
+    }
+
+    fn incarnation(&self, host: HostId) -> u32 {
+        if host == STORE {
+            self.store.incarnation
+        } else if let Some(worker) = self.worker_index(host) {
+            self.workers[worker].incarnation
+        } else {
+            0
+        }
+    }
+
+    fn worker_index(&self, host: HostId) -> Option<usize> {
+        let index = (host.0 as usize).checked_sub(1)?;
+        (index < self.workers.len() && host != STORE).then_some(index)
+    }
+
+    fn is_up(&self, host: HostId) -> bool {
+        if host == STORE {
+            self.store.up
+        } else if let Some(worker) = self.worker_index(host) {
+            self.workers[worker].up
+        } else {
+            true
+        }
+    }
+
+    fn handle(&mut self, now: Time, ev: Ev) {
+        match ev {
+            Ev::Deliver { from, to, msg } => {
+                if !self.is_up(to) {
+                    return;
+                }
+                if to == STORE {
+                    self.store_receive(now, from, msg);
+                } else if let Some(worker) = self.worker_index(to) {
+                    self.worker_receive(now, worker, msg);
+                } else if to == CLIENT || to == HUMAN {
+                    self.client_receive(now, to, msg);
+                } else if to == LLM {
+                    self.llm_receive(now, from, msg);
+                } else if to == TOOL {
+                    self.tool_receive(now, from, msg);
+                }
+            }
+            Ev::Wake { host, incarnation, wake } => {
+                if !self.is_up(host) || incarnation != self.incarnation(host) {
+                    return;
+                }
+                if host == STORE {
+                    self.store_wake(now, wake);
+                } else if let Some(worker) = self.worker_index(host) {
+                    self.worker_wake(now, worker, wake);
+                } else {
+                    self.client_wake(now, host, wake);
+                }
+            }
+            Ev::Crash { host } => self.crash(now, host),
+            Ev::Restart { host } => self.restart(now, host),
+            Ev::Heal => self.heal(now),
+            Ev::LivenessDeadline => {
+                self.run_closed = true;
+                if !self.all_done() {
+                    let open = self.open_workflows();
+                    self.fail(
+                        "check_liveness_after_heal",
+                        format!(
+                            "{} accepted workflows still open {} after the heal: {}",
+                            open.len(),
+                            format_duration(self.scenario.liveness_bound()),
+                            open.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    // ---- faults -------------------------------------------------------------------------
+
+    fn crash(&mut self, now: Time, host: HostId) {
+        if !self.is_up(host) || !self.faults_on {
+            return;
+        }
+        if host == STORE {
+            self.counts.add(fault::STORE_CRASH);
+            let loss = self.store.disk.crash(&mut self.rng_faults, self.faults.disk_torn_write_probability);
+            if loss.unsynced_records_lost > 0 {
+                self.evidence.sometimes_add("store_crash_lost_unsynced_writes");
+            }
+            self.store.up = false;
+            self.store.incarnation += 1;
+            self.store.queued_replies.clear();
+            self.store.held_workflow_polls.clear();
+            self.store.held_activity_polls.clear();
+            self.store.tick_scheduled.clear();
+            self.store.unsynced = false;
+            self.store.sync_scheduled = false;
+        } else if let Some(index) = self.worker_index(host) {
+            self.counts.add(fault::WORKER_CRASH);
+            let worker = &mut self.workers[index];
+            if worker.running.values().any(|r| r.started) {
+                self.evidence.sometimes_add("worker_crashed_mid_activity");
+            }
+            worker.up = false;
+            worker.incarnation += 1;
+            let registry = worker.workflows.registry().clone();
+            worker.workflows = WorkflowWorker::new(registry, STICKY_CACHE_LEN_MAX);
+            worker.workflow_poll = None;
+            worker.activity_poll = None;
+            worker.running.clear();
+            worker.requests.clear();
+            worker.calls.clear();
+        }
+        let delay = self.rng_faults.exp_ms(self.faults.restart_delay_ms_mean);
+        let at = if now.0 + delay >= self.heal_at.0 { self.heal_at.max(now) } else { Time(now.0 + delay) };
+        self.agenda.push(at, Ev::Restart { host });
+    }
+
+    fn restart(&mut self, now: Time, host: HostId) {
+        if self.is_up(host) {
+            return;
+        }
+        if host == STORE {
+            let recovered = self.store.disk.recover();
+            let records = recovered.records.iter().map(|bytes| {
+                serde_json::from_slice::<Record>(bytes)
+                    .unwrap_or_else(|e| panic!("store record that passed its checksum does not decode: {e}"))
+            });
+            let (store, epoch) = Store::recover(store::Config::default(), records);
+            self.store.protocol = match &self.options.store_factory {
+                Some(factory) => factory(store),
+                None => Box::new(PlainStore(store)),
+            };
+            self.store.disk.append(&serde_json::to_vec(&epoch).expect("records serialize"));
+            self.store.disk.sync();
+            self.store.up = true;
+            self.store_after_write(now);
+        } else if let Some(index) = self.worker_index(host) {
+            self.workers[index].up = true;
+            self.workers[index].limiter =
+                new_limiter(&self.options.limiter_factory, self.evidence.worker_limits.clone(), Some(now));
+            self.worker_poll_workflow(index);
+            self.worker_poll_activity(now, index);
+        }
+    }
+
+    fn heal(&mut self, now: Time) {
+        self.faults_on = false;
+        self.network.heal();
+        self.llm.heal();
+        self.agenda.push(now.plus(self.scenario.liveness_bound()), Ev::LivenessDeadline);
+        for host in std::iter::once(STORE).chain((0..self.workers.len()).map(worker_host)) {
+            if !self.is_up(host) {
+                self.restart(now, host);
+            }
+        }
+    }
+
+    // ---- store host ---------------------------------------------------------------------
+
+    fn store_receive(&mut self, now: Time, from: HostId, msg: Msg) {
+        let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+        let (reply, records) = match msg {
+            Msg::StartReq { req_id, start } => {
+                let (_, records) =
+                    self.store.protocol.start(now, &start.workflow_id, &start.workflow_type, start.input);
+                (Some(Msg::StartResp { req_id }), records)
+            }
+            Msg::SignalReq { req_id, workflow_id, signal_id, name, payload } => {
+                let (status, records) =
+                    self.store.protocol.store().signal(now, &workflow_id, &signal_id, &name, payload);
+                (Some(Msg::SignalResp { req_id, status }), records)
+            }
+            Msg::PollWorkflow { req_id } => match self.store.protocol.store().poll_workflow_task(now, &worker_name) {
+                Some(task) => (Some(Msg::PollWorkflowResp { req_id, task: Some(Box::new(task)) }), Vec::new()),
+                None => {
+                    self.store.held_workflow_polls.push((from, req_id, Time(now.0 + POLL_HOLD_MS)));
+                    self.store_schedule_tick(Time(now.0 + POLL_HOLD_MS));
+                    (None, Vec::new())
+                }
+            },
+            Msg::CompleteWorkflow { req_id, completion } => {
+                let run_id = completion.run_id.clone();
+                let (ack, records) = self.store.protocol.complete_workflow_task(now, &worker_name, *completion);
+                (Some(Msg::CompleteWorkflowResp { req_id, run_id, ack }), records)
+            }
+            Msg::AbandonWorkflow { run_id, token } => {
+                self.store.protocol.store().abandon_workflow_task(&run_id, token);
+                (None, Vec::new())
+            }
+            Msg::PollActivity { req_id, blocked_keys } => {
+                match self.store.protocol.store().poll_activity_task(now, &worker_name, &blocked_keys) {
+                    Some(lease) => {
+                        self.evidence.grant(&lease.task.run_id, lease.task.seq, lease.task.attempt, &worker_name);
+                        (Some(Msg::PollActivityResp { req_id, lease: Some(Box::new(lease)) }), Vec::new())
+                    }
+                    None => {
+                        self.store.held_activity_polls.push((from, req_id, blocked_keys, Time(now.0 + POLL_HOLD_MS)));
+                        self.store_schedule_tick(Time(now.0 + POLL_HOLD_MS));
+                        (None, Vec::new())
+                    }
+                }
+            }
+            Msg::CompleteActivity { req_id, run_id, seq, token, report } => {
+                let (_, records) =
+                    self.store.protocol.complete_activity_task(now, &run_id, seq, token, report, &worker_name);
+                (Some(Msg::CompleteActivityResp { req_id }), records)
+            }
+            Msg::Heartbeat { req_id, run_id, seq, token } => {
+                let ack = self.store.protocol.store().heartbeat(now, &run_id, seq, token);
+                (Some(Msg::HeartbeatResp { req_id, token, ack }), Vec::new())
+            }
+            other => panic!("store received {other:?}"),
+        };
+        self.store_persist(now, records);
+        if let Some(reply) = reply {
+            self.store_reply(now, from, reply);
+        }
+        self.store_after_write(now);
+    }
+
+    fn store_persist(&mut self, now: Time, records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
+        for record in &records {
+            self.store.disk.append(&serde_json::to_vec(record).expect("records serialize"));
+            self.note_record(now, record);
+        }
+        self.store.unsynced = true;
+        if !self.store.sync_scheduled {
+            self.store.sync_scheduled = true;
+            self.wake(STORE, Time(now.0 + FSYNC_MS), Wake::StoreSync);
+        }
+        if self.faults_on && self.rng_faults.chance(self.faults.store_crash_probability) {
+            // The crash lands before the sync completes: whatever it covered is lost.
+            self.wake(STORE, now, Wake::StoreCrash);
+        }
+    }
+
+    /// Bookkeeping the checks need about what the store wrote.
+    fn note_record(&mut self, _now: Time, record: &Record) {
+        if let Record::Append { events, .. } = record {
+            for event in events {
+                self.run_closed |= event.kind.is_terminal();
+                if let Kind::ActivityAttemptFailed { failure: Failure::RateLimited { .. }, retry_at_ms, .. } =
+                    &event.kind
+                {
+                    if retry_at_ms.0 > event.time_ms.0 {
+                        self.evidence.sometimes_add("retried_after_429_waiting_retry_after");
+                    }
+                }
+                if let Kind::ActivityAttemptFailed { failure: Failure::InvalidOutput { .. }, .. } = &event.kind {
+                    self.evidence.sometimes_add("llm_answer_failed_validation");
+                }
+            }
+        }
+    }
+
+    fn store_reply(&mut self, now: Time, to: HostId, reply: Msg) {
+        if self.store.unsynced && self.store.protocol.sync_before_reply() {
+            self.store.queued_replies.push((to, reply));
+        } else {
+            self.send(STORE, to, now, reply);
+        }
+    }
+
+    /// After any change: answer held polls that now have work, and plan the next tick.
+    fn store_after_write(&mut self, now: Time) {
+        let held = std::mem::take(&mut self.store.held_workflow_polls);
+        for (from, req_id, deadline) in held {
+            let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+            match self.store.protocol.store().poll_workflow_task(now, &worker_name) {
+                Some(task) => self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: Some(Box::new(task)) }),
+                None if deadline <= now => self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: None }),
+                None => self.store.held_workflow_polls.push((from, req_id, deadline)),
+            }
+        }
+        let held = std::mem::take(&mut self.store.held_activity_polls);
+        for (from, req_id, blocked, deadline) in held {
+            let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+            match self.store.protocol.store().poll_activity_task(now, &worker_name, &blocked) {
+                Some(lease) => {
+                    self.evidence.grant(&lease.task.run_id, lease.task.seq, lease.task.attempt, &worker_name);
+                    self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: Some(Box::new(lease)) });
+                }
+                None if deadline <= now => self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: None }),
+                None => self.store.held_activity_polls.push((from, req_id, blocked, deadline)),
+            }
+        }
+        let store = self.store.protocol.store();
+        let mut next = store.next_wakeup();
+        for run in store.runs().values() {
+            for (seq, activity) in run.logical.open_activities() {
+                let leased = store.activity_lease(&run.logical.run_id, seq).is_some();
+                if !leased && activity.attempt_not_before > now {
+                    next = Some(next.map_or(activity.attempt_not_before, |n| n.min(activity.attempt_not_before)));
+                }
+            }
+        }
+        if let Some(at) = next {
+            self.store_schedule_tick(at.max(now));
+        }
+    }
+
+    fn store_schedule_tick(&mut self, at: Time) {
+        // One tick per distinct time is enough; earlier ticks reschedule later ones.
+        if let Some(first) = self.store.tick_scheduled.first() {
+            if *first <= at {
+                return;
+            }
+        }
+        self.store.tick_scheduled.insert(at);
+        self.wake(STORE, at, Wake::StoreTick);
+    }
+
+    fn store_wake(&mut self, now: Time, wake: Wake) {
+        match wake {
+            Wake::StoreSync => {
+                self.store.disk.sync();
+                self.store.unsynced = false;
+                self.store.sync_scheduled = false;
+                for (to, reply) in std::mem::take(&mut self.store.queued_replies) {
+                    self.send(STORE, to, now, reply);
+                }
+            }
+            Wake::StoreTick => {
+                self.store.tick_scheduled.retain(|t| *t > now);
+                let (report, records) = self.store.protocol.tick(now);
+                for _ in 0..report.activity_leases_expired {
+                    if self.faults_on {
+                        self.counts.add(fault::LEASE_EXPIRED);
+                    }
+                }
+                self.store_persist(now, records);
+                self.store_after_write(now);
+            }
+            Wake::StoreCrash => self.crash(now, STORE),
+            other => panic!("store woke for {other:?}"),
+        }
+    }
+
+    // ---- worker hosts -------------------------------------------------------------------
+
+    fn worker_request(&mut self, now: Time, index: usize, pending: Pending, msg: Msg, timeout_ms: u64) {
+        let host = worker_host(index);
+        let req_id = match &msg {
+            Msg::PollWorkflow { req_id }
+            | Msg::PollActivity { req_id, .. }
+            | Msg::CompleteWorkflow { req_id, .. }
+            | Msg::CompleteActivity { req_id, .. }
+            | Msg::Heartbeat { req_id, .. } => *req_id,
+            other => panic!("not a worker request: {other:?}"),
+        };
+        self.workers[index].requests.insert(req_id, pending);
+        self.wake(host, Time(now.0 + timeout_ms), Wake::RequestTimeout { req_id });
+        self.send(host, STORE, now, msg);
+    }
+
+    fn worker_poll_workflow(&mut self, index: usize) {
+        let now = self.agenda.now();
+        if self.workers[index].workflow_poll.is_some() {
+            return;
+        }
+        let req_id = self.next_req_id();
+        self.workers[index].workflow_poll = Some(req_id);
+        self.worker_request(
+            now,
+            index,
+            Pending::PollWorkflow,
+            Msg::PollWorkflow { req_id },
+            POLL_HOLD_MS + REQUEST_TIMEOUT_MS,
+        );
+    }
+
+    fn worker_poll_activity(&mut self, now: Time, index: usize) {
+        let worker = &mut self.workers[index];
+        if worker.activity_poll.is_some() || worker.running.len() >= ACTIVITY_SLOTS_PER_WORKER {
+            return;
+        }
+        let blocked_keys = worker.limiter.blocked_keys(now);
+        let req_id = self.next_req_id();
+        self.workers[index].activity_poll = Some(req_id);
+        self.worker_request(
+            now,
+            index,
+            Pending::PollActivity,
+            Msg::PollActivity { req_id, blocked_keys },
+            POLL_HOLD_MS + REQUEST_TIMEOUT_MS,
+        );
+    }
+
+    fn worker_receive(&mut self, now: Time, index: usize, msg: Msg) {
+        match msg {
+            Msg::PollWorkflowResp { req_id, task } => {
+                if self.workers[index].requests.remove(&req_id).is_none() {
+                    return;
+                }
+                self.workers[index].workflow_poll = None;
+                match task {
+                    Some(task) => self.worker_process(now, index, *task),
+                    None => self.worker_poll_workflow(index),
+                }
+            }
+            Msg::CompleteWorkflowResp { req_id, run_id, ack } => {
+                if self.workers[index].requests.remove(&req_id).is_none() {
+                    return;
+                }
+                self.workers[index].workflows.acknowledged(&run_id, ack == Ack::Accepted);
+                self.worker_poll_workflow(index);
+            }
+            Msg::PollActivityResp { req_id, lease } => {
+                if self.workers[index].requests.remove(&req_id).is_none() {
+                    return;
+                }
+                self.workers[index].activity_poll = None;
+                if let Some(lease) = lease {
+                    self.worker_lease(now, index, *lease);
+                }
+                self.worker_poll_activity(now, index);
+            }
+            Msg::CompleteActivityResp { req_id } => {
+                self.workers[index].requests.remove(&req_id);
+            }
+            Msg::HeartbeatResp { req_id, token, ack } => {
+                self.workers[index].requests.remove(&req_id);
+                if let Ack::Rejected(reason) = ack {
+                    // The lease is gone: another worker may own this attempt now. Give up.
+                    tracing::debug!(target: "tempest::world", t = %now, worker = %self.workers[index].name, token, reason, "gives up activity");
+                    self.worker_drop_activity(index, token);
+                    self.worker_poll_activity(now, index);
+                }
+            }
+            Msg::LlmResp { call_id, result } => {
+                self.worker_service_answer(now, index, call_id, ServiceResult::Llm(result))
+            }
+            Msg::ToolResp { call_id, result } => {
+                self.worker_service_answer(now, index, call_id, ServiceResult::Tool(result))
+            }
+            other => panic!("worker received {other:?}"),
+        }
+    }
+
+    fn worker_process(&mut self, now: Time, index: usize, task: WorkflowTask) {
+        let (run_id, token) = (task.run_id.clone(), task.token);
+        let outcome = self.workers[index].workflows.process(task);
+        self.maybe_crash_worker(now, index);
+        match outcome {
+            TaskOutcome::Complete(completion) => {
+                let req_id = self.next_req_id();
+                let completion = Box::new(completion);
+                let msg = Msg::CompleteWorkflow { req_id, completion: completion.clone() };
+                self.worker_request(
+                    now,
+                    index,
+                    Pending::CompleteWorkflow { completion, tries: 1 },
+                    msg,
+                    REQUEST_TIMEOUT_MS,
+                );
+            }
+            TaskOutcome::Abandon { .. } => {
+                self.send(worker_host(index), STORE, now, Msg::AbandonWorkflow { run_id, token });
+                self.worker_poll_workflow(index);
+            }
+            TaskOutcome::Fail(error) => {
+                self.fail(
+                    "check_replay_reproduces",
+                    format!("{} could not run a workflow task of run {run_id}: {error}", self.workers[index].name),
+                );
+            }
+        }
+    }
+
+    fn maybe_crash_worker(&mut self, now: Time, index: usize) {
+        if self.faults_on && self.rng_faults.chance(self.faults.worker_crash_probability) {
+            let at = Time(now.0 + self.rng_faults.exp_ms(50));
+            self.agenda.push(at, Ev::Crash { host: worker_host(index) });
+        }
+    }
+
+    fn worker_lease(&mut self, now: Time, index: usize, lease: ActivityLease) {
+        let token = lease.token;
+        let stalled = self.faults_on && self.rng_faults.chance(self.faults.lease_expiry_probability);
+        let running = Running {
+            lease,
+            future: None,
+            slots: Rc::new(RefCell::new(CallSlots::default())),
+            stalled,
+            started: false,
+            report: None,
+        };
+        self.workers[index].running.insert(token, running);
+        self.maybe_crash_worker(now, index);
+        self.worker_try_start(now, index, token);
+    }
+
+    /// Starts a leased activity if the rate limiter allows it now, or wakes when it will.
+    fn worker_try_start(&mut self, now: Time, index: usize, token: u64) {
+        let worker = &mut self.workers[index];
+        let Some(running) = worker.running.get(&token) else { return };
+        let options = &running.lease.task.options;
+        let (key, tokens) = (options.rate_limit_key.clone(), options.token_count);
+        if let Some(key) = &key {
+            match worker.limiter.next_allowed(now, key, tokens) {
+                Some(at) if at == now => {}
+                Some(at) => {
+                    self.wake(worker_host(index), at, Wake::ActivityStart { token });
+                    return;
+                }
+                None => {
+                    self.wake(worker_host(index), Time(now.0 + 1_000), Wake::ActivityStart { token });
+                    return;
+                }
+            }
+            worker.limiter.dispatch(now, key, tokens);
+            let name = worker.name.clone();
+            self.evidence.dispatched(&name, key, now, tokens);
+        }
+        let running = self.workers[index].running.get_mut(&token).expect("checked above");
+        running.started = true;
+        let services = Rc::new(SimServices { slots: running.slots.clone(), call_ids: self.call_ids.clone() });
+        let ctx = ActivityCtx::new(running.lease.task.clone(), services);
+        running.future = Some(self.activities.start(ctx, running.lease.task.input.clone()));
+        if !running.stalled {
+            self.wake(worker_host(index), Time(now.0 + HEARTBEAT_MS), Wake::Heartbeat { token });
+        }
+        self.worker_poll_running(now, index, token);
+    }
+
+    /// Polls an activity future, sends its service calls, and reports it when done.
+    fn worker_poll_running(&mut self, now: Time, index: usize, token: u64) {
+        let Some(running) = self.workers[index].running.get_mut(&token) else { return };
+        let Some(future) = running.future.as_mut() else { return };
+        let mut cx = Context::from_waker(Waker::noop());
+        let poll = future.as_mut().poll(&mut cx);
+        let outbox = std::mem::take(&mut running.slots.borrow_mut().outbox);
+        for (call_id, call) in outbox {
+            let host = worker_host(index);
+            self.workers[index].calls.insert(call_id, (token, matches!(call, ServiceCall::Llm(_))));
+            let (to, msg, timeout_ms) = match call {
+                ServiceCall::Llm(request) => (LLM, Msg::LlmReq { call_id, request }, LLM_CALL_TIMEOUT_MS),
+                ServiceCall::Tool { name, arguments, idempotency_key } => {
+                    (TOOL, Msg::ToolReq { call_id, name, arguments, idempotency_key }, TOOL_CALL_TIMEOUT_MS)
+                }
+            };
+            self.wake(host, Time(now.0 + timeout_ms), Wake::ServiceTimeout { call_id });
+            self.send(host, to, now, msg);
+        }
+        let Poll::Ready(result) = poll else { return };
+        let worker = &mut self.workers[index];
+        let running = worker.running.get_mut(&token).expect("still running");
+        running.future = None;
+        running.report = Some(match result {
+            Ok(output) => AttemptReport::Completed { output },
+            Err(failure) => AttemptReport::Failed { failure },
+        });
+        if let Some(key) = &running.lease.task.options.rate_limit_key {
+            worker.limiter.finish(key);
+        }
+        if running.stalled {
+            // A GC pause or VM migration: the worker resumes after its lease is gone.
+            let at = Time(running.lease.expires_at.0.max(now.0) + 1 + self.rng_faults.exp_ms(5_000));
+            self.wake(worker_host(index), at, Wake::ActivityReport { token });
+        } else {
+            self.worker_report(now, index, token);
+        }
+    }
+
+    fn worker_report(&mut self, now: Time, index: usize, token: u64) {
+        let Some(running) = self.workers[index].running.remove(&token) else { return };
+        let report = running.report.expect("only finished activities are reported");
+        let (run_id, seq) = (running.lease.task.run_id.clone(), running.lease.task.seq);
+        let req_id = self.next_req_id();
+        let msg = Msg::CompleteActivity { req_id, run_id: run_id.clone(), seq, token, report: report.clone() };
+        let pending = Pending::CompleteActivity { run_id, seq, token, report, tries: 1 };
+        self.worker_request(now, index, pending, msg, REQUEST_TIMEOUT_MS);
+        self.worker_poll_activity(now, index);
+    }
+
+    fn worker_drop_activity(&mut self, index: usize, token: u64) {
+        let worker = &mut self.workers[index];
+        if let Some(running) = worker.running.remove(&token) {
+            if running.started && running.future.is_some() {
+                if let Some(key) = &running.lease.task.options.rate_limit_key {
+                    worker.limiter.finish(key);
+                }
+            }
+        }
+    }
+
+    fn worker_service_answer(&mut self, now: Time, index: usize, call_id: u64, result: ServiceResult) {
+        let Some((token, _)) = self.workers[index].calls.remove(&call_id) else { return };
+        let Some(running) = self.workers[index].running.get(&token) else { return };
+        running.slots.borrow_mut().results.insert(call_id, result);
+        self.worker_poll_running(now, index, token);
+    }
+
+    fn worker_wake(&mut self, now: Time, index: usize, wake: Wake) {
+        match wake {
+            Wake::RequestTimeout { req_id } => {
+                let Some(pending) = self.workers[index].requests.remove(&req_id) else {
+                    return;
+                };
+                match pending {
+                    Pending::PollWorkflow => {
+                        self.workers[index].workflow_poll = None;
+                        self.worker_poll_workflow(index);
+                    }
+                    Pending::PollActivity => {
+                        self.workers[index].activity_poll = None;
+                        self.worker_poll_activity(now, index);
+                    }
+                    Pending::CompleteWorkflow { completion, tries } => {
+                        if tries >= 3 {
+                            // The lease will expire; whoever takes the task over replays.
+                            self.workers[index].workflows.evict(&completion.run_id);
+                            self.worker_poll_workflow(index);
+                            return;
+                        }
+                        let req_id = self.next_req_id();
+                        let msg = Msg::CompleteWorkflow { req_id, completion: completion.clone() };
+                        self.worker_request(
+                            now,
+                            index,
+                            Pending::CompleteWorkflow { completion, tries: tries + 1 },
+                            msg,
+                            REQUEST_TIMEOUT_MS,
+                        );
+                    }
+                    Pending::CompleteActivity { run_id, seq, token, report, tries } => {
+                        if tries >= 5 {
+                            return;
+                        }
+                        let req_id = self.next_req_id();
+                        let msg = Msg::CompleteActivity {
+                            req_id,
+                            run_id: run_id.clone(),
+                            seq,
+                            token,
+                            report: report.clone(),
+                        };
+                        self.worker_request(
+                            now,
+                            index,
+                            Pending::CompleteActivity { run_id, seq, token, report, tries: tries + 1 },
+                            msg,
+                            REQUEST_TIMEOUT_MS,
+                        );
+                    }
+                    Pending::Heartbeat => {}
+                }
+            }
+            Wake::ActivityStart { token } => self.worker_try_start(now, index, token),
+            Wake::Heartbeat { token } => {
+                let Some(running) = self.workers[index].running.get(&token) else { return };
+                if running.report.is_some() {
+                    return;
+                }
+                let (run_id, seq) = (running.lease.task.run_id.clone(), running.lease.task.seq);
+                let req_id = self.next_req_id();
+                let msg = Msg::Heartbeat { req_id, run_id, seq, token };
+                self.worker_request(now, index, Pending::Heartbeat, msg, REQUEST_TIMEOUT_MS);
+                self.wake(worker_host(index), Time(now.0 + HEARTBEAT_MS), Wake::Heartbeat { token });
+            }
+            Wake::ActivityReport { token } => self.worker_report(now, index, token),
+            Wake::ServiceTimeout { call_id } => {
+                let Some((_, is_llm)) = self.workers[index].calls.get(&call_id) else {
+                    return;
+                };
+                let result = if *is_llm {
+                    ServiceResult::Llm(Err(Failure::TimedOut))
+                } else {
+                    ServiceResult::Tool(Err(Failure::TimedOut))
+                };
+                self.worker_service_answer(now, index, call_id, result);
+            }
+            other => panic!("worker woke for {other:?}"),
+        }
+    }
+
+    // ---- client and humans --------------------------------------------------------------
+
+    fn client_send(&mut self, now: Time, from: HostId, request: ClientRequest) {
+        let req_id = self.next_req_id();
+        let msg = match &request {
+            ClientRequest::Start { index } => Msg::StartReq { req_id, start: self.workload[*index].clone() },
+            ClientRequest::Signal { workflow_id, signal_id, name, payload } => Msg::SignalReq {
+                req_id,
+                workflow_id: workflow_id.clone(),
+                signal_id: signal_id.clone(),
+                name: name.clone(),
+                payload: payload.clone(),
+            },
+        };
+        self.client_requests.insert(req_id, request);
+        self.wake(from, Time(now.0 + REQUEST_TIMEOUT_MS), Wake::RequestTimeout { req_id });
+        self.send(from, STORE, now, msg);
+    }
+
+    fn client_receive(&mut self, now: Time, to: HostId, msg: Msg) {
+        match msg {
+            Msg::StartResp { req_id } => {
+                if let Some(ClientRequest::Start { index }) = self.client_requests.remove(&req_id) {
+                    let workflow_id = self.workload[index].workflow_id.clone();
+                    self.evidence.accepted_starts.insert(workflow_id);
+                }
+            }
+            Msg::SignalResp { req_id, status } => {
+                let Some(request) = self.client_requests.remove(&req_id) else {
+                    return;
+                };
+                let ClientRequest::Signal { workflow_id, signal_id, .. } = &request else {
+                    return;
+                };
+                match status {
+                    SignalStatus::Recorded => {
+                        self.evidence.acked_signals.insert((workflow_id.clone(), signal_id.clone()));
+                    }
+                    SignalStatus::Pending => {
+                        let req_id = self.next_req_id();
+                        self.client_requests.insert(req_id, request);
+                        self.wake(to, Time(now.0 + SIGNAL_RECHECK_MS), Wake::ClientRetry { req_id });
+                    }
+                    SignalStatus::RunClosed | SignalStatus::UnknownWorkflow => {}
+                }
+            }
+            other => panic!("client received {other:?}"),
+        }
+    }
+
+    fn client_wake(&mut self, now: Time, host: HostId, wake: Wake) {
+        match wake {
+            Wake::ClientStart { index } => self.client_send(now, CLIENT, ClientRequest::Start { index }),
+            Wake::HumanSend { answer, signal_id } => {
+                let request = ClientRequest::Signal {
+                    workflow_id: answer.workflow_id,
+                    signal_id,
+                    name: answer.signal_name,
+                    payload: answer.payload,
+                };
+                self.client_send(now, HUMAN, request);
+            }
+            // A request without an answer in time, or a planned re-ask: send it again (same
+            // workflow id or signal id, so the store does it at most once).
+            Wake::RequestTimeout { req_id } | Wake::ClientRetry { req_id } => {
+                if let Some(request) = self.client_requests.remove(&req_id) {
+                    self.client_send(now, host, request);
+                }
+            }
+            other => panic!("client woke for {other:?}"),
+        }
+    }
+
+    // ---- services -----------------------------------------------------------------------
+
+    fn llm_receive(&mut self, now: Time, from: HostId, msg: Msg) {
+        let Msg::LlmReq { call_id, request } = msg else { panic!("llm received {msg:?}") };
+        let outcome = self.llm.request(now, request.token_count, &mut self.rng_llm);
+        let (delay_ms, result) = match outcome {
+            LlmOutcome::Answered { latency_ms } => {
+                (latency_ms, Ok(self.scenario.llm_answer(&request, &mut self.rng_llm)))
+            }
+            LlmOutcome::RateLimited { retry_after_ms } => {
+                (5, Err(Failure::RateLimited { retry_after_ms: Some(retry_after_ms) }))
+            }
+            LlmOutcome::ServerError { latency_ms } => (latency_ms, Err(Failure::Overloaded { retry_after_ms: None })),
+            LlmOutcome::TimedOut { after_ms } => (after_ms, Err(Failure::TimedOut)),
+            LlmOutcome::InvalidOutput { latency_ms } => (
+                latency_ms,
+                Ok(LlmResponse {
+                    content: "{\"truncated".to_owned(),
+                    tool_calls: Vec::new(),
+                    token_count: request.token_count,
+                }),
+            ),
+        };
+        self.send(LLM, from, Time(now.0 + delay_ms), Msg::LlmResp { call_id, result });
+    }
+
+    fn tool_receive(&mut self, now: Time, from: HostId, msg: Msg) {
+        let Msg::ToolReq { call_id, name, arguments, idempotency_key } = msg else { panic!("tool received {msg:?}") };
+        let latency = self.rng_tool.exp_ms(self.faults.tool.latency_ms_mean.max(1));
+        let fails = self.faults_on && self.rng_tool.chance(self.faults.tool.failure_probability);
+        // Half the failures happen before the side effect, half after it (the answer is lost).
+        let fails_before = fails && self.rng_tool.chance(0.5);
+        let result = if fails_before {
+            self.counts.add(fault::TOOL_FAILURE);
+            Err(Failure::Application { kind: "tool_error".to_owned(), message: format!("tool {name} failed") })
+        } else {
+            let answer = match idempotency_key.as_ref().and_then(|k| self.tool_answers.get(&format!("{name}/{k}"))) {
+                Some(answer) => answer.clone(),
+                None => {
+                    let outcome = self.scenario.tool_call(&name, &arguments, &mut self.rng_tool);
+                    if let Some(effect) = &outcome.effect {
+                        if !self.evidence.apply_effect(effect) {
+                            self.fail("check_tool_effects_once", format!("tool {name} applied effect {effect} a second time (idempotency key {idempotency_key:?})"));
+                        }
+                        if name == NOTIFY_HUMAN {
+                            self.plan_human(now, &arguments);
+                        }
+                    }
+                    if let Some(key) = &idempotency_key {
+                        self.tool_answers.insert(format!("{name}/{key}"), outcome.result.clone());
+                    }
+                    outcome.result
+                }
+            };
+            if fails {
+                self.counts.add(fault::TOOL_FAILURE);
+                Err(Failure::Application {
+                    kind: "tool_error".to_owned(),
+                    message: format!("tool {name}: connection reset after the call"),
+                })
+            } else {
+                Ok(answer)
+            }
+        };
+        self.send(TOOL, from, Time(now.0 + latency), Msg::ToolResp { call_id, result });
+    }
+
+    fn plan_human(&mut self, now: Time, arguments: &Value) {
+        let Some(answer) = self.scenario.human_answer(arguments, &mut self.rng_human) else {
+            return;
+        };
+        let plan = if self.faults_on {
+            self.human.plan(&mut self.rng_human)
+        } else {
+            HumanModel::new(crate::human::HumanFaults {
+                never_probability: 0.0,
+                late_probability: 0.0,
+                duplicate_probability: 0.0,
+                ..self.faults.human.clone()
+            })
+            .plan(&mut self.rng_human)
+        };
+        match plan {
+            HumanPlan::Never => self.evidence.sometimes_add("human_never_answered"),
+            HumanPlan::Answer { after_ms, duplicate_after_ms } => {
+                let base = format!("{}/{}", answer.workflow_id, answer.signal_name);
+                self.wake(
+                    HUMAN,
+                    Time(now.0 + after_ms),
+                    Wake::HumanSend { answer: answer.clone(), signal_id: format!("{base}/1") },
+                );
+                if let Some(after_ms) = duplicate_after_ms {
+                    self.wake(
+                        HUMAN,
+                        Time(now.0 + after_ms),
+                        Wake::HumanSend { answer, signal_id: format!("{base}/2") },
+                    );
+                }
+            }
+        }
+    }
+
+    // ---- the end ------------------------------------------------------------------------
+
+    fn open_workflows(&mut self) -> Vec<String> {
+        let accepted: Vec<String> = self.evidence.accepted_starts.iter().cloned().collect();
+        let store = self.store.protocol.store();
+        let mut open: Vec<String> = accepted
+            .into_iter()
+            .filter(|wid| {
+                store
+                    .latest_run(wid)
+                    .is_none_or(|run| store.status(run).is_none_or(|s| s == tempest_engine::run::Status::Running))
+            })
+            .collect();
+        let unaccepted = self
+            .workload
+            .iter()
+            .filter(|s| !self.evidence.accepted_starts.contains(&s.workflow_id))
+            .map(|s| format!("{} (start not acknowledged)", s.workflow_id));
+        open.extend(unaccepted);
+        open
+    }
+
+    fn all_done(&mut self) -> bool {
+        self.store.up && self.open_workflows().is_empty()
+    }
+
+    fn finish(mut self) -> Outcome {
+        if self.failure.is_none() {
+            self.store.disk.sync();
+        }
+        let store = self.store.protocol.store().clone();
+        let histories: Vec<History> = store
+            .runs()
+            .values()
+            .filter(|run| !run.events.is_empty())
+            .map(|run| History::new(run.events.clone()))
+            .collect();
+        if self.failure.is_none() {
+            let finished = crate::scenario::Finished { histories: &histories, tool_effects: &self.evidence.effects };
+            if let Err(failure) = check::run_all(self.scenario, &store, &histories, &self.evidence).and_then(|()| {
+                self.scenario.check(&finished).map_err(|message| CheckFailure {
+                    check: format!("check_{}_outcome", self.scenario.name()),
+                    message,
+                })
+            }) {
+                self.failure = Some(failure);
+            }
+        }
+        for history in &histories {
+            self.digest.update(history.to_json().as_bytes());
+        }
+        let mut faults = self.counts.clone();
+        faults.merge(self.network.fault_counts());
+        faults.merge(self.store.disk.fault_counts());
+        faults.merge(self.llm.fault_counts());
+        faults.merge(self.human.fault_counts());
+        let runs_completed =
+            histories.iter().filter(|h| h.events.last().is_some_and(|e| e.kind.is_terminal())).count() as u64;
+        Outcome {
+            seed: self.options.seed,
+            scenario: self.scenario.name(),
+            failure: self.failure,
+            faults,
+            sometimes: self.evidence.sometimes.clone(),
+            runs_completed,
+            workflows_accepted: self.evidence.accepted_starts.len() as u64,
+            simulated_ms: self.agenda.now().as_ms(),
+            step_count: self.step_count,
+            trace_digest: self.digest.hex(),
+            histories: if self.options.keep_histories { histories } else { Vec::new() },
+        }
+    }
+}
+
+/// Per-worker rate limits for each LLM model key: the provider's quota split across the
+/// fleet, times a factor drawn per seed in [0.5, 3) (some seeds over-subscribe, as a
+/// misconfigured fleet would, so 429s with `Retry-After` happen and are honoured).
+fn worker_limits(faults: &FaultConfig, worker_count: usize, rng: &mut Rng) -> BTreeMap<String, Limit> {
+    let factor = 0.5 + 2.5 * rng.f64();
+    let share = |quota: u64| -> u64 { (((quota as f64) * factor / worker_count as f64) as u64).max(1) };
+    let rpm = faults.llm.rate_limit_rpm.map(share);
+    let tpm = faults.llm.rate_limit_tpm.map(|q| share(q).max(crate::check::TOKENS_PER_REQUEST_MAX));
+    let limit = Limit { requests_per_minute: rpm, tokens_per_minute: tpm, concurrency_max: Some(2) };
+    BTreeMap::from([(crate::check::LLM_KEY.to_owned(), limit)])
+}
+
+fn format_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if secs >= 86_400 {
+        format!("{} days", secs / 86_400)
+    } else {
+        format!("{secs} s")
+    }
+}
+
+/// Runs one world; a panic inside the engine or the world becomes a failed check named
+/// `panic` that carries the panic message, so a sweep reports it like any other failure.
+pub fn run_catching(scenario: &dyn Scenario, options: Options) -> Outcome {
+    let seed = options.seed;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| World::new(scenario, options).run())) {
+        Ok(outcome) => outcome,
+        Err(payload) => {
+            let message = match payload.downcast_ref::<&str>() {
+                Some(text) => (*text).to_owned(),
+                None => payload.downcast_ref::<String>().cloned().unwrap_or_else(|| "panic".to_owned()),
+            };
+            Outcome {
+                seed,
+                scenario: scenario.name(),
+                failure: Some(CheckFailure { check: "panic".to_owned(), message }),
+                faults: FaultCounts::new(),
+                sometimes: BTreeMap::new(),
+                runs_completed: 0,
+                workflows_accepted: 0,
+                simulated_ms: 0,
+                step_count: 0,
+                trace_digest: "-".to_owned(),
+                histories: Vec::new(),
+            }
+        }
+    }
+}
