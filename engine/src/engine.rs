@@ -9,7 +9,7 @@
 use crate::activity::{Failure, Options};
 use crate::history::{ChildOutcome, Event, History, Kind, Parent};
 use crate::machine::{self, Machine};
-use crate::run::{AttemptReport, RunState};
+use crate::run::{AttemptReport, ChildState, RunState};
 use crate::time::Time;
 use crate::workflow::Registry;
 use serde::{Deserialize, Serialize};
@@ -152,7 +152,9 @@ impl Engine {
     }
 
     /// Crash recovery: rebuilds every run from its durable history by replaying the workflow
-    /// code, then asks again for the work the histories say is pending (activities, timers).
+    /// code, then asks again for the work the histories say is pending (activities, timers),
+    /// and finishes any step a crash cut off between two appends (see
+    /// `finish_steps_across_runs`).
     pub fn recover(
         registry: Registry,
         histories: Vec<Vec<Event>>,
@@ -177,13 +179,101 @@ impl Engine {
             engine.runs.insert(run_id.clone(), Box::new(Run { events, state, machine }));
             continuations.push((run_id, commands));
         }
+        // Every run's cut-off batch of commands is appended before any input they cause
+        // (a child's outcome) is, so no run gets an input in the middle of its batch.
+        let mut work = VecDeque::new();
         for (run_id, commands) in continuations {
-            let mut work = VecDeque::new();
             engine.redo_pending(&run_id, now, effects);
             engine.append_commands(&run_id, now, commands, effects, &mut work);
-            engine.drain(now, work, effects)?;
         }
+        engine.drain(now, work, effects)?;
+        engine.finish_steps_across_runs(now, effects)?;
         Ok(engine)
+    }
+
+    /// One input's step may span runs (a child starts, a closed child reports to its parent,
+    /// a cancel reaches children, a run continues as new), and a crash between two of its
+    /// appends leaves it half done in the histories. Finishes each such step as the live
+    /// engine would have; between two inputs there is none, and this appends nothing.
+    fn finish_steps_across_runs(&mut self, now: Time, effects: &mut Vec<Effect>) -> Result<(), Error> {
+        let mut work = VecDeque::new();
+        let run_ids: Vec<String> = self.runs.keys().cloned().collect();
+        for run_id in run_ids {
+            let run = &self.runs[&run_id];
+            let state = &run.state;
+            match &state.terminal {
+                Some(Kind::WorkflowContinuedAsNew { input, next_run_id }) => {
+                    if !self.runs.contains_key(next_run_id) {
+                        let (workflow_type, workflow_id, parent) =
+                            (state.workflow_type.clone(), state.workflow_id.clone(), state.parent.clone());
+                        let (input, next_run_id) = (input.clone(), next_run_id.clone());
+                        self.start_run(
+                            now,
+                            workflow_type,
+                            workflow_id,
+                            next_run_id,
+                            input,
+                            parent,
+                            Some(run_id.clone()),
+                            effects,
+                            &mut work,
+                        )?;
+                    }
+                }
+                Some(terminal) => {
+                    // A closed child whose outcome never reached its parent.
+                    let parent = state.parent.clone();
+                    if let (Some(parent), Some(outcome)) = (parent, child_outcome(terminal)) {
+                        if let Some(kind) =
+                            self.runs.get(&parent.run_id).and_then(|p| p.state.child_closed(parent.seq, outcome))
+                        {
+                            work.push_back((parent.run_id, kind));
+                        }
+                    }
+                }
+                None => {
+                    // The cancel this run recorded; it reached the children started before it.
+                    let cancel = run.events.iter().find_map(|e| match &e.kind {
+                        Kind::CancelRequested { reason } => Some((e.index, reason.clone())),
+                        _ => None,
+                    });
+                    let children: Vec<(u32, ChildState, u64)> = state
+                        .open_children()
+                        .map(|(seq, child)| (seq, child.clone(), child_started_index(&run.events, seq)))
+                        .collect();
+                    for (seq, child, started_index) in children {
+                        let child_run = self.latest.get(&child.workflow_id).cloned();
+                        let ours = child_run.as_ref().is_some_and(|c| {
+                            let parent = self.runs[c].state.parent.as_ref();
+                            parent.is_some_and(|p| p.run_id == run_id && p.seq == seq)
+                        });
+                        if !ours {
+                            // Recorded as started, but the child's run never began, or its
+                            // id was in use and the failure never reached this run.
+                            self.start_child(
+                                &run_id,
+                                seq,
+                                child.workflow_type,
+                                child.workflow_id,
+                                child.input,
+                                now,
+                                effects,
+                                &mut work,
+                            );
+                            continue;
+                        }
+                        if let (Some(child_run), Some((cancel_index, reason))) = (child_run, &cancel) {
+                            if started_index < *cancel_index {
+                                if let Some(kind) = self.runs[&child_run].state.cancel(reason) {
+                                    work.push_back((child_run, kind));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.drain(now, work, effects)
     }
 
     /// Re-emits the effects that keep a recovered run's pending work alive.
@@ -336,6 +426,12 @@ impl Engine {
     /// Applies queued input events, one at a time, with everything they cause.
     fn drain(&mut self, now: Time, mut work: VecDeque<(String, Kind)>, effects: &mut Vec<Effect>) -> Result<(), Error> {
         while let Some((run_id, kind)) = work.pop_front() {
+            if self.runs[&run_id].state.is_closed() {
+                // Queued while the run was open (a child's outcome, a cancel), but the run
+                // closed since, within this same input: a closed run records nothing more,
+                // as when the child closes after its parent.
+                continue;
+            }
             let event = self.append(&run_id, now, kind, effects);
             if let Kind::CancelRequested { reason } = &event.kind {
                 // Cancellation reaches child runs too; each reports back as `child_completed`.
@@ -431,39 +527,38 @@ impl Engine {
             let event = self.append(run_id, now, kind, effects);
             match event.kind {
                 Kind::ChildStarted { seq, workflow_type, workflow_id, input } => {
-                    let parent = Parent {
-                        workflow_id: self.runs[run_id].state.workflow_id.clone(),
-                        run_id: run_id.to_owned(),
-                        seq,
-                    };
-                    if self.latest.contains_key(&workflow_id) || !self.registry.contains(&workflow_type) {
-                        let error = format!(
-                            "cannot start child {workflow_id} of type {workflow_type}: id in use or type unknown"
-                        );
-                        work.push_back((
-                            run_id.to_owned(),
-                            Kind::ChildCompleted { seq, outcome: ChildOutcome::Failed { error } },
-                        ));
-                        continue;
-                    }
-                    let child_run_id = first_run_id(&workflow_id);
-                    self.start_run(
-                        now,
-                        workflow_type,
-                        workflow_id,
-                        child_run_id,
-                        input,
-                        Some(parent),
-                        None,
-                        effects,
-                        work,
-                    )
-                    .expect("child type checked above");
+                    self.start_child(run_id, seq, workflow_type, workflow_id, input, now, effects, work)
                 }
                 ref terminal if terminal.is_terminal() => self.close_run(run_id, now, terminal.clone(), effects, work),
                 _ => {}
             }
         }
+    }
+
+    /// Starts the child that command `seq` of run `run_id` asked for, or reports at once that
+    /// it cannot start.
+    #[allow(clippy::too_many_arguments)] // The fields of `child_started`, plus the usual four.
+    fn start_child(
+        &mut self,
+        run_id: &str,
+        seq: u32,
+        workflow_type: String,
+        workflow_id: String,
+        input: Value,
+        now: Time,
+        effects: &mut Vec<Effect>,
+        work: &mut VecDeque<(String, Kind)>,
+    ) {
+        let parent =
+            Parent { workflow_id: self.runs[run_id].state.workflow_id.clone(), run_id: run_id.to_owned(), seq };
+        if self.latest.contains_key(&workflow_id) || !self.registry.contains(&workflow_type) {
+            let error = format!("cannot start child {workflow_id} of type {workflow_type}: id in use or type unknown");
+            work.push_back((run_id.to_owned(), Kind::ChildCompleted { seq, outcome: ChildOutcome::Failed { error } }));
+            return;
+        }
+        let child_run_id = first_run_id(&workflow_id);
+        self.start_run(now, workflow_type, workflow_id, child_run_id, input, Some(parent), None, effects, work)
+            .expect("child type checked above");
     }
 
     fn close_run(
@@ -482,27 +577,23 @@ impl Engine {
             run_id: run_id.to_owned(),
             terminal: terminal.clone(),
         });
-        let outcome = match terminal {
-            Kind::WorkflowContinuedAsNew { input, next_run_id } => {
-                self.start_run(
-                    now,
-                    workflow_type,
-                    workflow_id,
-                    next_run_id,
-                    input,
-                    parent,
-                    Some(run_id.to_owned()),
-                    effects,
-                    work,
-                )
-                .expect("the type of a running workflow is registered");
-                return;
-            }
-            Kind::WorkflowCompleted { output } => ChildOutcome::Completed { output },
-            Kind::WorkflowFailed { error } => ChildOutcome::Failed { error },
-            Kind::WorkflowCanceled => ChildOutcome::Canceled,
-            other => panic!("run {run_id}: {} is not terminal", other.name()),
-        };
+        if let Kind::WorkflowContinuedAsNew { input, next_run_id } = terminal {
+            self.start_run(
+                now,
+                workflow_type,
+                workflow_id,
+                next_run_id,
+                input,
+                parent,
+                Some(run_id.to_owned()),
+                effects,
+                work,
+            )
+            .expect("the type of a running workflow is registered");
+            return;
+        }
+        let outcome =
+            child_outcome(&terminal).unwrap_or_else(|| panic!("run {run_id}: {} is not terminal", terminal.name()));
         if let Some(parent) = parent {
             if let Some(kind) = self.runs.get(&parent.run_id).and_then(|p| p.state.child_closed(parent.seq, outcome)) {
                 work.push_back((parent.run_id, kind));
@@ -552,6 +643,22 @@ impl Engine {
             .map(|(_, c)| c.workflow_id.clone())
             .filter(|id| self.latest.contains_key(id))
             .collect()
+    }
+}
+
+/// The index of the `child_started` event of command `seq`.
+fn child_started_index(events: &[Event], seq: u32) -> u64 {
+    events.iter().find(|e| matches!(e.kind, Kind::ChildStarted { seq: s, .. } if s == seq)).map_or(0, |e| e.index)
+}
+
+/// How a run that ended with `terminal` ended, as its parent sees it; `None` for a run that
+/// continued as new (its last run reports) or for a kind that does not end a run.
+fn child_outcome(terminal: &Kind) -> Option<ChildOutcome> {
+    match terminal {
+        Kind::WorkflowCompleted { output } => Some(ChildOutcome::Completed { output: output.clone() }),
+        Kind::WorkflowFailed { error } => Some(ChildOutcome::Failed { error: error.clone() }),
+        Kind::WorkflowCanceled => Some(ChildOutcome::Canceled),
+        _ => None,
     }
 }
 

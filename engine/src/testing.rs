@@ -19,6 +19,8 @@ pub struct Host {
     pub timers: BTreeMap<(String, TimerId), Time>,
     /// Every event appended, per run, in order.
     pub appended: BTreeMap<String, Vec<Event>>,
+    /// Every event appended, across runs, in the order it was made durable.
+    pub appended_log: Vec<(String, Event)>,
     pub closed: Vec<String>,
 }
 
@@ -30,21 +32,26 @@ impl Host {
             activities: BTreeMap::new(),
             timers: BTreeMap::new(),
             appended: BTreeMap::new(),
+            appended_log: Vec::new(),
             closed: Vec::new(),
         }
     }
 
-    /// Feeds an input at the current time and records the effects.
-    pub fn feed(&mut self, input: Input) {
+    /// Feeds an input at the current time, records the effects and returns them.
+    pub fn feed(&mut self, input: Input) -> Vec<Effect> {
         let mut effects = Vec::new();
         self.engine.handle(self.now, input, &mut effects).expect("engine accepts the input");
-        self.perform(effects);
+        self.perform(effects.clone());
+        effects
     }
 
     pub fn perform(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Append { run_id, event } => self.appended.entry(run_id).or_default().push(event),
+                Effect::Append { run_id, event } => {
+                    self.appended_log.push((run_id.clone(), event.clone()));
+                    self.appended.entry(run_id).or_default().push(event);
+                }
                 Effect::ScheduleActivity(task) => {
                     self.activities.insert((task.run_id.clone(), task.seq), task);
                 }
@@ -64,6 +71,14 @@ impl Host {
         self.engine.latest_run(workflow_id).expect("run started").to_owned()
     }
 
+    /// The open activity attempt of activity `seq` of run `run_id`.
+    pub fn task_of(&self, run_id: &str, seq: u32) -> ActivityTask {
+        self.activities
+            .get(&(run_id.to_owned(), seq))
+            .unwrap_or_else(|| panic!("no pending activity seq {seq} in run {run_id}"))
+            .clone()
+    }
+
     /// The one open activity attempt of a run with this type (panics if none or several).
     pub fn task(&self, activity_type: &str) -> ActivityTask {
         let mut found = self.activities.values().filter(|t| t.activity_type == activity_type);
@@ -72,50 +87,81 @@ impl Host {
         task.clone()
     }
 
-    pub fn complete(&mut self, task: &ActivityTask, output: serde_json::Value) {
+    /// Drops `task` from the open attempts, unless a later attempt already replaced it.
+    fn forget(&mut self, task: &ActivityTask) {
+        let key = (task.run_id.clone(), task.seq);
+        if self.activities.get(&key).is_some_and(|open| open.attempt == task.attempt) {
+            self.activities.remove(&key);
+        }
+    }
+
+    pub fn complete(&mut self, task: &ActivityTask, output: serde_json::Value) -> Vec<Effect> {
         self.now = self.now.max(task.not_before);
-        self.activities.remove(&(task.run_id.clone(), task.seq));
+        self.forget(task);
         self.feed(Input::ActivityCompleted {
             run_id: task.run_id.clone(),
             seq: task.seq,
             attempt: task.attempt,
             output,
             worker: None,
-        });
+        })
     }
 
-    pub fn fail(&mut self, task: &ActivityTask, failure: crate::activity::Failure) {
+    pub fn fail(&mut self, task: &ActivityTask, failure: crate::activity::Failure) -> Vec<Effect> {
         self.now = self.now.max(task.not_before);
-        self.activities.remove(&(task.run_id.clone(), task.seq));
+        self.forget(task);
         self.feed(Input::ActivityFailed {
             run_id: task.run_id.clone(),
             seq: task.seq,
             attempt: task.attempt,
             failure,
             worker: None,
-        });
+        })
     }
 
     /// Advances time to the earliest pending timer and fires it.
-    pub fn fire_next_timer(&mut self) {
-        let (key, fire_at) =
-            self.timers.iter().min_by_key(|(_, at)| **at).map(|(k, at)| (k.clone(), *at)).expect("a pending timer");
-        self.timers.remove(&key);
-        self.now = self.now.max(fire_at);
-        self.feed(Input::TimerFired { run_id: key.0, timer: key.1 });
+    pub fn fire_next_timer(&mut self) -> Vec<Effect> {
+        let (run_id, timer) =
+            self.timers.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()).expect("a pending timer");
+        self.fire(&run_id, timer)
     }
 
-    pub fn signal(&mut self, workflow_id: &str, signal_id: &str, name: &str, payload: serde_json::Value) {
+    /// Advances time to when timer `timer` of run `run_id` is due (if later) and fires it.
+    pub fn fire(&mut self, run_id: &str, timer: TimerId) -> Vec<Effect> {
+        let fire_at = self
+            .timers
+            .remove(&(run_id.to_owned(), timer))
+            .unwrap_or_else(|| panic!("no pending timer {timer:?} in run {run_id}"));
+        self.now = self.now.max(fire_at);
+        self.feed(Input::TimerFired { run_id: run_id.to_owned(), timer })
+    }
+
+    pub fn cancel(&mut self, workflow_id: &str, reason: &str) -> Vec<Effect> {
+        self.feed(Input::Cancel { workflow_id: workflow_id.into(), reason: reason.into() })
+    }
+
+    pub fn signal(
+        &mut self,
+        workflow_id: &str,
+        signal_id: &str,
+        name: &str,
+        payload: serde_json::Value,
+    ) -> Vec<Effect> {
         self.feed(Input::Signal {
             workflow_id: workflow_id.into(),
             signal_id: signal_id.into(),
             name: name.into(),
             payload,
-        });
+        })
     }
 
     pub fn advance(&mut self, ms: u64) {
         self.now = Time(self.now.0 + ms);
+    }
+
+    /// The events of a run, in order.
+    pub fn events(&self, run_id: &str) -> Vec<Event> {
+        self.engine.history(run_id).expect("known run").events
     }
 
     /// The history of a run, one line per event.

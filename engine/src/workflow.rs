@@ -272,7 +272,8 @@ impl Ctx {
     }
 
     /// Starts a child workflow and waits for its outcome. Its workflow id defaults to
-    /// `<parent workflow id>/<seq>`.
+    /// `<parent workflow id>/<parent run id>/<seq>`: the run id keeps the children of a run
+    /// that continued as new apart from those of the runs before it, which used the same seqs.
     pub fn child<O: DeserializeOwned>(&self, workflow_type: &str, input: &impl Serialize) -> ChildCall<O> {
         ChildCall {
             ctx: self.clone(),
@@ -448,7 +449,7 @@ impl<O: DeserializeOwned> ChildCall<O> {
     pub fn start(self) -> ChildFuture<O> {
         let mut shared = self.ctx.shared.borrow_mut();
         let seq = shared.next_seq();
-        let workflow_id = self.workflow_id.unwrap_or_else(|| format!("{}/{seq}", shared.workflow_id));
+        let workflow_id = self.workflow_id.unwrap_or_else(|| format!("{}/{}/{seq}", shared.workflow_id, shared.run_id));
         shared.issue(Kind::ChildStarted {
             seq,
             workflow_type: self.workflow_type,
