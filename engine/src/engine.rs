@@ -201,7 +201,7 @@ impl Engine {
         for run_id in run_ids {
             let run = &self.runs[&run_id];
             let state = &run.state;
-            match &state.terminal {
+            match state.terminal.as_deref() {
                 Some(Kind::WorkflowContinuedAsNew { input, next_run_id }) => {
                     if !self.runs.contains_key(next_run_id) {
                         let (workflow_type, workflow_id, parent) =

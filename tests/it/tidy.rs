@@ -30,9 +30,6 @@ const ENGINE_FORBIDDEN_WORDS: &[&str] = &[
 /// The folders whose `.rs` files must open with a `//!` module comment.
 const MODULE_COMMENT_FOLDERS: &[&str] = &["engine", "sim", "scenarios", "runtime", "cli", "tests"];
 
-/// Files that lack their `//!` comment today, relative to the workspace root.
-// FIXME: engine/src/tests/smoke.rs opens with `use`; give it a `//!` line and empty this list.
-const MODULE_COMMENT_MISSING_KNOWN: &[&str] = &["engine/src/tests/smoke.rs"];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace root").to_owned()
@@ -139,19 +136,10 @@ fn every_rust_file_opens_with_a_module_comment() {
             }
         }
     }
-    let known: BTreeSet<String> = MODULE_COMMENT_MISSING_KNOWN.iter().map(|path| (*path).to_owned()).collect();
-    let new: Vec<&String> = missing.difference(&known).collect();
     assert!(
-        new.is_empty(),
+        missing.is_empty(),
         "every module opens with a `//!` comment saying what it owns and what it must never \
-         do; these do not: {new:?}"
-    );
-    let fixed: Vec<&String> = known.difference(&missing).collect();
-    assert!(
-        fixed.is_empty(),
-        "these now have their `//!` comment (or are gone): remove them from \
-         MODULE_COMMENT_MISSING_KNOWN: \
-         {fixed:?}"
+         do; these do not: {missing:?}"
     );
 }
 

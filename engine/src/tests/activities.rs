@@ -112,7 +112,7 @@ fn workflow_sees_cause_attempt_count_and_last_failure_when_retries_run_out() {
     host.fail(&host.task("llm"), Failure::InvalidOutput { message: "not json".into() });
     let state = host.engine.run_state(&run).unwrap();
     assert_eq!(
-        state.terminal,
+        state.terminal.as_deref().cloned(),
         Some(crate::history::Kind::WorkflowCompleted {
             output: json!("gave up: cause=AttemptsExhausted attempt_count=2 last=invalid output: not json")
         })

@@ -120,7 +120,10 @@ fn continue_as_new_hands_over_to_next_run_with_new_input() {
     insta::assert_snapshot!("continue_second", host.render(&second));
     insta::assert_snapshot!("continue_third", host.render(&third));
     assert_eq!(host.closed, vec![first, second, third.clone()]);
-    assert_eq!(host.engine.run_state(&third).unwrap().terminal, Some(Kind::WorkflowCompleted { output: json!(3) }));
+    assert_eq!(
+        host.engine.run_state(&third).unwrap().terminal.as_deref().cloned(),
+        Some(Kind::WorkflowCompleted { output: json!(3) })
+    );
     assert_replays(&host);
 }
 
@@ -168,7 +171,7 @@ fn continued_run_starts_child_under_fresh_default_id() {
     insta::assert_snapshot!("continued_child_first", host.render(&first));
     insta::assert_snapshot!("continued_child_second", host.render(&second));
     assert_eq!(
-        host.engine.run_state(&second).unwrap().terminal,
+        host.engine.run_state(&second).unwrap().terminal.as_deref().cloned(),
         Some(Kind::WorkflowCompleted { output: json!("two") })
     );
     assert_replays(&host);
@@ -219,7 +222,7 @@ fn crash_after_child_started_is_recorded_starts_child_on_recovery() {
     restarted.complete(&restarted.task("llm"), json!("Intro."));
     assert_eq!(restarted.render(&run), host_render_completed(&run));
     assert_eq!(
-        restarted.engine.run_state(&child).unwrap().terminal,
+        restarted.engine.run_state(&child).unwrap().terminal.as_deref().cloned(),
         Some(Kind::WorkflowCompleted { output: json!("Intro.") })
     );
     assert_replays(&restarted);
@@ -259,7 +262,7 @@ fn crash_between_continue_as_new_and_next_run_starts_next_run_on_recovery() {
     restarted.fire_next_timer();
     let third = next_run_id("count-1", &second);
     assert_eq!(
-        restarted.engine.run_state(&third).unwrap().terminal,
+        restarted.engine.run_state(&third).unwrap().terminal.as_deref().cloned(),
         Some(Kind::WorkflowCompleted { output: json!(3) })
     );
     assert_replays(&restarted);

@@ -61,7 +61,7 @@ fn now_random_and_uuid_are_recorded_and_replayed() {
     insta::assert_snapshot!("recorded_values", host.render(&run));
 
     let events = host.events(&run);
-    let output = match &host.engine.run_state(&run).unwrap().terminal {
+    let output = match host.engine.run_state(&run).unwrap().terminal.as_deref() {
         Some(Kind::WorkflowCompleted { output }) => output.clone(),
         other => panic!("{other:?}"),
     };
@@ -112,7 +112,7 @@ fn replay_returns_recorded_random_even_if_derivation_changes() {
             &mut effects,
         )
         .unwrap();
-    match &engine.run_state(&run).unwrap().terminal {
+    match engine.run_state(&run).unwrap().terminal.as_deref() {
         Some(Kind::WorkflowCompleted { output }) => assert_eq!(output["random"], json!(42)),
         other => panic!("{other:?}"),
     }

@@ -103,7 +103,7 @@ fn join_of_three_activities_returns_in_call_order_whatever_the_history_order() {
     }
     insta::assert_snapshot!("join_three", host.render(&run));
     assert_eq!(
-        host.engine.run_state(&run).unwrap().terminal,
+        host.engine.run_state(&run).unwrap().terminal.as_deref().cloned(),
         Some(Kind::WorkflowCompleted { output: json!(["a", "b", "c"]) })
     );
     assert_replays(&host);
@@ -118,7 +118,7 @@ fn arrival_order_seen_by_workflow_is_history_order() {
         host.complete(&task, json!(answer));
     }
     assert_eq!(
-        host.engine.run_state(&run).unwrap().terminal,
+        host.engine.run_state(&run).unwrap().terminal.as_deref().cloned(),
         Some(Kind::WorkflowCompleted { output: json!(["b", "c", "a"]) })
     );
     assert_replays(&host);
@@ -169,7 +169,7 @@ fn timer_winning_select_leaves_activity_running_and_records_its_late_result() {
     host.signal("wf-1", "s1", "finish", Value::Null);
     insta::assert_snapshot!("select_timer_wins", host.render(&run));
     assert_eq!(
-        host.engine.run_state(&run).unwrap().terminal,
+        host.engine.run_state(&run).unwrap().terminal.as_deref().cloned(),
         Some(Kind::WorkflowCompleted { output: json!("timed out") })
     );
     assert_replays(&host);

@@ -1,3 +1,5 @@
+//! Smoke test: one run through retry, a year-long timer and a signal, then replay.
+
 use crate::activity::Failure;
 use crate::retry::RetryPolicy;
 use crate::testing::Host;

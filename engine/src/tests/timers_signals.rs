@@ -87,7 +87,7 @@ fn sleep_of_a_year_fires_at_the_recorded_time() {
     host.fire_next_timer();
     insta::assert_snapshot!("sleep_a_year", host.render(&run));
     assert_eq!(
-        host.engine.run_state(&run).unwrap().terminal,
+        host.engine.run_state(&run).unwrap().terminal.as_deref().cloned(),
         Some(crate::history::Kind::WorkflowCompleted { output: json!(year_ms) })
     );
     assert_replays(&host);
@@ -145,7 +145,7 @@ fn duplicate_signal_id_is_recorded_once() {
     host.signal("wf-1", "s3", "item", json!("done"));
     insta::assert_snapshot!("signal_duplicate", host.render(&run));
     assert_eq!(
-        host.engine.run_state(&run).unwrap().terminal,
+        host.engine.run_state(&run).unwrap().terminal.as_deref().cloned(),
         Some(crate::history::Kind::WorkflowCompleted { output: json!(["a", "b"]) })
     );
     assert_replays(&host);
@@ -165,7 +165,7 @@ fn buffered_signals_of_one_name_are_taken_in_arrival_order() {
     );
     host.complete(&host.task("draft"), json!("v1"));
     assert_eq!(
-        host.engine.run_state(&run).unwrap().terminal,
+        host.engine.run_state(&run).unwrap().terminal.as_deref().cloned(),
         Some(crate::history::Kind::WorkflowCompleted { output: json!(["x", "y", "z"]) })
     );
     // A signal nobody waits for stays buffered and does not disturb the run.
