@@ -1,3 +1,4 @@
 //! Cross-crate tests: one test binary, so the suite links once.
 
+mod properties;
 mod tidy;

@@ -30,7 +30,6 @@ const ENGINE_FORBIDDEN_WORDS: &[&str] = &[
 /// The folders whose `.rs` files must open with a `//!` module comment.
 const MODULE_COMMENT_FOLDERS: &[&str] = &["engine", "sim", "scenarios", "runtime", "cli", "tests"];
 
-
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace root").to_owned()
 }
