@@ -98,6 +98,7 @@ pub(crate) fn run(request: RunRequest<'_>, out: &mut impl Write) -> anyhow::Resu
             .with_writer(std::io::stderr)
             .without_time()
             .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
             .init();
     } else {
         install_quiet_panic_hook();

@@ -239,7 +239,63 @@ enum Msg {
     ToolResp { call_id: u64, result: Result<Value, Failure> },
 }
 
+/// A host's name in traces.
+fn host_name(host: HostId) -> String {
+    match host {
+        STORE => "store".to_owned(),
+        CLIENT => "client".to_owned(),
+        LLM => "llm".to_owned(),
+        TOOL => "tool".to_owned(),
+        HUMAN => "human".to_owned(),
+        HostId(n) => format!("worker-{n}"),
+    }
+}
+
 impl Msg {
+    /// One line for the trace: what the message asks or answers, with its ids.
+    fn summary(&self) -> String {
+        match self {
+            Msg::StartReq { start, .. } => format!("start {} ({})", start.workflow_id, start.workflow_type),
+            Msg::StartResp { .. } => "start acknowledged".to_owned(),
+            Msg::SignalReq { workflow_id, signal_id, .. } => format!("signal {signal_id} to {workflow_id}"),
+            Msg::SignalResp { status, .. } => format!("signal {status:?}"),
+            Msg::PollWorkflow { .. } => "poll workflow task".to_owned(),
+            Msg::PollWorkflowResp { task: Some(task), .. } => {
+                format!(
+                    "workflow task of run {} ({} inputs, history from {})",
+                    task.run_id,
+                    task.inbox.len(),
+                    task.from
+                )
+            }
+            Msg::PollWorkflowResp { task: None, .. } => "no workflow task".to_owned(),
+            Msg::CompleteWorkflow { completion, .. } => {
+                format!("complete workflow task of run {} with {} events", completion.run_id, completion.events.len())
+            }
+            Msg::CompleteWorkflowResp { run_id, ack, .. } => format!("workflow task of run {run_id}: {ack:?}"),
+            Msg::AbandonWorkflow { run_id, .. } => format!("abandon workflow task of run {run_id}"),
+            Msg::PollActivity { .. } => "poll activity task".to_owned(),
+            Msg::PollActivityResp { lease: Some(lease), .. } => format!(
+                "activity task {} attempt {} of {}:{} (token {:#x})",
+                lease.task.activity_type, lease.task.attempt, lease.task.run_id, lease.task.seq, lease.token
+            ),
+            Msg::PollActivityResp { lease: None, .. } => "no activity task".to_owned(),
+            Msg::CompleteActivity { run_id, seq, report, .. } => match report {
+                AttemptReport::Completed { .. } => format!("activity {run_id}:{seq} completed"),
+                AttemptReport::Failed { failure } => format!("activity {run_id}:{seq} failed: {failure}"),
+            },
+            Msg::CompleteActivityResp { .. } => "activity report received".to_owned(),
+            Msg::Heartbeat { run_id, seq, .. } => format!("heartbeat {run_id}:{seq}"),
+            Msg::HeartbeatResp { ack, .. } => format!("heartbeat {ack:?}"),
+            Msg::LlmReq { request, .. } => format!("llm request of {} tokens", request.token_count),
+            Msg::LlmResp { result: Ok(_), .. } => "llm answer".to_owned(),
+            Msg::LlmResp { result: Err(failure), .. } => format!("llm error: {failure}"),
+            Msg::ToolReq { name, idempotency_key, .. } => format!("tool {name} (key {idempotency_key:?})"),
+            Msg::ToolResp { result: Ok(_), .. } => "tool answer".to_owned(),
+            Msg::ToolResp { result: Err(failure), .. } => format!("tool error: {failure}"),
+        }
+    }
+
     fn tag(&self) -> u8 {
         match self {
             Msg::StartReq { .. } => 1,
@@ -603,7 +659,7 @@ impl<'s> World<'s> {
 
     fn fail(&mut self, check: &str, message: String) {
         if self.failure.is_none() {
-            tracing::debug!(target: "tempest::world", check, %message, "check failed");
+            tracing::debug!(target: "tempest::world", "check failed: {check}: {message}");
             self.failure = Some(CheckFailure { check: check.to_owned(), message });
         }
     }
@@ -615,26 +671,28 @@ impl<'s> World<'s> {
                 bytes.extend([0, msg.tag()]);
                 bytes.extend(from.0.to_le_bytes());
                 bytes.extend(to.0.to_le_bytes());
-                tracing::trace!(target: "tempest::world", t = %now, from = %from, to = %to, msg = ?msg, "deliver");
+                if tracing::enabled!(target: "tempest::world", tracing::Level::DEBUG) {
+                    tracing::debug!(target: "tempest::world", "{now} {} -> {}: {}", host_name(*from), host_name(*to), msg.summary());
+                }
             }
             Ev::Wake { host, wake, .. } => {
                 bytes.extend([1]);
                 bytes.extend(host.0.to_le_bytes());
-                tracing::trace!(target: "tempest::world", t = %now, host = %host, wake = ?wake, "wake");
+                tracing::trace!(target: "tempest::world", "{now} {} wakes: {wake:?}", host_name(*host));
             }
             Ev::Crash { host } => {
                 bytes.extend([2]);
                 bytes.extend(host.0.to_le_bytes());
-                tracing::debug!(target: "tempest::world", t = %now, host = %host, "crash");
+                tracing::debug!(target: "tempest::world", "{now} {} CRASHES", host_name(*host));
             }
             Ev::Restart { host } => {
                 bytes.extend([3]);
                 bytes.extend(host.0.to_le_bytes());
-                tracing::debug!(target: "tempest::world", t = %now, host = %host, "restart");
+                tracing::debug!(target: "tempest::world", "{now} {} restarts", host_name(*host));
             }
             Ev::Heal => {
                 bytes.extend([4]);
-                tracing::debug!(target: "tempest::world", t = %now, "heal: faults off, every host up");
+                tracing::debug!(target: "tempest::world", "{now} heal: faults off, every host up");
             }
             Ev::LivenessDeadline => bytes.extend([5]),
         }
@@ -653,11 +711,12 @@ impl<'s> World<'s> {
             let until = Time(at.0 + self.rng_faults.exp_ms(self.faults.partition_duration_ms_mean));
             self.network.partition(from, to, two_way, until);
             self.counts.add(fault::PARTITION);
-            tracing::debug!(target: "tempest::world", t = %at, a = %from, b = %to, two_way, until = %until, "partition");
+            let (a, b) = (host_name(from), host_name(to));
+            tracing::debug!(target: "tempest::world", "{at} partition {a} -> {b} (two-way: {two_way}) until {until}");
         }
         let deliveries = self.network.send(from, to, at, &mut self.rng_net);
         if deliveries.is_empty() {
-            tracing::trace!(target: "tempest::world", t = %at, from = %from, to = %to, "message lost");
+            tracing::debug!(target: "tempest::world", "{at} {} -> {}: message lost", host_name(from), host_name(to));
         }
         let last = deliveries.len().saturating_sub(1);
         let mut msg = Some(msg);
@@ -912,7 +971,20 @@ impl<'s> World<'s> {
     }
 
     /// Bookkeeping the checks need about what the store wrote.
-    fn note_record(&mut self, _now: Time, record: &Record) {
+    fn note_record(&mut self, now: Time, record: &Record) {
+        if tracing::enabled!(target: "tempest::world", tracing::Level::DEBUG) {
+            match record {
+                Record::Append { run_id, events, .. } => {
+                    for event in events {
+                        tracing::debug!(target: "tempest::world", "{now} store appends to {run_id}: {event}");
+                    }
+                }
+                Record::Inbox { run_id, kind, .. } => {
+                    tracing::debug!(target: "tempest::world", "{now} store accepts for {run_id}: {kind}");
+                }
+                Record::Epoch { epoch } => tracing::debug!(target: "tempest::world", "{now} store epoch {epoch}"),
+            }
+        }
         if let Record::Append { events, .. } = record {
             for event in events {
                 self.run_closed |= event.kind.is_terminal();
@@ -1099,7 +1171,7 @@ impl<'s> World<'s> {
                 self.workers[index].requests.remove(&req_id);
                 if let Ack::Rejected(reason) = ack {
                     // The lease is gone: another worker may own this attempt now. Give up.
-                    tracing::debug!(target: "tempest::world", t = %now, worker = %self.workers[index].name, token, reason, "gives up activity");
+                    tracing::debug!(target: "tempest::world", "{now} {} gives up attempt {token:#x}: {reason}", self.workers[index].name);
                     self.worker_drop_activity(index, token);
                     self.worker_poll_activity(now, index);
                 }
