@@ -25,6 +25,9 @@ use std::time::Duration;
 pub struct Config {
     /// How long a worker may hold a workflow task, in ms.
     pub workflow_lease_ms: u64,
+    /// How long a run's workflow task is kept for the worker that has the run cached (so it
+    /// need not replay) before any worker may take it, in ms.
+    pub sticky_ms: u64,
     /// How long an activity attempt is leased without a heartbeat, in ms; capped by the
     /// activity's start-to-close timeout.
     pub activity_lease_ms: u64,
@@ -32,7 +35,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { workflow_lease_ms: 10_000, activity_lease_ms: 60_000 }
+        Config { workflow_lease_ms: 10_000, sticky_ms: 5_000, activity_lease_ms: 60_000 }
     }
 }
 
@@ -143,6 +146,9 @@ pub struct Store {
     activity_leases: BTreeMap<(String, u32), Lease>,
     /// run id -> (worker, history length it has cached).
     sticky: BTreeMap<String, (String, u64)>,
+    /// Bumped by every change that could change what a poll finds, so hosts holding polls
+    /// know when to look again.
+    version: u64,
 }
 
 impl Store {
@@ -156,7 +162,13 @@ impl Store {
             workflow_leases: BTreeMap::new(),
             activity_leases: BTreeMap::new(),
             sticky: BTreeMap::new(),
+            version: 0,
         }
+    }
+
+    /// Changes whenever what a poll would find may have changed (besides time passing).
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Rebuilds the store from its durable records and opens a new epoch; the returned
@@ -201,6 +213,7 @@ impl Store {
     }
 
     fn next_token(&mut self) -> u64 {
+        self.version += 1;
         self.token_count += 1;
         (u64::from(self.epoch) << 32) | u64::from(self.token_count)
     }
@@ -287,13 +300,14 @@ impl Store {
 
     /// Claims the next workflow task for `worker`, if any run has inputs waiting.
     pub fn poll_workflow_task(&mut self, now: Time, worker: &str) -> Option<WorkflowTask> {
-        let run_id = self
-            .runs
-            .iter()
-            .find(|(run_id, run)| {
-                !run.inbox.is_empty() && self.workflow_leases.get(*run_id).is_none_or(|l| l.expires_at <= now)
-            })
-            .map(|(run_id, _)| run_id.clone())?;
+        let claimable = |(run_id, run): &(&String, &StoredRun)| {
+            let waiting_since = run.inbox.front().map(|(time, _)| *time)?;
+            let leased = self.workflow_leases.get(*run_id).is_some_and(|l| l.expires_at > now);
+            let sticky_elsewhere = self.sticky.get(*run_id).is_some_and(|(w, _)| w != worker)
+                && now < waiting_since.plus(Duration::from_millis(self.config.sticky_ms));
+            (!leased && !sticky_elsewhere).then_some((*run_id).clone())
+        };
+        let run_id = self.runs.iter().find_map(|entry| claimable(&entry))?;
         let token = self.next_token();
         let expires_at = now.plus(Duration::from_millis(self.config.workflow_lease_ms));
         self.workflow_leases.insert(
@@ -324,6 +338,7 @@ impl Store {
         }
         self.workflow_leases.remove(run_id);
         self.sticky.remove(run_id);
+        self.version += 1;
         Ack::Accepted
     }
 
@@ -456,6 +471,7 @@ impl Store {
             Err(ack) => return (ack, Vec::new()),
         };
         self.activity_leases.remove(&(run_id.to_owned(), seq));
+        self.version += 1;
         let Some(kind) = self.runs[run_id].logical.activity_report(now, seq, attempt, report, Some(worker.to_owned()))
         else {
             return (
@@ -470,6 +486,7 @@ impl Store {
 
     /// Expires leases and fires due timers and deadlines.
     pub fn tick(&mut self, now: Time) -> (TickReport, Vec<Record>) {
+        self.version += 1;
         let mut report = TickReport::default();
         let mut records = Vec::new();
         let expired: Vec<(String, u32)> =
@@ -511,9 +528,26 @@ impl Store {
         (report, records)
     }
 
-    /// The earliest time at which `tick` has something to do.
-    pub fn next_wakeup(&self) -> Option<Time> {
+    /// The earliest time after `now` at which `tick` has something to do, or a poll may be
+    /// answered differently (a retry falling due, a sticky run opening up to every worker).
+    pub fn next_wakeup(&self, now: Time) -> Option<Time> {
         let leases = self.activity_leases.values().chain(self.workflow_leases.values()).map(|l| l.expires_at);
+        // A run kept for its sticky worker becomes claimable by every worker at this time.
+        let sticky = self.sticky.keys().filter_map(|run_id| {
+            let waiting_since = self.runs.get(run_id)?.inbox.front()?.0;
+            Some(waiting_since.plus(Duration::from_millis(self.config.sticky_ms))).filter(|at| *at > now)
+        });
+        let leases = leases.chain(sticky);
+        let due = self.runs.iter().filter(|(_, run)| !run.logical.is_closed()).flat_map(|(run_id, run)| {
+            run.logical
+                .open_activities()
+                .filter(|(seq, a)| {
+                    a.attempt_not_before > now && !self.activity_leases.contains_key(&(run_id.clone(), *seq))
+                })
+                .map(|(_, a)| a.attempt_not_before)
+                .collect::<Vec<_>>()
+        });
+        let leases = leases.chain(due);
         let timers = self.runs.values().filter(|run| !run.logical.is_closed()).flat_map(|run| {
             let timers = run.logical.open_timers().map(|(_, t)| t.fire_at);
             let deadlines = run.logical.open_activities().filter_map(|(_, a)| a.deadline());
@@ -526,6 +560,7 @@ impl Store {
 
     /// Applies one durable record: the only way the store's durable state changes.
     pub fn apply(&mut self, record: &Record) {
+        self.version += 1;
         match record {
             Record::Epoch { epoch } => {
                 assert!(*epoch > self.epoch, "epoch {epoch} does not follow {}", self.epoch);

@@ -466,6 +466,8 @@ struct StoreHost {
     held_workflow_polls: Vec<(HostId, u64, Time)>,
     held_activity_polls: Vec<(HostId, u64, BTreeSet<String>, Time)>,
     tick_scheduled: BTreeSet<Time>,
+    /// The store version and the next due time when held polls were last answered.
+    looked_at: (u64, Time),
 }
 
 enum Pending {
@@ -586,6 +588,7 @@ impl<'s> World<'s> {
                 held_workflow_polls: Vec::new(),
                 held_activity_polls: Vec::new(),
                 tick_scheduled: BTreeSet::new(),
+                looked_at: (u64::MAX, Time::ZERO),
             },
             workers,
             activities: scenario.activities(),
@@ -823,6 +826,7 @@ impl<'s> World<'s> {
             self.store.incarnation += 1;
             self.store.queued_replies.clear();
             self.store.held_workflow_polls.clear();
+            self.store.looked_at = (u64::MAX, Time::ZERO);
             self.store.held_activity_polls.clear();
             self.store.tick_scheduled.clear();
             self.store.unsynced = false;
@@ -1012,6 +1016,11 @@ impl<'s> World<'s> {
 
     /// After any change: answer held polls that now have work, and plan the next tick.
     fn store_after_write(&mut self, now: Time) {
+        // Nothing changed and nothing fell due since the last look: the answers stand.
+        let version = self.store.protocol.store().version();
+        if (version, true) == (self.store.looked_at.0, now < self.store.looked_at.1) {
+            return;
+        }
         let held = std::mem::take(&mut self.store.held_workflow_polls);
         for (from, req_id, deadline) in held {
             let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
@@ -1034,15 +1043,11 @@ impl<'s> World<'s> {
             }
         }
         let store = self.store.protocol.store();
-        let mut next = store.next_wakeup();
-        for run in store.runs().values() {
-            for (seq, activity) in run.logical.open_activities() {
-                let leased = store.activity_lease(&run.logical.run_id, seq).is_some();
-                if !leased && activity.attempt_not_before > now {
-                    next = Some(next.map_or(activity.attempt_not_before, |n| n.min(activity.attempt_not_before)));
-                }
-            }
-        }
+        let next = store.next_wakeup(now);
+        let held_deadline = self.store.held_workflow_polls.iter().map(|(_, _, d)| *d);
+        let held_deadline = held_deadline.chain(self.store.held_activity_polls.iter().map(|(_, _, _, d)| *d)).min();
+        let due = next.into_iter().chain(held_deadline).min().unwrap_or(Time(u64::MAX));
+        self.store.looked_at = (store.version(), due);
         if let Some(at) = next {
             self.store_schedule_tick(at.max(now));
         }
@@ -1628,7 +1633,7 @@ impl<'s> World<'s> {
         if self.failure.is_none() {
             self.store.disk.sync();
         }
-        let store = self.store.protocol.store().clone();
+        let store = self.store.protocol.store();
         let histories: Vec<History> = store
             .runs()
             .values()
@@ -1637,7 +1642,7 @@ impl<'s> World<'s> {
             .collect();
         if self.failure.is_none() {
             let finished = crate::scenario::Finished { histories: &histories, tool_effects: &self.evidence.effects };
-            if let Err(failure) = check::run_all(self.scenario, &store, &histories, &self.evidence).and_then(|()| {
+            if let Err(failure) = check::run_all(self.scenario, store, &histories, &self.evidence).and_then(|()| {
                 self.scenario.check(&finished).map_err(|message| CheckFailure {
                     check: format!("check_{}_outcome", self.scenario.name()),
                     message,
@@ -1647,7 +1652,7 @@ impl<'s> World<'s> {
             }
         }
         for history in &histories {
-            self.digest.update(history.to_json().as_bytes());
+            self.digest.update(&serde_json::to_vec(history).expect("histories serialize"));
         }
         let mut faults = self.counts.clone();
         faults.merge(self.network.fault_counts());
