@@ -86,6 +86,9 @@ struct RunArgs {
     /// Print the world's log, one line per event (filter with RUST_LOG, e.g. tempest=trace)
     #[arg(long)]
     trace: bool,
+    /// Run every check after every step, not only at the end (slower; names the step)
+    #[arg(long)]
+    check_every_step: bool,
 }
 
 #[derive(Debug, Args)]
@@ -227,6 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 record: args.record.as_deref(),
                 plan: args.plan.as_deref(),
                 trace: args.trace,
+                check_every_step: args.check_every_step,
             },
             &mut out,
         ),

@@ -78,6 +78,7 @@ pub(crate) struct RunRequest<'a> {
     pub(crate) record: Option<&'a Path>,
     pub(crate) plan: Option<&'a Path>,
     pub(crate) trace: bool,
+    pub(crate) check_every_step: bool,
 }
 
 pub(crate) fn run(request: RunRequest<'_>, out: &mut impl Write) -> anyhow::Result<Exit> {
@@ -103,8 +104,12 @@ pub(crate) fn run(request: RunRequest<'_>, out: &mut impl Write) -> anyhow::Resu
     } else {
         install_quiet_panic_hook();
     }
-    let options =
-        Options { plan: plan.clone(), keep_histories: request.record.is_some(), ..Options::swarm(request.seed) };
+    let options = Options {
+        plan: plan.clone(),
+        keep_histories: request.record.is_some(),
+        check_every_step: request.check_every_step,
+        ..Options::swarm(request.seed)
+    };
     let outcome = run_world(scenario.as_ref(), options);
     writeln!(out, "scenario {} seed {}", outcome.scenario, outcome.seed)?;
     match &outcome.failure {

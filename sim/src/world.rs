@@ -168,6 +168,9 @@ pub struct Options {
     pub workload: Option<Vec<Start>>,
     /// Keep every run's history in the outcome (for `--record` and checks in tests).
     pub keep_histories: bool,
+    /// Run every end-of-world check after every step too (slow; pinpoints the step that broke
+    /// an invariant).
+    pub check_every_step: bool,
 }
 
 impl Options {
@@ -181,6 +184,7 @@ impl Options {
             limiter_factory: None,
             workload: None,
             keep_histories: false,
+            check_every_step: false,
         }
     }
 }
@@ -640,6 +644,21 @@ impl<'s> World<'s> {
             self.step_count += 1;
             self.trace(now, &ev);
             self.handle(now, ev);
+            if self.options.check_every_step && self.failure.is_none() && self.store.up {
+                let store = self.store.protocol.store();
+                let histories: Vec<History> = store
+                    .runs()
+                    .values()
+                    .filter(|r| !r.events.is_empty())
+                    .map(|r| History::new(r.events.clone()))
+                    .collect();
+                if let Err(failure) = check::run_all(self.scenario, store, &histories, &self.evidence) {
+                    self.failure = Some(CheckFailure {
+                        message: format!("after step {}: {}", self.step_count, failure.message),
+                        ..failure
+                    });
+                }
+            }
             if std::mem::take(&mut self.run_closed) && self.all_done() {
                 self.done = true;
             }
