@@ -108,13 +108,15 @@ fn options(seed: u64, plan: FaultPlan, workload: Vec<Start>) -> Options {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
     fn every_workflow_completes_exactly_once_under_generated_faults(seed in any::<u64>(), plan in fault_plan(), (scenario, workload) in workload()) {
         let scenario = tempest_scenarios::find(scenario).expect("a built-in scenario");
         let workflow_count = workload.len() as u64;
-        let outcome = run_catching(scenario.as_ref(), options(seed, plan, workload));
+        // Every check after every step, not only at the end.
+        let options = Options { check_every_step: true, ..options(seed, plan, workload) };
+        let outcome = run_catching(scenario.as_ref(), options);
         prop_assert!(outcome.failure.is_none(), "seed {seed}: {:?}", outcome.failure);
         prop_assert_eq!(outcome.workflows_accepted, workflow_count);
         prop_assert!(outcome.runs_completed >= workflow_count);
