@@ -123,7 +123,7 @@ impl Report {
 }
 
 /// `1234567` as `1,234,567`.
-fn grouped(n: u64) -> String {
+pub(crate) fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut text = String::with_capacity(digits.len() + digits.len() / 3);
     for (index, digit) in digits.chars().enumerate() {
@@ -309,7 +309,7 @@ fn measure_waiting_runs(run_count: usize) -> Option<Memory> {
 }
 
 /// Resident set size in bytes: resident pages from `/proc/self/statm` times the page size.
-fn resident_bytes() -> Option<u64> {
+pub(crate) fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let page_count: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(page_count * page_size())

@@ -6,6 +6,7 @@
 //! their documented flags and then say so; they never print made-up results.
 
 mod bench;
+mod bench_sim;
 mod replay;
 mod simulate;
 
@@ -167,9 +168,15 @@ struct BenchArgs {
     /// engine: events in the replayed history
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
     replay_events: u64,
-    /// engine: runs started and left waiting on a signal
-    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
-    waiting_runs: u64,
+    /// engine, sim: runs started and left waiting on a signal [default: engine 100000, sim 10000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    waiting_runs: Option<u64>,
+    /// sim: agent_loop seeds timed on one core, then on all cores
+    #[arg(long, value_name = "N", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    seeds: u64,
+    /// sim: threads of the all-cores figures (default: one per core)
+    #[arg(long, value_name = "J", value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -219,7 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Bench(args) => match args.target {
             BenchTarget::Engine => bench_engine(&args, &mut out),
-            BenchTarget::Sim => Ok(unavailable("bench sim")),
+            BenchTarget::Sim => bench_sim(&args, &mut out),
             BenchTarget::Runtime => Ok(unavailable("bench runtime")),
         },
         Command::Scenarios => simulate::list(&mut out),
@@ -254,10 +261,41 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
 fn bench_engine(args: &BenchArgs, out: &mut impl Write) -> anyhow::Result<Outcome> {
     let config = bench::Config {
         replay_event_count: usize::try_from(args.replay_events)?,
-        waiting_run_count: usize::try_from(args.waiting_runs)?,
+        waiting_run_count: usize::try_from(args.waiting_runs.unwrap_or(100_000))?,
         ..bench::Config::default()
     };
     let report = bench::run(&config);
+    report.write_summary(out)?;
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    Ok(Outcome::Ok)
+}
+
+fn bench_sim(args: &BenchArgs, out: &mut impl Write) -> anyhow::Result<Outcome> {
+    let defaults = bench_sim::Config::default();
+    let config = bench_sim::Config {
+        seed_count: args.seeds,
+        waiting_run_count: match args.waiting_runs {
+            Some(count) => usize::try_from(count)?,
+            None => defaults.waiting_run_count,
+        },
+        jobs: match args.jobs {
+            Some(jobs) => usize::try_from(jobs)?,
+            None => defaults.jobs,
+        },
+        ..defaults
+    };
+    // Seeds that panic are counted as failed; their messages would only interleave the figures.
+    simulate::install_quiet_panic_hook();
+    let report = match bench_sim::run(&config) {
+        Ok(report) => report,
+        Err(error) => {
+            // A bench world that fails its own checks has no figures worth printing.
+            eprintln!("tempest bench sim: {error}");
+            return Ok(Outcome::Failed);
+        }
+    };
     report.write_summary(out)?;
     if let Some(path) = &args.json {
         write_json(path, &report)?;
@@ -308,6 +346,7 @@ mod tests {
             &["fork", "a.json", "--at", "7", "--seed", "3"],
             &["bench", "engine", "--json", "b.json"],
             &["bench", "sim"],
+            &["bench", "sim", "--json", "b.json", "--seeds", "200", "--jobs", "2", "--waiting-runs", "1000"],
             &["bench", "runtime", "--json", "b.json"],
         ];
         for line in lines {
@@ -356,7 +395,6 @@ mod tests {
             &["report", "a.json", "-o", "a.html"],
             &["serve"],
             &["fork", "a.json", "--at", "1"],
-            &["bench", "sim"],
             &["bench", "runtime"],
         ] {
             let cli = parse(line).expect("parses");
