@@ -149,6 +149,9 @@ pub struct Store {
     /// Bumped by every change that could change what a poll finds, so hosts holding polls
     /// know when to look again.
     version: u64,
+    /// Open runs with inputs waiting, open activities or open timers: the only runs polls,
+    /// ticks and wake-ups look at, so runs idling on a signal cost nothing per operation.
+    active: BTreeSet<String>,
 }
 
 impl Store {
@@ -163,6 +166,26 @@ impl Store {
             activity_leases: BTreeMap::new(),
             sticky: BTreeMap::new(),
             version: 0,
+            active: BTreeSet::new(),
+        }
+    }
+
+    /// The active runs, with their state.
+    fn active_runs(&self) -> impl Iterator<Item = (&String, &StoredRun)> {
+        self.active.iter().map(|run_id| (run_id, &self.runs[run_id]))
+    }
+
+    /// Puts a run into, or takes it out of, the active set after its state changed.
+    fn refresh_active(&mut self, run_id: &str) {
+        let run = &self.runs[run_id];
+        let active = !run.logical.is_closed()
+            && (!run.inbox.is_empty()
+                || run.logical.open_activities().next().is_some()
+                || run.logical.open_timers().next().is_some());
+        if active {
+            self.active.insert(run_id.to_owned());
+        } else {
+            self.active.remove(run_id);
         }
     }
 
@@ -307,7 +330,7 @@ impl Store {
                 && now < waiting_since.plus(Duration::from_millis(self.config.sticky_ms));
             (!leased && !sticky_elsewhere).then_some((*run_id).clone())
         };
-        let run_id = self.runs.iter().find_map(|entry| claimable(&entry))?;
+        let run_id = self.active_runs().find_map(|entry| claimable(&entry))?;
         let token = self.next_token();
         let expires_at = now.plus(Duration::from_millis(self.config.workflow_lease_ms));
         self.workflow_leases.insert(
@@ -395,7 +418,7 @@ impl Store {
         worker: &str,
         blocked_keys: &BTreeSet<String>,
     ) -> Option<ActivityLease> {
-        let (run_id, seq) = self.runs.iter().find_map(|(run_id, run)| {
+        let (run_id, seq) = self.active_runs().find_map(|(run_id, run)| {
             run.logical.open_activities().find_map(|(seq, activity)| {
                 let due = activity.attempt_not_before <= now;
                 let leased = self.activity_leases.contains_key(&(run_id.clone(), seq));
@@ -504,7 +527,7 @@ impl Store {
         let expired_workflow_leases = self.workflow_leases.iter().filter(|(_, l)| l.expires_at <= now).count();
         self.workflow_leases.retain(|_, l| l.expires_at > now);
         report.workflow_leases_expired = u32::try_from(expired_workflow_leases).unwrap_or(u32::MAX);
-        for (run_id, run) in self.runs.iter().filter(|(_, run)| !run.logical.is_closed()) {
+        for (run_id, run) in self.active_runs() {
             for (seq, timer) in run.logical.open_timers() {
                 if timer.fire_at <= now {
                     records.push(Record::Inbox {
@@ -533,12 +556,13 @@ impl Store {
     pub fn next_wakeup(&self, now: Time) -> Option<Time> {
         let leases = self.activity_leases.values().chain(self.workflow_leases.values()).map(|l| l.expires_at);
         // A run kept for its sticky worker becomes claimable by every worker at this time.
-        let sticky = self.sticky.keys().filter_map(|run_id| {
-            let waiting_since = self.runs.get(run_id)?.inbox.front()?.0;
-            Some(waiting_since.plus(Duration::from_millis(self.config.sticky_ms))).filter(|at| *at > now)
-        });
+        let sticky =
+            self.active_runs().filter(|(run_id, _)| self.sticky.contains_key(*run_id)).filter_map(|(_, run)| {
+                let waiting_since = run.inbox.front()?.0;
+                Some(waiting_since.plus(Duration::from_millis(self.config.sticky_ms))).filter(|at| *at > now)
+            });
         let leases = leases.chain(sticky);
-        let due = self.runs.iter().filter(|(_, run)| !run.logical.is_closed()).flat_map(|(run_id, run)| {
+        let due = self.active_runs().flat_map(|(run_id, run)| {
             run.logical
                 .open_activities()
                 .filter(|(seq, a)| {
@@ -548,7 +572,7 @@ impl Store {
                 .collect::<Vec<_>>()
         });
         let leases = leases.chain(due);
-        let timers = self.runs.values().filter(|run| !run.logical.is_closed()).flat_map(|run| {
+        let timers = self.active_runs().flat_map(|(_, run)| {
             let timers = run.logical.open_timers().map(|(_, t)| t.fire_at);
             let deadlines = run.logical.open_activities().filter_map(|(_, a)| a.deadline());
             timers.chain(deadlines).collect::<Vec<_>>()
@@ -599,9 +623,11 @@ impl Store {
             _ => None,
         };
         run.inbox.push_back((time, kind));
+        self.refresh_active(run_id);
         if let Some(reason) = cancel_reason {
             // Cancellation reaches child runs; each reports back as `child_completed`.
-            let children: Vec<String> = run.logical.open_children().map(|(_, c)| c.workflow_id.clone()).collect();
+            let children: Vec<String> =
+                self.runs[run_id].logical.open_children().map(|(_, c)| c.workflow_id.clone()).collect();
             for child_id in children {
                 let Some(child_run) = self.latest_run(&child_id).map(str::to_owned) else {
                     continue;
@@ -663,6 +689,7 @@ impl Store {
                 terminal => self.close(run_id, time, terminal),
             }
         }
+        self.refresh_active(run_id);
     }
 
     fn close(&mut self, run_id: &str, time: Time, terminal: Kind) {
