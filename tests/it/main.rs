@@ -1,3 +1,5 @@
 //! Cross-crate tests: one test binary, so the suite links once.
 
+mod checks_can_fail;
+mod determinism;
 mod tidy;
