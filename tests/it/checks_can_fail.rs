@@ -2,11 +2,14 @@
 //! or workflow, written here in test code, and a sweep must report the check that guards
 //! against exactly that bug.
 //!
-//! Owns the broken pieces (store wrappers that ignore fencing tokens, skip syncs, start twice,
-//! never fire timers, stamp a skewed clock; a limiter that never limits; scenarios that call a
-//! tool without an idempotency key or branch on process-global state) and `sweep_until_failure`.
-//! A check that no broken world can trip guards nothing. These tests never change the
-//! simulator or the engine: every fault comes in through the seams `Options` offers.
+//! Owns the broken pieces (store wrappers that ignore fencing tokens, reply before syncing,
+//! start twice, fire timers far too late, stamp a lagging clock; a limiter that never limits;
+//! scenarios that call a tool without an idempotency key or branch on process-global state)
+//! and `sweep_until_failure`. A check that no broken world can trip guards nothing. These
+//! tests never change the simulator or the engine: every fault comes in through the seams
+//! `Options` offers. Each test sweeps a small range of seeds found to fail when it was
+//! written, and falls back to the first 10,000 seeds only if the world has moved on; what it
+//! asserts is the check's name, never a seed's details.
 
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,9 +23,9 @@ use tempest_engine::run::AttemptReport;
 use tempest_engine::services::{Activities, ActivityCtx, LlmRequest, LlmResponse};
 use tempest_engine::store::{Ack, Record, Store, WorkflowCompletion};
 use tempest_engine::{Ctx, Failure, Kind, Registry, RetryPolicy, Time, WorkflowResult};
+use tempest_sim::check;
 use tempest_sim::rng::Rng;
 use tempest_sim::scenario::{Start, ToolOutcome};
-use tempest_sim::check;
 use tempest_sim::world::{self, DispatchLimiter, LimiterFactory, StoreFactory, StoreProtocol};
 use tempest_sim::{Options, Outcome, Scenario};
 
@@ -139,10 +142,8 @@ impl StoreProtocol for WorkflowTokenIgnored {
             return (ack, records);
         }
         let len = run.events.len() as u64;
-        let events =
-            completion.events.into_iter().zip(len..).map(|(event, index)| Event { index, ..event }).collect();
-        let record =
-            Record::Append { run_id: completion.run_id, time_ms: now, events, consumed: completion.consumed };
+        let events = completion.events.into_iter().zip(len..).map(|(event, index)| Event { index, ..event }).collect();
+        let record = Record::Append { run_id: completion.run_id, time_ms: now, events, consumed: completion.consumed };
         self.0.apply(&record);
         (Ack::Accepted, vec![record])
     }
@@ -180,7 +181,9 @@ impl StoreProtocol for ClockBehind {
 const TIMER_LATENESS_FACTOR: u64 = 1_000;
 
 /// Records every durable timer to fire a thousand times later than the workflow asked (a
-/// unit mix-up), so a three-day wait outlasts any liveness bound.
+/// unit mix-up), so a three-day wait outlasts any liveness bound. A store whose `tick` does
+/// nothing at all would be the blunter bug, but the world then asks it to tick again at the
+/// same instant forever and stops only at its step limit, a minute per seed in a dev build.
 struct TimersLate(Store);
 
 impl StoreProtocol for TimersLate {
@@ -475,7 +478,11 @@ fn acknowledged_signal_in_no_history_fails_signals_recorded_once_check() {
     evidence.acked_signals.insert(("approval-0".to_owned(), "approval-0/approval/1".to_owned()));
     let failure = check::check_signals_recorded_once(&histories, &evidence).expect_err("the signal is missing");
     assert_eq!(failure.check, "check_signals_recorded_once");
-    assert!(failure.message.contains("approval-0/approval/1") && failure.message.contains("in no history"), "{}", failure.message);
+    assert!(
+        failure.message.contains("approval-0/approval/1") && failure.message.contains("in no history"),
+        "{}",
+        failure.message
+    );
 }
 
 #[test]
@@ -509,8 +516,7 @@ fn limiter_ignoring_limits_fails_rate_limits_held_check() {
 #[test]
 fn tool_called_without_idempotency_key_fails_tool_effects_once_check() {
     // Seed 0 fails: a tool that fails after applying its effect, then a retry.
-    let message =
-        assert_first_failure(&NoteTaker { keyed: false }, Options::swarm, 0..10, "check_tool_effects_once");
+    let message = assert_first_failure(&NoteTaker { keyed: false }, Options::swarm, 0..10, "check_tool_effects_once");
     assert!(message.contains("note:note_taker-") && message.contains("a second time"), "{message}");
 }
 
@@ -522,12 +528,8 @@ fn tool_called_with_idempotency_key_passes_the_seeds_its_unkeyed_twin_fails() {
 #[test]
 fn workflow_branching_on_global_state_fails_replay_reproduces_check() {
     // Seed 0 fails: every replay, by a worker or by the final check, flips the coin again.
-    let message = assert_first_failure(
-        &CoinFlip { reads_global_state: true },
-        Options::swarm,
-        0..10,
-        "check_replay_reproduces",
-    );
+    let message =
+        assert_first_failure(&CoinFlip { reads_global_state: true }, Options::swarm, 0..10, "check_replay_reproduces");
     assert!(message.contains("run r") && message.contains("diverges"), "{message}");
 }
 
@@ -607,9 +609,12 @@ fn history_with_two_endings_is_reported_by_histories_well_formed_check_first() {
     // store panics on a second ending before either runs. Decide which one should own this.
     let scenario = scenario("hello_llm");
     let store = Store::new(tempest_engine::store::Config::default());
-    let failure =
-        check::run_all(scenario.as_ref(), &store, &[history_with_two_endings()], &check::Evidence::default())
-            .expect_err("two endings");
+    let failure = check::run_all(scenario.as_ref(), &store, &[history_with_two_endings()], &check::Evidence::default())
+        .expect_err("two endings");
     assert_eq!(failure.check, "check_histories_well_formed");
-    assert!(failure.message.contains("run r1") && failure.message.contains("after the run closed"), "{}", failure.message);
+    assert!(
+        failure.message.contains("run r1") && failure.message.contains("after the run closed"),
+        "{}",
+        failure.message
+    );
 }
