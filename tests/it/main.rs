@@ -1,4 +1,6 @@
 //! Cross-crate tests: one test binary, so the suite links once.
 
+mod checks_can_fail;
+mod determinism;
 mod properties;
 mod tidy;
