@@ -136,7 +136,11 @@ pub(crate) fn run(request: RunRequest<'_>, out: &mut impl Write) -> anyhow::Resu
             std::fs::write(&path, plan.to_json()).with_context(|| format!("cannot write {}", path.display()))?;
             writeln!(out, "fault plan: {}", path.display())?;
         }
-        writeln!(out, "rerun with:\n    {}", repro_line(outcome.scenario, outcome.seed))?;
+        let mut repro = repro_line(outcome.scenario, outcome.seed);
+        if let Some(plan) = request.plan {
+            repro.push_str(&format!(" --plan {}", plan.display()));
+        }
+        writeln!(out, "rerun with:\n    {repro}")?;
         return Ok(Exit::Failed);
     }
     Ok(Exit::Ok)

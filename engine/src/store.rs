@@ -616,7 +616,11 @@ impl Store {
         }
         let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("inbox record for unknown run {run_id}"));
         if let Err(detail) = run.logical.accept(time, &kind) {
-            panic!("run {run_id}: inbox input {} rejected by the run state: {detail}", kind.name());
+            // The message names the invariant, so a simulator reports it as that check.
+            panic!(
+                "check_histories_well_formed: run {run_id}: inbox input {} rejected by the run state: {detail}",
+                kind.name()
+            );
         }
         let cancel_reason = match &kind {
             Kind::CancelRequested { reason } => Some(reason.clone()),
@@ -641,17 +645,30 @@ impl Store {
 
     fn append(&mut self, run_id: &str, time: Time, events: &[Event], consumed: usize) {
         let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("append to unknown run {run_id}"));
-        assert!(consumed <= run.inbox.len(), "run {run_id}: consumed {consumed} of {} inbox inputs", run.inbox.len());
+        assert!(
+            consumed <= run.inbox.len(),
+            "check_histories_well_formed: run {run_id}: append consumes {consumed} of {} inbox inputs",
+            run.inbox.len()
+        );
         run.inbox.drain(..consumed);
         let mut follow_ups = Vec::new();
         for event in events {
-            assert_eq!(event.index, run.events.len() as u64, "run {run_id}: append out of place");
+            assert_eq!(
+                event.index,
+                run.events.len() as u64,
+                "check_histories_well_formed: run {run_id}: append out of place"
+            );
             if let Kind::SignalReceived { signal_id, .. } = &event.kind {
                 run.recorded_signals.insert(signal_id.clone());
             }
             if event.kind.is_command() {
                 if let Err(detail) = run.logical.accept(event.time_ms, &event.kind) {
-                    panic!("run {run_id}: command {event} rejected by the run state: {detail}");
+                    let check = if event.kind.is_terminal() && run.logical.is_closed() {
+                        "check_runs_complete_exactly_once"
+                    } else {
+                        "check_histories_well_formed"
+                    };
+                    panic!("{check}: run {run_id}: command {event} rejected by the run state: {detail}");
                 }
                 if matches!(event.kind, Kind::ChildStarted { .. }) || event.kind.is_terminal() {
                     follow_ups.push(event.kind.clone());

@@ -72,9 +72,10 @@ pub fn run_all(
     histories: &[History],
     evidence: &Evidence,
 ) -> Result<(), CheckFailure> {
+    // The more specific check first: a second ending is also malformed, but says more.
+    check_runs_complete_exactly_once(histories)?;
     check_histories_well_formed(histories)?;
     check_starts_exactly_once(store, evidence)?;
-    check_runs_complete_exactly_once(histories)?;
     check_signals_recorded_once(histories, evidence)?;
     check_activity_results_recorded_once(histories, evidence)?;
     check_rate_limits_held(evidence)?;

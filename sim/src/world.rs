@@ -96,6 +96,17 @@ pub trait StoreProtocol {
         self.store().tick(now)
     }
 
+    fn signal(
+        &mut self,
+        now: Time,
+        workflow_id: &str,
+        signal_id: &str,
+        name: &str,
+        payload: Value,
+    ) -> (SignalStatus, Vec<Record>) {
+        self.store().signal(now, workflow_id, signal_id, name, payload)
+    }
+
     /// Whether replies wait until the records behind them are synced (they must).
     fn sync_before_reply(&self) -> bool {
         true
@@ -814,11 +825,23 @@ impl<'s> World<'s> {
             Ev::LivenessDeadline => {
                 self.run_closed = true;
                 if !self.all_done() {
+                    // A safety violation explains a stuck run better than "still open" does.
+                    let store = self.store.protocol.store();
+                    let histories: Vec<History> = store
+                        .runs()
+                        .values()
+                        .filter(|r| !r.events.is_empty())
+                        .map(|r| History::new(r.events.clone()))
+                        .collect();
+                    if let Err(failure) = check::run_all(self.scenario, store, &histories, &self.evidence) {
+                        self.failure = Some(failure);
+                        return;
+                    }
                     let open = self.open_workflows();
                     self.fail(
                         "check_liveness_after_heal",
                         format!(
-                            "{} accepted workflows still open {} after the heal: {}",
+                            "{} workflows still open {} after the heal: {}",
                             open.len(),
                             format_duration(self.scenario.liveness_bound()),
                             open.join(", ")
@@ -922,8 +945,7 @@ impl<'s> World<'s> {
                 (Some(Msg::StartResp { req_id }), records)
             }
             Msg::SignalReq { req_id, workflow_id, signal_id, name, payload } => {
-                let (status, records) =
-                    self.store.protocol.store().signal(now, &workflow_id, &signal_id, &name, payload);
+                let (status, records) = self.store.protocol.signal(now, &workflow_id, &signal_id, &name, payload);
                 (Some(Msg::SignalResp { req_id, status }), records)
             }
             Msg::PollWorkflow { req_id } => match self.store.protocol.store().poll_workflow_task(now, &worker_name) {
@@ -1565,7 +1587,7 @@ impl<'s> World<'s> {
                             self.fail("check_tool_effects_once", format!("tool {name} applied effect {effect} a second time (idempotency key {idempotency_key:?})"));
                         }
                         if name == NOTIFY_HUMAN {
-                            self.plan_human(now, &arguments);
+                            self.plan_human(now, effect, &arguments);
                         }
                     }
                     if let Some(key) = &idempotency_key {
@@ -1587,7 +1609,9 @@ impl<'s> World<'s> {
         self.send(TOOL, from, Time(now.0 + latency), Msg::ToolResp { call_id, result });
     }
 
-    fn plan_human(&mut self, now: Time, arguments: &Value) {
+    /// A human gets notification `effect` (a business effect id, one per notification) and
+    /// decides whether and when to answer; each answer is a signal with its own id.
+    fn plan_human(&mut self, now: Time, effect: &str, arguments: &Value) {
         let Some(answer) = self.scenario.human_answer(arguments, &mut self.rng_human) else {
             return;
         };
@@ -1605,7 +1629,7 @@ impl<'s> World<'s> {
         match plan {
             HumanPlan::Never => self.evidence.sometimes_add("human_never_answered"),
             HumanPlan::Answer { after_ms, duplicate_after_ms } => {
-                let base = format!("{}/{}", answer.workflow_id, answer.signal_name);
+                let base = format!("{effect}/{}", answer.signal_name);
                 self.wake(
                     HUMAN,
                     Time(now.0 + after_ms),
@@ -1728,10 +1752,15 @@ pub fn run_catching(scenario: &dyn Scenario, options: Options) -> Outcome {
                 Some(text) => (*text).to_owned(),
                 None => payload.downcast_ref::<String>().cloned().unwrap_or_else(|| "panic".to_owned()),
             };
+            // Invariants asserted inside the engine name their check first ("check_x: ...").
+            let check = match message.split_once(':') {
+                Some((name, _)) if name.starts_with("check_") && !name.contains(' ') => name.to_owned(),
+                _ => "panic".to_owned(),
+            };
             Outcome {
                 seed,
                 scenario: scenario.name(),
-                failure: Some(CheckFailure { check: "panic".to_owned(), message }),
+                failure: Some(CheckFailure { check, message }),
                 faults: FaultCounts::new(),
                 sometimes: BTreeMap::new(),
                 runs_completed: 0,

@@ -21,7 +21,7 @@ use tempest_engine::history::Event;
 use tempest_engine::ratelimit::Limit;
 use tempest_engine::run::AttemptReport;
 use tempest_engine::services::{Activities, ActivityCtx, LlmRequest, LlmResponse};
-use tempest_engine::store::{Ack, Record, Store, WorkflowCompletion};
+use tempest_engine::store::{Ack, Record, SignalStatus, Store, WorkflowCompletion};
 use tempest_engine::{Ctx, Failure, Kind, Registry, RetryPolicy, Time, WorkflowResult};
 use tempest_sim::check;
 use tempest_sim::rng::Rng;
@@ -92,6 +92,29 @@ impl StoreProtocol for RepliesBeforeSync {
 
     fn sync_before_reply(&self) -> bool {
         false
+    }
+}
+
+/// Acknowledges a signal as recorded as soon as it is accepted into the run's inbox, before
+/// a workflow task has put it in the history; if the run closes first, the signal is lost.
+struct SignalAckedEarly(Store);
+
+impl StoreProtocol for SignalAckedEarly {
+    fn store(&mut self) -> &mut Store {
+        &mut self.0
+    }
+
+    fn signal(
+        &mut self,
+        now: Time,
+        workflow_id: &str,
+        signal_id: &str,
+        name: &str,
+        payload: Value,
+    ) -> (SignalStatus, Vec<Record>) {
+        let (status, records) = self.0.signal(now, workflow_id, signal_id, name, payload);
+        let status = if status == SignalStatus::Pending { SignalStatus::Recorded } else { status };
+        (status, records)
     }
 }
 
@@ -438,51 +461,32 @@ fn store_starting_a_second_run_on_a_retried_start_fails_starts_exactly_once_chec
 }
 
 #[test]
-fn store_replying_before_sync_is_caught_as_a_lost_acknowledged_start_by_liveness_check() {
-    // FIXME: this bug should also be able to fail check_signals_recorded_once, and cannot in
-    // today's world: a signal is acknowledged only by a later, read-only status request, long
-    // after its inbox record was synced (2 ms after the write), and the store crashes only at
-    // the instant of a write or at planned times; so an acknowledged signal is never lost.
-    // What the bug does lose is an acknowledged start (the crash that follows the start's own
-    // write), which leaves the workflow without a run: liveness reports it, not the
-    // `start acknowledged but no run exists` branch of check_starts_exactly_once, which runs
-    // only after the world finished. Seed 26 is the first of 0.. that fails.
+fn store_replying_before_sync_fails_starts_exactly_once_check() {
+    // A crash right after a start's write loses the run whose start was already acknowledged.
+    // Seed 26 is the first of 0.. that fails.
     let factory = store(|s| Box::new(RepliesBeforeSync(s)));
     let message = assert_first_failure(
         scenario("human_approval").as_ref(),
         |seed| with_store(seed, factory.clone()),
         20..30,
-        "check_liveness_after_heal",
+        "check_starts_exactly_once",
     );
-    assert!(message.contains("still open") && message.contains("approval-"), "{message}");
+    assert!(message.contains("start acknowledged but no run exists"), "{message}");
 }
 
 #[test]
-fn acknowledged_signal_in_no_history_fails_signals_recorded_once_check() {
-    // No broken store reaches this branch today (see the FIXME above), so the check is fed
-    // the evidence such a store would leave: an acknowledged signal, and a history without it.
-    let events = vec![Event {
-        index: 0,
-        time_ms: Time(0),
-        kind: Kind::WorkflowStarted {
-            workflow_type: "human_approval".to_owned(),
-            workflow_id: "approval-0".to_owned(),
-            run_id: "r1".to_owned(),
-            input: json!({ "topic": "t" }),
-            parent: None,
-            continued_from: None,
-        },
-    }];
-    let histories = [tempest_engine::History::new(events)];
-    let mut evidence = check::Evidence::default();
-    evidence.acked_signals.insert(("approval-0".to_owned(), "approval-0/approval/1".to_owned()));
-    let failure = check::check_signals_recorded_once(&histories, &evidence).expect_err("the signal is missing");
-    assert_eq!(failure.check, "check_signals_recorded_once");
-    assert!(
-        failure.message.contains("approval-0/approval/1") && failure.message.contains("in no history"),
-        "{}",
-        failure.message
+fn store_acknowledging_signals_before_they_are_recorded_fails_signals_recorded_once_check() {
+    // A human answers twice; the second answer is acknowledged from the inbox while the run
+    // publishes, and the run closes on the first one without ever recording it. That window
+    // is narrow: seed 2107 is the first of 0.. that fails.
+    let factory = store(|s| Box::new(SignalAckedEarly(s)));
+    let message = assert_first_failure(
+        scenario("human_approval").as_ref(),
+        |seed| with_store(seed, factory.clone()),
+        2100..2110,
+        "check_signals_recorded_once",
     );
+    assert!(message.contains("approval-") && message.contains("in no history"), "{message}");
 }
 
 #[test]
@@ -566,14 +570,16 @@ fn store_stamping_activity_results_with_a_lagging_clock_fails_histories_well_for
 }
 
 #[test]
-fn store_appending_stale_workflow_completions_trips_a_store_assertion_before_any_check() {
-    // FIXME: a store that ignores workflow fencing tokens should fail a named check
-    // (check_histories_well_formed, or check_runs_complete_exactly_once when both completions
-    // end the run); today the store's own assertions on the append panic first, and the world
-    // reports check `panic`. Seed 0 fails this way.
+fn store_appending_stale_workflow_completions_fails_histories_well_formed_check() {
+    // The store's own assertion on the append names the invariant it guards, so the world
+    // reports the check. Seed 0 fails.
     let factory = store(|s| Box::new(WorkflowTokenIgnored(s)));
-    let message =
-        assert_first_failure(scenario("hello_llm").as_ref(), |seed| with_store(seed, factory.clone()), 0..10, "panic");
+    let message = assert_first_failure(
+        scenario("hello_llm").as_ref(),
+        |seed| with_store(seed, factory.clone()),
+        0..10,
+        "check_histories_well_formed",
+    );
     assert!(message.contains("inbox inputs") || message.contains("rejected by the run state"), "{message}");
 }
 
@@ -603,18 +609,13 @@ fn history_with_two_endings_fails_runs_complete_exactly_once_check() {
 }
 
 #[test]
-fn history_with_two_endings_is_reported_by_histories_well_formed_check_first() {
-    // FIXME: check_runs_complete_exactly_once can never be what a world reports: the
-    // well-formedness check runs before it and rejects any event after an ending, and the
-    // store panics on a second ending before either runs. Decide which one should own this.
+fn history_with_two_endings_is_reported_as_completed_twice_by_all_checks() {
+    // The more specific check runs first: a second ending is also malformed, but "completed
+    // twice" says what went wrong.
     let scenario = scenario("hello_llm");
     let store = Store::new(tempest_engine::store::Config::default());
     let failure = check::run_all(scenario.as_ref(), &store, &[history_with_two_endings()], &check::Evidence::default())
         .expect_err("two endings");
-    assert_eq!(failure.check, "check_histories_well_formed");
-    assert!(
-        failure.message.contains("run r1") && failure.message.contains("after the run closed"),
-        "{}",
-        failure.message
-    );
+    assert_eq!(failure.check, "check_runs_complete_exactly_once");
+    assert!(failure.message.contains("run r1 completed 2 times"), "{}", failure.message);
 }
