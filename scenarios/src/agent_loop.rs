@@ -120,9 +120,7 @@ impl Scenario for AgentLoop {
     }
 
     fn registry(&self) -> Registry {
-        let mut registry = Registry::new();
-        register(&mut registry);
-        registry
+        common::registry_with(register)
     }
 
     fn activities(&self) -> Activities {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 use tempest_engine::services::{ActivityCtx, LlmRequest, LlmResponse};
-use tempest_engine::{Failure, RetryPolicy};
+use tempest_engine::{Failure, Registry, RetryPolicy};
 use tempest_sim::check::LLM_KEY;
 
 pub(crate) const MODEL: &str = "sim-model";
@@ -36,4 +36,11 @@ pub(crate) async fn chat(ctx: &ActivityCtx, request: LlmRequest) -> Result<LlmRe
         return Err(Failure::InvalidOutput { message: format!("answer is not valid JSON: {:?}", response.content) });
     }
     Ok(response)
+}
+
+/// A registry holding what `register` registers: each scenario's `Scenario::registry`.
+pub(crate) fn registry_with(register: fn(&mut Registry)) -> Registry {
+    let mut registry = Registry::new();
+    register(&mut registry);
+    registry
 }

@@ -65,9 +65,7 @@ impl Scenario for HelloLlm {
     }
 
     fn registry(&self) -> Registry {
-        let mut registry = Registry::new();
-        register(&mut registry);
-        registry
+        common::registry_with(register)
     }
 
     fn activities(&self) -> Activities {

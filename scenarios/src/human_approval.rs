@@ -134,9 +134,7 @@ impl Scenario for HumanApproval {
     }
 
     fn registry(&self) -> Registry {
-        let mut registry = Registry::new();
-        register(&mut registry);
-        registry
+        common::registry_with(register)
     }
 
     fn activities(&self) -> Activities {

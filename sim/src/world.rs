@@ -656,14 +656,7 @@ impl<'s> World<'s> {
             self.trace(now, &ev);
             self.handle(now, ev);
             if self.options.check_every_step && self.failure.is_none() && self.store.up {
-                let store = self.store.protocol.store();
-                let histories: Vec<History> = store
-                    .runs()
-                    .values()
-                    .filter(|r| !r.events.is_empty())
-                    .map(|r| History::new(r.events.clone()))
-                    .collect();
-                if let Err(failure) = check::run_all(self.scenario, store, &histories, &self.evidence) {
+                if let Err(failure) = self.check_safety() {
                     self.failure = Some(CheckFailure {
                         message: format!("after step {}: {}", self.step_count, failure.message),
                         ..failure
@@ -688,6 +681,12 @@ impl<'s> World<'s> {
             self.fail("check_liveness_after_heal", "the world ran out of events with runs still open".to_owned());
         }
         self.finish()
+    }
+
+    /// Every end-of-world safety check over the store as it stands.
+    fn check_safety(&mut self) -> Result<(), CheckFailure> {
+        let store = self.store.protocol.store();
+        check::run_all(self.scenario, store, &histories_of(store), &self.evidence)
     }
 
     fn fail(&mut self, check: &str, message: String) {
@@ -826,14 +825,7 @@ impl<'s> World<'s> {
                 self.run_closed = true;
                 if !self.all_done() {
                     // A safety violation explains a stuck run better than "still open" does.
-                    let store = self.store.protocol.store();
-                    let histories: Vec<History> = store
-                        .runs()
-                        .values()
-                        .filter(|r| !r.events.is_empty())
-                        .map(|r| History::new(r.events.clone()))
-                        .collect();
-                    if let Err(failure) = check::run_all(self.scenario, store, &histories, &self.evidence) {
+                    if let Err(failure) = self.check_safety() {
                         self.failure = Some(failure);
                         return;
                     }
@@ -1677,12 +1669,7 @@ impl<'s> World<'s> {
             self.store.disk.sync();
         }
         let store = self.store.protocol.store();
-        let histories: Vec<History> = store
-            .runs()
-            .values()
-            .filter(|run| !run.events.is_empty())
-            .map(|run| History::new(run.events.clone()))
-            .collect();
+        let histories = histories_of(store);
         if self.failure.is_none() {
             let finished = crate::scenario::Finished { histories: &histories, tool_effects: &self.evidence.effects };
             if let Err(failure) = check::run_all(self.scenario, store, &histories, &self.evidence).and_then(|()| {
@@ -1718,6 +1705,11 @@ impl<'s> World<'s> {
             histories: if self.options.keep_histories { histories } else { Vec::new() },
         }
     }
+}
+
+/// The history of every run that has one.
+fn histories_of(store: &Store) -> Vec<History> {
+    store.runs().values().filter(|run| !run.events.is_empty()).map(|run| History::new(run.events.clone())).collect()
 }
 
 /// Per-worker rate limits for each LLM model key: the provider's quota split across the

@@ -54,7 +54,7 @@ fn scenario(name: &str) -> Box<dyn Scenario> {
 
 /// Starts another run when the workflow id is already taken, instead of returning the run
 /// that exists: a client's retried start then runs the workflow twice.
-struct StartNotIdempotent(Store);
+pub(crate) struct StartNotIdempotent(pub(crate) Store);
 
 impl StoreProtocol for StartNotIdempotent {
     fn store(&mut self) -> &mut Store {

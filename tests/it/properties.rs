@@ -5,16 +5,15 @@
 //! of the simulator holds. Fault kinds are generated as `Option`s, so proptest shrinks a
 //! failure toward a plan with the fewest faults on; a test proves that with a broken store.
 
+use crate::checks_can_fail::StartNotIdempotent;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestError, TestRunner};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use tempest_engine::history::Kind;
-use tempest_engine::store::{Record, Store};
 use tempest_engine::Time;
 use tempest_sim::plan::{FaultPlan, ScheduledCrash};
 use tempest_sim::scenario::Start;
-use tempest_sim::world::{run_catching, Options, StoreProtocol};
+use tempest_sim::world::{run_catching, Options};
 
 const HOUR_MS: u64 = 3_600_000;
 
@@ -123,34 +122,6 @@ proptest! {
     }
 }
 
-/// A store whose start is not idempotent: a retried or duplicated start makes a second run.
-struct StartTwice(Store);
-
-impl StoreProtocol for StartTwice {
-    fn store(&mut self) -> &mut Store {
-        &mut self.0
-    }
-
-    fn start(&mut self, now: Time, workflow_id: &str, workflow_type: &str, input: Value) -> (String, Vec<Record>) {
-        let run_count = self.0.chain(workflow_id).len();
-        if run_count == 0 {
-            return self.0.start(now, workflow_id, workflow_type, input);
-        }
-        let run_id = format!("{workflow_id}-again-{run_count}");
-        let kind = Kind::WorkflowStarted {
-            workflow_type: workflow_type.to_owned(),
-            workflow_id: workflow_id.to_owned(),
-            run_id: run_id.clone(),
-            input,
-            parent: None,
-            continued_from: None,
-        };
-        let record = Record::Inbox { run_id: run_id.clone(), time_ms: now, kind };
-        self.0.apply(&record);
-        (run_id, vec![record])
-    }
-}
-
 #[test]
 fn shrinking_reduces_a_failing_plan_to_the_faults_that_matter() {
     let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
@@ -158,7 +129,7 @@ fn shrinking_reduces_a_failing_plan_to_the_faults_that_matter() {
     let result = runner.run(&strategy, |(seed, plan, (scenario, workload))| {
         let scenario = tempest_scenarios::find(scenario).expect("a built-in scenario");
         let mut options = options(seed, plan, workload);
-        options.store_factory = Some(Arc::new(|store| Box::new(StartTwice(store))));
+        options.store_factory = Some(Arc::new(|store| Box::new(StartNotIdempotent(store))));
         let outcome = run_catching(scenario.as_ref(), options);
         prop_assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
         Ok(())
