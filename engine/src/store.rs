@@ -152,6 +152,9 @@ pub struct Store {
     /// Open runs with inputs waiting, open activities or open timers: the only runs polls,
     /// ticks and wake-ups look at, so runs idling on a signal cost nothing per operation.
     active: BTreeSet<String>,
+    /// The active runs that can fall due with time (open timers or activities, or a task kept
+    /// for a sticky worker), a superset kept for `next_wakeup`, which looks at no others.
+    timed: BTreeSet<String>,
 }
 
 impl Store {
@@ -167,6 +170,7 @@ impl Store {
             sticky: BTreeMap::new(),
             version: 0,
             active: BTreeSet::new(),
+            timed: BTreeSet::new(),
         }
     }
 
@@ -178,14 +182,18 @@ impl Store {
     /// Puts a run into, or takes it out of, the active set after its state changed.
     fn refresh_active(&mut self, run_id: &str) {
         let run = &self.runs[run_id];
-        let active = !run.logical.is_closed()
-            && (!run.inbox.is_empty()
-                || run.logical.open_activities().next().is_some()
-                || run.logical.open_timers().next().is_some());
-        if active {
-            self.active.insert(run_id.to_owned());
-        } else {
-            self.active.remove(run_id);
+        let open = !run.logical.is_closed();
+        let timed = open
+            && (run.logical.open_activities().next().is_some()
+                || run.logical.open_timers().next().is_some()
+                || (!run.inbox.is_empty() && self.sticky.contains_key(run_id)));
+        let active = timed || (open && !run.inbox.is_empty());
+        for (set, member) in [(&mut self.active, active), (&mut self.timed, timed)] {
+            if member {
+                set.insert(run_id.to_owned());
+            } else {
+                set.remove(run_id);
+            }
         }
     }
 
@@ -407,7 +415,8 @@ impl Store {
         let len = base_len + events.len() as u64;
         let record = Record::Append { run_id: run_id.clone(), time_ms: now, events, consumed };
         self.apply(&record);
-        self.sticky.insert(run_id, (worker.to_owned(), len));
+        self.sticky.insert(run_id.clone(), (worker.to_owned(), len));
+        self.refresh_active(&run_id);
         (Ack::Accepted, vec![record])
     }
 
@@ -555,29 +564,30 @@ impl Store {
     /// answered differently (a retry falling due, a sticky run opening up to every worker).
     pub fn next_wakeup(&self, now: Time) -> Option<Time> {
         let leases = self.activity_leases.values().chain(self.workflow_leases.values()).map(|l| l.expires_at);
-        // A run kept for its sticky worker becomes claimable by every worker at this time.
-        let sticky =
-            self.active_runs().filter(|(run_id, _)| self.sticky.contains_key(*run_id)).filter_map(|(_, run)| {
-                let waiting_since = run.inbox.front()?.0;
-                Some(waiting_since.plus(Duration::from_millis(self.config.sticky_ms))).filter(|at| *at > now)
-            });
-        let leases = leases.chain(sticky);
-        let due = self.active_runs().flat_map(|(run_id, run)| {
-            run.logical
-                .open_activities()
-                .filter(|(seq, a)| {
-                    a.attempt_not_before > now && !self.activity_leases.contains_key(&(run_id.clone(), *seq))
-                })
-                .map(|(_, a)| a.attempt_not_before)
-                .collect::<Vec<_>>()
-        });
-        let leases = leases.chain(due);
-        let timers = self.active_runs().flat_map(|(_, run)| {
-            let timers = run.logical.open_timers().map(|(_, t)| t.fire_at);
-            let deadlines = run.logical.open_activities().filter_map(|(_, a)| a.deadline());
-            timers.chain(deadlines).collect::<Vec<_>>()
-        });
-        leases.chain(timers).min()
+        let mut next = leases.min();
+        let mut consider = |at: Time| next = Some(next.map_or(at, |n: Time| n.min(at)));
+        for run_id in &self.timed {
+            let run = &self.runs[run_id];
+            // A run kept for its sticky worker becomes claimable by every worker at this time.
+            if let (Some((waiting_since, _)), true) = (run.inbox.front(), self.sticky.contains_key(run_id)) {
+                let open_to_all = waiting_since.plus(Duration::from_millis(self.config.sticky_ms));
+                if open_to_all > now {
+                    consider(open_to_all);
+                }
+            }
+            for (seq, activity) in run.logical.open_activities() {
+                if activity.attempt_not_before > now && !self.activity_leases.contains_key(&(run_id.clone(), seq)) {
+                    consider(activity.attempt_not_before);
+                }
+                if let Some(deadline) = activity.deadline() {
+                    consider(deadline);
+                }
+            }
+            for (_, timer) in run.logical.open_timers() {
+                consider(timer.fire_at);
+            }
+        }
+        next
     }
 
     // ---- applying records ---------------------------------------------------------------
