@@ -179,6 +179,11 @@ impl Store {
         self.active.iter().map(|run_id| (run_id, &self.runs[run_id]))
     }
 
+    /// The runs that can fall due with time; every run with an open activity or timer is one.
+    fn timed_runs(&self) -> impl Iterator<Item = (&String, &StoredRun)> {
+        self.timed.iter().map(|run_id| (run_id, &self.runs[run_id]))
+    }
+
     /// Puts a run into, or takes it out of, the active set after its state changed.
     fn refresh_active(&mut self, run_id: &str) {
         let run = &self.runs[run_id];
@@ -427,7 +432,7 @@ impl Store {
         worker: &str,
         blocked_keys: &BTreeSet<String>,
     ) -> Option<ActivityLease> {
-        let (run_id, seq) = self.active_runs().find_map(|(run_id, run)| {
+        let (run_id, seq) = self.timed_runs().find_map(|(run_id, run)| {
             run.logical.open_activities().find_map(|(seq, activity)| {
                 let due = activity.attempt_not_before <= now;
                 let leased = self.activity_leases.contains_key(&(run_id.clone(), seq));
@@ -536,7 +541,7 @@ impl Store {
         let expired_workflow_leases = self.workflow_leases.iter().filter(|(_, l)| l.expires_at <= now).count();
         self.workflow_leases.retain(|_, l| l.expires_at > now);
         report.workflow_leases_expired = u32::try_from(expired_workflow_leases).unwrap_or(u32::MAX);
-        for (run_id, run) in self.active_runs() {
+        for (run_id, run) in self.timed_runs() {
             for (seq, timer) in run.logical.open_timers() {
                 if timer.fire_at <= now {
                     records.push(Record::Inbox {
@@ -566,8 +571,7 @@ impl Store {
         let leases = self.activity_leases.values().chain(self.workflow_leases.values()).map(|l| l.expires_at);
         let mut next = leases.min();
         let mut consider = |at: Time| next = Some(next.map_or(at, |n: Time| n.min(at)));
-        for run_id in &self.timed {
-            let run = &self.runs[run_id];
+        for (run_id, run) in self.timed_runs() {
             // A run kept for its sticky worker becomes claimable by every worker at this time.
             if let (Some((waiting_since, _)), true) = (run.inbox.front(), self.sticky.contains_key(run_id)) {
                 let open_to_all = waiting_since.plus(Duration::from_millis(self.config.sticky_ms));
