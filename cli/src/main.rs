@@ -168,7 +168,7 @@ struct BenchArgs {
     /// engine: events in the replayed history
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
     replay_events: u64,
-    /// engine, sim: runs started and left waiting on a signal [default: engine 100000, sim 10000]
+    /// engine, sim: runs started and left waiting on a signal [default: 100000]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     waiting_runs: Option<u64>,
     /// sim: agent_loop seeds timed on one core, then on all cores
