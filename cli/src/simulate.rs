@@ -241,7 +241,9 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
                 None => summary.passed += 1,
                 Some(failure) => {
                     let plan_path = format!("tempest-plan-{}-{}.json", outcome.scenario, outcome.seed);
-                    let _ = std::fs::write(&plan_path, FaultPlan::draw(outcome.seed).to_json());
+                    if let Err(error) = std::fs::write(&plan_path, FaultPlan::draw(outcome.seed).to_json()) {
+                        eprintln!("tempest sweep: cannot write {plan_path}: {error}");
+                    }
                     summary.failed.push(SweepFailure {
                         seed: outcome.seed,
                         scenario: outcome.scenario.to_owned(),

@@ -50,15 +50,13 @@ pub trait Scenario: Send + Sync {
     /// The answer of a tool call, and the business effect it applies (None: read-only).
     fn tool_call(&self, name: &str, arguments: &Value, rng: &mut Rng) -> ToolOutcome;
     /// A human's answer to a `notify_human` tool call.
-    fn human_answer(&self, arguments: &Value, rng: &mut Rng) -> Option<HumanAnswer> {
-        let _ = (arguments, rng);
+    fn human_answer(&self, _arguments: &Value, _rng: &mut Rng) -> Option<HumanAnswer> {
         None
     }
     /// How long after the heal every accepted run must have finished.
     fn liveness_bound(&self) -> Duration;
     /// Business checks on the finished world.
-    fn check(&self, finished: &Finished<'_>) -> Result<(), String> {
-        let _ = finished;
+    fn check(&self, _finished: &Finished<'_>) -> Result<(), String> {
         Ok(())
     }
 }
