@@ -152,9 +152,22 @@ pub struct Store {
     /// Open runs with inputs waiting, open activities or open timers: the only runs polls,
     /// ticks and wake-ups look at, so runs idling on a signal cost nothing per operation.
     active: BTreeSet<String>,
-    /// The active runs that can fall due with time (open timers or activities, or a task kept
-    /// for a sticky worker), a superset kept for `next_wakeup`, which looks at no others.
-    timed: BTreeSet<String>,
+    /// Everything that falls due with time, ordered by when: unleased activity attempts (when
+    /// they may start), schedule-to-close deadlines, timers, and tasks kept for a sticky
+    /// worker (when every worker may take them). Polls, ticks and wake-ups read it in time
+    /// order instead of scanning runs.
+    due: BTreeSet<(Time, String, Due)>,
+    /// The entries each run has in `due`, so a run's entries can be replaced.
+    due_of: BTreeMap<String, Vec<(Time, Due)>>,
+}
+
+/// What falls due in `Store::due`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    Activity(u32),
+    Deadline(u32),
+    Timer(u32),
+    Sticky,
 }
 
 impl Store {
@@ -170,7 +183,8 @@ impl Store {
             sticky: BTreeMap::new(),
             version: 0,
             active: BTreeSet::new(),
-            timed: BTreeSet::new(),
+            due: BTreeSet::new(),
+            due_of: BTreeMap::new(),
         }
     }
 
@@ -179,26 +193,38 @@ impl Store {
         self.active.iter().map(|run_id| (run_id, &self.runs[run_id]))
     }
 
-    /// The runs that can fall due with time; every run with an open activity or timer is one.
-    fn timed_runs(&self) -> impl Iterator<Item = (&String, &StoredRun)> {
-        self.timed.iter().map(|run_id| (run_id, &self.runs[run_id]))
-    }
-
     /// Puts a run into, or takes it out of, the active set after its state changed.
     fn refresh_active(&mut self, run_id: &str) {
         let run = &self.runs[run_id];
-        let open = !run.logical.is_closed();
-        let timed = open
-            && (run.logical.open_activities().next().is_some()
-                || run.logical.open_timers().next().is_some()
-                || (!run.inbox.is_empty() && self.sticky.contains_key(run_id)));
-        let active = timed || (open && !run.inbox.is_empty());
-        for (set, member) in [(&mut self.active, active), (&mut self.timed, timed)] {
-            if member {
-                set.insert(run_id.to_owned());
-            } else {
-                set.remove(run_id);
+        let mut entries = Vec::new();
+        if !run.logical.is_closed() {
+            for (seq, activity) in run.logical.open_activities() {
+                if !self.activity_leases.contains_key(&(run_id.to_owned(), seq)) {
+                    entries.push((activity.attempt_not_before, Due::Activity(seq)));
+                }
+                if let Some(deadline) = activity.deadline() {
+                    entries.push((deadline, Due::Deadline(seq)));
+                }
             }
+            entries.extend(run.logical.open_timers().map(|(seq, timer)| (timer.fire_at, Due::Timer(seq))));
+            if let (Some((waiting_since, _)), true) = (run.inbox.front(), self.sticky.contains_key(run_id)) {
+                entries.push((waiting_since.plus(Duration::from_millis(self.config.sticky_ms)), Due::Sticky));
+            }
+        }
+        let active = !run.logical.is_closed() && (!run.inbox.is_empty() || !entries.is_empty());
+        if active {
+            self.active.insert(run_id.to_owned());
+        } else {
+            self.active.remove(run_id);
+        }
+        for (time, due) in self.due_of.remove(run_id).unwrap_or_default() {
+            self.due.remove(&(time, run_id.to_owned(), due));
+        }
+        for (time, due) in &entries {
+            self.due.insert((*time, run_id.to_owned(), *due));
+        }
+        if !entries.is_empty() {
+            self.due_of.insert(run_id.to_owned(), entries);
         }
     }
 
@@ -375,6 +401,7 @@ impl Store {
         self.workflow_leases.remove(run_id);
         self.sticky.remove(run_id);
         self.version += 1;
+        self.refresh_active(run_id);
         Ack::Accepted
     }
 
@@ -432,13 +459,11 @@ impl Store {
         worker: &str,
         blocked_keys: &BTreeSet<String>,
     ) -> Option<ActivityLease> {
-        let (run_id, seq) = self.timed_runs().find_map(|(run_id, run)| {
-            run.logical.open_activities().find_map(|(seq, activity)| {
-                let due = activity.attempt_not_before <= now;
-                let leased = self.activity_leases.contains_key(&(run_id.clone(), seq));
-                let blocked = activity.options.rate_limit_key.as_ref().is_some_and(|k| blocked_keys.contains(k));
-                (due && !leased && !blocked && !run.logical.is_closed()).then(|| (run_id.clone(), seq))
-            })
+        let (run_id, seq) = self.due.iter().take_while(|(time, _, _)| *time <= now).find_map(|(_, run_id, due)| {
+            let Due::Activity(seq) = *due else { return None };
+            let activity = &self.runs[run_id].logical.activities[&seq];
+            let blocked = activity.options.rate_limit_key.as_ref().is_some_and(|k| blocked_keys.contains(k));
+            (!blocked).then(|| (run_id.clone(), seq))
         })?;
         let token = self.next_token();
         let run = &self.runs[&run_id];
@@ -461,8 +486,11 @@ impl Store {
             previous_failure: activity.last_failure.clone(),
         };
         let attempt = activity.attempt;
-        self.activity_leases
-            .insert((run_id, seq), Lease { token, worker: worker.to_owned(), expires_at, attempt, started_at: now });
+        self.activity_leases.insert(
+            (run_id.clone(), seq),
+            Lease { token, worker: worker.to_owned(), expires_at, attempt, started_at: now },
+        );
+        self.refresh_active(&run_id);
         Some(ActivityLease { task, token, expires_at })
     }
 
@@ -509,6 +537,7 @@ impl Store {
         };
         self.activity_leases.remove(&(run_id.to_owned(), seq));
         self.version += 1;
+        self.refresh_active(run_id);
         let Some(kind) = self.runs[run_id].logical.activity_report(now, seq, attempt, report, Some(worker.to_owned()))
         else {
             return (
@@ -530,6 +559,7 @@ impl Store {
             self.activity_leases.iter().filter(|(_, l)| l.expires_at <= now).map(|(k, _)| k.clone()).collect();
         for (run_id, seq) in expired {
             let lease = self.activity_leases.remove(&(run_id.clone(), seq)).expect("listed above");
+            self.refresh_active(&run_id);
             report.activity_leases_expired += 1;
             let failure = AttemptReport::Failed { failure: Failure::TimedOut };
             if let Some(kind) =
@@ -541,22 +571,15 @@ impl Store {
         let expired_workflow_leases = self.workflow_leases.iter().filter(|(_, l)| l.expires_at <= now).count();
         self.workflow_leases.retain(|_, l| l.expires_at > now);
         report.workflow_leases_expired = u32::try_from(expired_workflow_leases).unwrap_or(u32::MAX);
-        for (run_id, run) in self.timed_runs() {
-            for (seq, timer) in run.logical.open_timers() {
-                if timer.fire_at <= now {
-                    records.push(Record::Inbox {
-                        run_id: run_id.clone(),
-                        time_ms: now,
-                        kind: Kind::TimerFired { seq },
-                    });
-                }
-            }
-            for (seq, activity) in run.logical.open_activities() {
-                if activity.deadline().is_some_and(|d| d <= now) {
-                    if let Some(kind) = run.logical.activity_deadline_passed(seq) {
-                        records.push(Record::Inbox { run_id: run_id.clone(), time_ms: now, kind });
-                    }
-                }
+        for (_, run_id, due) in self.due.iter().take_while(|(time, _, _)| *time <= now) {
+            let run = &self.runs[run_id];
+            let kind = match *due {
+                Due::Timer(seq) => run.logical.timer_fired(seq),
+                Due::Deadline(seq) => run.logical.activity_deadline_passed(seq),
+                Due::Activity(_) | Due::Sticky => None,
+            };
+            if let Some(kind) = kind {
+                records.push(Record::Inbox { run_id: run_id.clone(), time_ms: now, kind });
             }
         }
         for record in &records {
@@ -569,29 +592,8 @@ impl Store {
     /// answered differently (a retry falling due, a sticky run opening up to every worker).
     pub fn next_wakeup(&self, now: Time) -> Option<Time> {
         let leases = self.activity_leases.values().chain(self.workflow_leases.values()).map(|l| l.expires_at);
-        let mut next = leases.min();
-        let mut consider = |at: Time| next = Some(next.map_or(at, |n: Time| n.min(at)));
-        for (run_id, run) in self.timed_runs() {
-            // A run kept for its sticky worker becomes claimable by every worker at this time.
-            if let (Some((waiting_since, _)), true) = (run.inbox.front(), self.sticky.contains_key(run_id)) {
-                let open_to_all = waiting_since.plus(Duration::from_millis(self.config.sticky_ms));
-                if open_to_all > now {
-                    consider(open_to_all);
-                }
-            }
-            for (seq, activity) in run.logical.open_activities() {
-                if activity.attempt_not_before > now && !self.activity_leases.contains_key(&(run_id.clone(), seq)) {
-                    consider(activity.attempt_not_before);
-                }
-                if let Some(deadline) = activity.deadline() {
-                    consider(deadline);
-                }
-            }
-            for (_, timer) in run.logical.open_timers() {
-                consider(timer.fire_at);
-            }
-        }
-        next
+        let due = self.due.iter().map(|(time, _, _)| *time).find(|time| *time > now);
+        leases.chain(due).min()
     }
 
     // ---- applying records ---------------------------------------------------------------
@@ -607,6 +609,11 @@ impl Store {
                 self.workflow_leases.clear();
                 self.activity_leases.clear();
                 self.sticky.clear();
+                // Unleased attempts are due again, and no task is kept for a sticky worker.
+                let active: Vec<String> = self.active.iter().cloned().collect();
+                for run_id in active {
+                    self.refresh_active(&run_id);
+                }
             }
             Record::Inbox { run_id, time_ms, kind } => self.push_inbox(run_id, *time_ms, kind.clone()),
             Record::Append { run_id, time_ms, events, consumed } => self.append(run_id, *time_ms, events, *consumed),
