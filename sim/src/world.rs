@@ -344,6 +344,8 @@ enum Wake {
     RequestTimeout {
         req_id: u64,
     },
+    /// The earliest request deadline of a host (see `Deadlines`).
+    Deadlines,
     /// Start a leased activity once the rate limiter allows it.
     ActivityStart {
         token: u64,
@@ -485,6 +487,16 @@ struct StoreHost {
     looked_at: (u64, Time),
 }
 
+/// Request deadlines, with one agenda wake per host at its earliest. A request answered in
+/// time leaves nothing behind on the agenda, so most timeouts cost no event at all.
+#[derive(Default)]
+struct Deadlines {
+    by_host: BTreeMap<HostId, BTreeSet<(Time, u64)>>,
+    of_request: BTreeMap<u64, (HostId, Time)>,
+    /// The time of each host's scheduled wake; a wake at another time is stale.
+    wake_at: BTreeMap<HostId, Time>,
+}
+
 enum Pending {
     PollWorkflow,
     CompleteWorkflow { completion: Box<WorkflowCompletion>, tries: u32 },
@@ -534,6 +546,7 @@ pub struct World<'s> {
     human: HumanModel,
     workload: Vec<Start>,
     client_requests: BTreeMap<u64, ClientRequest>,
+    deadlines: Deadlines,
     /// Tool answers by idempotency key, so a retried call applies nothing twice.
     tool_answers: BTreeMap<String, Value>,
     counts: FaultCounts,
@@ -613,6 +626,7 @@ impl<'s> World<'s> {
             human: HumanModel::new(faults.human.clone()),
             workload,
             client_requests: BTreeMap::new(),
+            deadlines: Deadlines::default(),
             tool_answers: BTreeMap::new(),
             counts: FaultCounts::new(),
             digest: Digest::new(),
@@ -810,7 +824,9 @@ impl<'s> World<'s> {
                 if !self.is_up(host) || incarnation != self.incarnation(host) {
                     return;
                 }
-                if host == STORE {
+                if let Wake::Deadlines = wake {
+                    self.deadlines_due(now, host);
+                } else if host == STORE {
                     self.store_wake(now, wake);
                 } else if let Some(worker) = self.worker_index(host) {
                     self.worker_wake(now, worker, wake);
@@ -879,6 +895,7 @@ impl<'s> World<'s> {
             worker.activity_poll = None;
             worker.running.clear();
             worker.requests.clear();
+            self.deadlines.forget_host(host);
             worker.calls.clear();
         }
         let delay = self.rng_faults.exp_ms(self.faults.restart_delay_ms_mean);
@@ -1136,8 +1153,46 @@ impl<'s> World<'s> {
             other => panic!("not a worker request: {other:?}"),
         };
         self.workers[index].requests.insert(req_id, pending);
-        self.wake(host, Time(now.0 + timeout_ms), Wake::RequestTimeout { req_id });
+        self.deadline_add(host, Time(now.0 + timeout_ms), req_id);
         self.send(host, STORE, now, msg);
+    }
+
+    fn deadline_add(&mut self, host: HostId, at: Time, req_id: u64) {
+        self.deadlines.by_host.entry(host).or_default().insert((at, req_id));
+        self.deadlines.of_request.insert(req_id, (host, at));
+        self.deadline_reschedule(host);
+    }
+
+    /// Makes sure the host wakes at its earliest deadline.
+    fn deadline_reschedule(&mut self, host: HostId) {
+        let Some(&(first, _)) = self.deadlines.by_host.get(&host).and_then(|d| d.first()) else { return };
+        if self.deadlines.wake_at.get(&host).is_none_or(|at| first < *at) {
+            self.deadlines.wake_at.insert(host, first);
+            self.wake(host, first, Wake::Deadlines);
+        }
+    }
+
+    /// Times out every request of `host` whose deadline has come.
+    fn deadlines_due(&mut self, now: Time, host: HostId) {
+        if self.deadlines.wake_at.get(&host) != Some(&now) {
+            return;
+        }
+        self.deadlines.wake_at.remove(&host);
+        let due: Vec<u64> = self
+            .deadlines
+            .by_host
+            .get(&host)
+            .map(|d| d.iter().take_while(|(at, _)| *at <= now).map(|(_, req_id)| *req_id).collect())
+            .unwrap_or_default();
+        for req_id in due {
+            self.deadlines.done(req_id);
+            let timeout = Wake::RequestTimeout { req_id };
+            match self.worker_index(host) {
+                Some(index) => self.worker_wake(now, index, timeout),
+                None => self.client_wake(now, host, timeout),
+            }
+        }
+        self.deadline_reschedule(host);
     }
 
     fn worker_poll_workflow(&mut self, index: usize) {
@@ -1176,6 +1231,7 @@ impl<'s> World<'s> {
     fn worker_receive(&mut self, now: Time, index: usize, msg: Msg) {
         match msg {
             Msg::PollWorkflowResp { req_id, task } => {
+                self.deadlines.done(req_id);
                 if self.workers[index].requests.remove(&req_id).is_none() {
                     return;
                 }
@@ -1186,6 +1242,7 @@ impl<'s> World<'s> {
                 }
             }
             Msg::CompleteWorkflowResp { req_id, run_id, ack } => {
+                self.deadlines.done(req_id);
                 if self.workers[index].requests.remove(&req_id).is_none() {
                     return;
                 }
@@ -1193,6 +1250,7 @@ impl<'s> World<'s> {
                 self.worker_poll_workflow(index);
             }
             Msg::PollActivityResp { req_id, lease } => {
+                self.deadlines.done(req_id);
                 if self.workers[index].requests.remove(&req_id).is_none() {
                     return;
                 }
@@ -1203,9 +1261,11 @@ impl<'s> World<'s> {
                 self.worker_poll_activity(now, index);
             }
             Msg::CompleteActivityResp { req_id } => {
+                self.deadlines.done(req_id);
                 self.workers[index].requests.remove(&req_id);
             }
             Msg::HeartbeatResp { req_id, token, ack } => {
+                self.deadlines.done(req_id);
                 self.workers[index].requests.remove(&req_id);
                 if let Ack::Rejected(reason) = ack {
                     // The lease is gone: another worker may own this attempt now. Give up.
@@ -1476,19 +1536,21 @@ impl<'s> World<'s> {
             },
         };
         self.client_requests.insert(req_id, request);
-        self.wake(from, Time(now.0 + REQUEST_TIMEOUT_MS), Wake::RequestTimeout { req_id });
+        self.deadline_add(from, Time(now.0 + REQUEST_TIMEOUT_MS), req_id);
         self.send(from, STORE, now, msg);
     }
 
     fn client_receive(&mut self, now: Time, to: HostId, msg: Msg) {
         match msg {
             Msg::StartResp { req_id } => {
+                self.deadlines.done(req_id);
                 if let Some(ClientRequest::Start { index }) = self.client_requests.remove(&req_id) {
                     let workflow_id = self.workload[index].workflow_id.clone();
                     self.evidence.accepted_starts.insert(workflow_id);
                 }
             }
             Msg::SignalResp { req_id, status } => {
+                self.deadlines.done(req_id);
                 let Some(request) = self.client_requests.remove(&req_id) else {
                     return;
                 };
@@ -1704,6 +1766,25 @@ impl<'s> World<'s> {
             trace_digest: self.digest.hex(),
             histories: if self.options.keep_histories { histories } else { Vec::new() },
         }
+    }
+}
+
+impl Deadlines {
+    /// The request was answered (or timed out): its deadline is gone.
+    fn done(&mut self, req_id: u64) {
+        if let Some((host, at)) = self.of_request.remove(&req_id) {
+            if let Some(deadlines) = self.by_host.get_mut(&host) {
+                deadlines.remove(&(at, req_id));
+            }
+        }
+    }
+
+    /// A crashed host forgets its requests, and its scheduled wake died with it.
+    fn forget_host(&mut self, host: HostId) {
+        for (_, req_id) in self.by_host.remove(&host).unwrap_or_default() {
+            self.of_request.remove(&req_id);
+        }
+        self.wake_at.remove(&host);
     }
 }
 
