@@ -59,6 +59,11 @@ pub trait Scenario: Send + Sync {
     fn check(&self, _finished: &Finished<'_>) -> Result<(), String> {
         Ok(())
     }
+    /// "Sometimes" facts about the business outcome that only the scenario can see (e.g.
+    /// `compensation_ran`), each counted once per occurrence in the sweep summary.
+    fn sometimes(&self, _finished: &Finished<'_>) -> Vec<&'static str> {
+        Vec::new()
+    }
 }
 
 /// What a tool call does.

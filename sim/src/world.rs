@@ -1734,6 +1734,7 @@ impl<'s> World<'s> {
         let histories = histories_of(store);
         if self.failure.is_none() {
             let finished = crate::scenario::Finished { histories: &histories, tool_effects: &self.evidence.effects };
+            let facts = self.scenario.sometimes(&finished);
             if let Err(failure) = check::run_all(self.scenario, store, &histories, &self.evidence).and_then(|()| {
                 self.scenario.check(&finished).map_err(|message| CheckFailure {
                     check: format!("check_{}_outcome", self.scenario.name()),
@@ -1741,6 +1742,9 @@ impl<'s> World<'s> {
                 })
             }) {
                 self.failure = Some(failure);
+            }
+            for fact in facts {
+                self.evidence.sometimes_add(fact);
             }
         }
         for history in &histories {
