@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -68,6 +68,85 @@ fn run_world(scenario: &dyn Scenario, options: Options) -> tempest_sim::Outcome 
     outcome
 }
 
+/// Worlds shrinking may run for one failing seed: enough for delta debugging over a few
+/// hundred faults, and a fraction of a second for small worlds.
+const SHRINK_BUDGET: u32 = 400;
+
+/// Failing seeds a sweep shrinks (the lowest of each failing check); the others get their
+/// explicit plan unshrunk, so a broken build that fails every seed still ends quickly.
+const SWEEP_SHRINK_MAX: usize = 8;
+
+/// A seed that failed, with what it ran under.
+struct FailingSeed<'a> {
+    options: Options,
+    outcome: &'a tempest_sim::Outcome,
+}
+
+/// The plan file written for a failing seed.
+#[derive(Debug)]
+struct WrittenPlan {
+    path: Option<String>,
+    /// Faults in the written plan; None for the seed's swarm plan.
+    faults: Option<usize>,
+    shrunk_from: Option<usize>,
+    attempts: u32,
+    note: Option<String>,
+}
+
+impl FailingSeed<'_> {
+    /// Writes `DIR/tempest-plan-SCENARIO-SEED.json`: the failure's explicit plan, shrunk when
+    /// `budget` allows, else the seed's swarm plan if the explicit one does not reproduce.
+    fn write_plan(&self, scenario: &dyn Scenario, budget: u32, dir: &Path) -> WrittenPlan {
+        let outcome = self.outcome;
+        let explicit = self.options.plan.explicit(&outcome.injected);
+        let mut written = WrittenPlan { path: None, faults: None, shrunk_from: None, attempts: 0, note: None };
+        let plan = if budget == 0 {
+            written.note = Some("not shrunk".to_owned());
+            explicit
+        } else {
+            match tempest_sim::shrink_failure(scenario, &self.options, outcome, budget) {
+                Some(shrunk) => {
+                    written.shrunk_from = Some(shrunk.faults_before);
+                    written.attempts = shrunk.attempts;
+                    shrunk.plan
+                }
+                None => {
+                    written.note = Some(
+                        "its explicit plan did not fail the same way, so this is the seed's swarm plan".to_owned(),
+                    );
+                    self.options.plan.clone()
+                }
+            }
+        };
+        written.faults = plan.fault_count();
+        let path = dir.join(format!("tempest-plan-{}-{}.json", outcome.scenario, outcome.seed));
+        let path = path.strip_prefix(".").unwrap_or(&path).display().to_string();
+        match std::fs::write(&path, plan.to_json()) {
+            Ok(()) => written.path = Some(path),
+            Err(error) => written.note = Some(format!("cannot write {path}: {error}")),
+        }
+        written
+    }
+}
+
+impl WrittenPlan {
+    fn describe(&self) -> String {
+        let mut text = self.path.clone().unwrap_or_else(|| "none".to_owned());
+        let mut details = Vec::new();
+        if let Some(faults) = self.faults {
+            details.push(format!("{faults} faults"));
+        }
+        if let Some(before) = self.shrunk_from {
+            details.push(format!("shrunk from {before} in {} runs", self.attempts));
+        }
+        details.extend(self.note.clone());
+        if !details.is_empty() {
+            text.push_str(&format!(" ({})", details.join(", ")));
+        }
+        text
+    }
+}
+
 fn repro_line(scenario: &str, seed: u64) -> String {
     format!("cargo run --release -- run {scenario} --seed {seed}")
 }
@@ -110,7 +189,7 @@ pub(crate) fn run(request: RunRequest<'_>, out: &mut impl Write) -> anyhow::Resu
         check_every_step: request.check_every_step,
         ..Options::swarm(request.seed)
     };
-    let outcome = run_world(scenario.as_ref(), options);
+    let outcome = run_world(scenario.as_ref(), options.clone());
     writeln!(out, "scenario {} seed {}", outcome.scenario, outcome.seed)?;
     match &outcome.failure {
         None => writeln!(out, "outcome: passed")?,
@@ -131,14 +210,16 @@ pub(crate) fn run(request: RunRequest<'_>, out: &mut impl Write) -> anyhow::Resu
         writeln!(out, "recorded {} histories in {}", outcome.histories.len(), dir.display())?;
     }
     if outcome.failure.is_some() {
-        if request.plan.is_none() {
-            let path = PathBuf::from(format!("tempest-plan-{}-{}.json", outcome.scenario, outcome.seed));
-            std::fs::write(&path, plan.to_json()).with_context(|| format!("cannot write {}", path.display()))?;
-            writeln!(out, "fault plan: {}", path.display())?;
-        }
         let mut repro = repro_line(outcome.scenario, outcome.seed);
         if let Some(plan) = request.plan {
             repro.push_str(&format!(" --plan {}", plan.display()));
+        } else {
+            let failing = FailingSeed { options, outcome: &outcome };
+            let written = failing.write_plan(scenario.as_ref(), SHRINK_BUDGET, Path::new("."));
+            writeln!(out, "fault plan: {}", written.describe())?;
+            if let Some(path) = written.path {
+                writeln!(out, "replay the plan with:\n    {repro} --plan {path}")?;
+            }
         }
         writeln!(out, "rerun with:\n    {repro}")?;
         return Ok(Exit::Failed);
@@ -161,7 +242,12 @@ pub(crate) struct SweepFailure {
     pub(crate) check: String,
     pub(crate) message: String,
     pub(crate) repro: String,
+    /// The plan file, empty if it could not be written.
     pub(crate) plan: String,
+    /// Faults in the plan file (an explicit plan), if it is one.
+    pub(crate) plan_faults: Option<usize>,
+    /// Faults before shrinking, if the plan was shrunk.
+    pub(crate) shrunk_from: Option<usize>,
 }
 
 /// The sweep summary, as printed and as written with `--json`.
@@ -201,6 +287,7 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
             .expect("a valid template"),
     );
     let started = Instant::now();
+    let mut failing = Vec::new();
     let next = AtomicU64::new(0);
     let (sender, receiver) = mpsc::channel();
     let mut summary = Summary {
@@ -237,26 +324,15 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
             for (fact, count) in &outcome.sometimes {
                 *summary.sometimes.entry((*fact).to_owned()).or_default() += count;
             }
-            match outcome.failure {
-                None => summary.passed += 1,
-                Some(failure) => {
-                    let plan_path = format!("tempest-plan-{}-{}.json", outcome.scenario, outcome.seed);
-                    if let Err(error) = std::fs::write(&plan_path, FaultPlan::draw(outcome.seed).to_json()) {
-                        eprintln!("tempest sweep: cannot write {plan_path}: {error}");
-                    }
-                    summary.failed.push(SweepFailure {
-                        seed: outcome.seed,
-                        scenario: outcome.scenario.to_owned(),
-                        check: failure.check,
-                        message: failure.message,
-                        repro: repro_line(outcome.scenario, outcome.seed),
-                        plan: plan_path,
-                    });
-                }
+            if outcome.failure.is_some() {
+                failing.push(outcome);
+            } else {
+                summary.passed += 1;
             }
         }
     });
     progress.finish_and_clear();
+    summary.failed = plan_failures(&scenarios, &mut failing, jobs, Path::new("."));
     summary.seeds = total;
     summary.wall_seconds = started.elapsed().as_secs_f64();
     summary.seeds_per_second = total as f64 / summary.wall_seconds.max(1e-9);
@@ -301,7 +377,152 @@ fn write_summary(summary: &Summary, out: &mut impl Write) -> std::io::Result<()>
     for failure in &summary.failed {
         writeln!(out, "FAILED {} seed {}: {}: {}", failure.scenario, failure.seed, failure.check, failure.message)?;
         writeln!(out, "    rerun with: {}", failure.repro)?;
-        writeln!(out, "    fault plan: {}", failure.plan)?;
+        let shrunk = match (failure.plan_faults, failure.shrunk_from) {
+            (Some(faults), Some(before)) => format!(" ({faults} faults, shrunk from {before})"),
+            (Some(faults), None) => format!(" ({faults} faults, not shrunk)"),
+            _ => String::new(),
+        };
+        writeln!(out, "    fault plan: {}{shrunk}", failure.plan)?;
+        writeln!(out, "    replay it:  {} --plan {}", failure.repro, failure.plan)?;
     }
     Ok(())
+}
+
+/// Writes a plan for every failing seed, shrinking the lowest seeds of each failing check
+/// (up to `SWEEP_SHRINK_MAX` in all) on `jobs` threads; returns the failures in seed order.
+fn plan_failures(
+    scenarios: &[Box<dyn Scenario>],
+    failing: &mut [tempest_sim::Outcome],
+    jobs: u32,
+    dir: &Path,
+) -> Vec<SweepFailure> {
+    failing.sort_by(|a, b| (a.scenario, a.seed).cmp(&(b.scenario, b.seed)));
+    let mut shrink_first = BTreeMap::new();
+    for (index, outcome) in failing.iter().enumerate() {
+        let check = outcome.failure.as_ref().map(|f| f.check.as_str()).unwrap_or_default();
+        shrink_first.entry((outcome.scenario, check)).or_insert(index);
+    }
+    let to_shrink: Vec<usize> = shrink_first.into_values().take(SWEEP_SHRINK_MAX).collect();
+    let next = AtomicU64::new(0);
+    let written: Vec<(usize, WrittenPlan)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..jobs.max(1))
+            .map(|_| {
+                let (next, to_shrink, failing) = (&next, &to_shrink, &*failing);
+                scope.spawn(move || {
+                    let mut written = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(outcome) = failing.get(index) else { break };
+                        let scenario = scenarios.iter().find(|s| s.name() == outcome.scenario).expect("swept scenario");
+                        let budget = if to_shrink.contains(&index) { SHRINK_BUDGET } else { 0 };
+                        let seed = FailingSeed { options: Options::swarm(outcome.seed), outcome };
+                        written.push((index, seed.write_plan(scenario.as_ref(), budget, dir)));
+                    }
+                    written
+                })
+            })
+            .collect();
+        threads.into_iter().flat_map(|t| t.join().expect("plan writer")).collect()
+    });
+    let mut by_index: BTreeMap<usize, WrittenPlan> = written.into_iter().collect();
+    failing
+        .iter()
+        .enumerate()
+        .map(|(index, outcome)| {
+            let plan = by_index.remove(&index).expect("every failure has a plan");
+            if let Some(note) = plan.note.as_ref().filter(|_| plan.path.is_none()) {
+                eprintln!("tempest sweep: {note}");
+            }
+            let failure = outcome.failure.clone().expect("failing outcome");
+            SweepFailure {
+                seed: outcome.seed,
+                scenario: outcome.scenario.to_owned(),
+                check: failure.check,
+                message: failure.message,
+                repro: repro_line(outcome.scenario, outcome.seed),
+                plan: plan.path.clone().unwrap_or_default(),
+                plan_faults: plan.faults,
+                shrunk_from: plan.shrunk_from,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use tempest_engine::history::Kind;
+    use tempest_engine::services::{Activities, LlmRequest, LlmResponse};
+    use tempest_engine::Registry;
+    use tempest_sim::rng::Rng;
+    use tempest_sim::scenario::{Finished, Start, ToolOutcome};
+
+    /// hello_llm with a business check that no LLM attempt ever failed: any LLM fault trips it,
+    /// so a failing swarm seed carries many faults of which one suffices.
+    struct NoFailedAttempts(Box<dyn Scenario>);
+
+    impl Scenario for NoFailedAttempts {
+        fn name(&self) -> &'static str {
+            self.0.name()
+        }
+        fn description(&self) -> &'static str {
+            self.0.description()
+        }
+        fn registry(&self) -> Registry {
+            self.0.registry()
+        }
+        fn activities(&self) -> Activities {
+            self.0.activities()
+        }
+        fn workload(&self, rng: &mut Rng) -> Vec<Start> {
+            self.0.workload(rng)
+        }
+        fn llm_answer(&self, request: &LlmRequest, rng: &mut Rng) -> LlmResponse {
+            self.0.llm_answer(request, rng)
+        }
+        fn tool_call(&self, name: &str, arguments: &Value, rng: &mut Rng) -> ToolOutcome {
+            self.0.tool_call(name, arguments, rng)
+        }
+        fn liveness_bound(&self) -> std::time::Duration {
+            self.0.liveness_bound()
+        }
+        fn check(&self, finished: &Finished<'_>) -> Result<(), String> {
+            let failed = finished
+                .histories
+                .iter()
+                .flat_map(|h| &h.events)
+                .any(|e| matches!(e.kind, Kind::ActivityAttemptFailed { .. }));
+            if failed {
+                Err("an LLM attempt failed".to_owned())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[test]
+    fn sweep_writes_a_shrunk_plan_that_replays_the_failure() {
+        let scenarios: Vec<Box<dyn Scenario>> =
+            vec![Box::new(NoFailedAttempts(tempest_scenarios::find("hello_llm").expect("built in")))];
+        let mut failing: Vec<tempest_sim::Outcome> = (0..200)
+            .map(|seed| tempest_sim::world::run_catching(scenarios[0].as_ref(), Options::swarm(seed)))
+            .filter(|outcome| !outcome.passed())
+            .take(3)
+            .collect();
+        assert_eq!(failing.len(), 3, "no LLM fault in 200 seeds");
+        let dir = std::env::temp_dir().join(format!("tempest-shrink-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let failures = plan_failures(&scenarios, &mut failing, 2, &dir);
+        assert_eq!(failures.len(), 3);
+        // One failing check: only the lowest seed is shrunk, the others keep their explicit plan.
+        assert!(failures[0].shrunk_from.is_some() && failures[1].shrunk_from.is_none(), "{failures:?}");
+        let first = &failures[0];
+        assert_eq!(first.plan_faults, Some(1), "{first:?}");
+        let plan = FaultPlan::from_json(&std::fs::read_to_string(&first.plan).expect("plan written")).expect("plan");
+        let replayed =
+            tempest_sim::world::run_catching(scenarios[0].as_ref(), Options { plan, ..Options::swarm(first.seed) });
+        assert_eq!(replayed.failure.map(|f| f.check), Some(first.check.clone()));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

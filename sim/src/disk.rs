@@ -5,9 +5,10 @@
 //! one fails its length or checksum and cuts the log there. It never interprets record contents
 //! and never decides when to crash.
 
+use crate::plan::Gate;
 use crate::rng::Rng;
 use crate::swarm::{fault, FaultCounts};
-use tempest_engine::hash;
+use tempest_engine::{hash, Time};
 
 /// Bytes in a frame header: the record length (u32 LE), then its checksum (u64 LE).
 const HEADER_LEN: usize = 4 + 8;
@@ -39,6 +40,8 @@ pub struct Disk {
     /// until recovery has cut it off.
     recovery_needed: bool,
     fault_counts: FaultCounts,
+    /// Decides torn writes (see `plan::Gate`).
+    pub gate: Gate,
 }
 
 impl Disk {
@@ -73,9 +76,10 @@ impl Disk {
     /// record was partly written. A torn frame is either cut short (the file ends inside it) or
     /// keeps its full length with the rest reading as zeros (the file size reached the disk
     /// before the data did, as ext4 and XFS can show after a crash mid-append).
-    pub fn crash(&mut self, rng: &mut Rng, torn_write_probability: f64) -> CrashLoss {
+    pub fn crash(&mut self, now: Time, rng: &mut Rng, torn_write_probability: f64) -> CrashLoss {
         let unsynced_records_lost = self.unsynced.len();
-        let torn = unsynced_records_lost > 0 && rng.chance(torn_write_probability);
+        let torn = unsynced_records_lost > 0
+            && self.gate.decide(fault::DISK_TORN_WRITE, now, rng.chance(torn_write_probability));
         if torn {
             let frame = &self.unsynced[0];
             if rng.chance(0.5) {
@@ -145,7 +149,7 @@ mod tests {
         disk.append(&record(1));
         disk.sync();
         disk.append(&record(2));
-        let loss = disk.crash(&mut Rng::new(1), 0.0);
+        let loss = disk.crash(Time::ZERO, &mut Rng::new(1), 0.0);
         assert_eq!(loss, CrashLoss { unsynced_records_lost: 1, torn: false });
         let recovered = disk.recover();
         assert_eq!(recovered.records, [record(0), record(1)]);
@@ -158,7 +162,7 @@ mod tests {
         let mut disk = Disk::new();
         disk.append(b"");
         disk.sync();
-        let loss = disk.crash(&mut Rng::new(2), 1.0);
+        let loss = disk.crash(Time::ZERO, &mut Rng::new(2), 1.0);
         assert_eq!(loss, CrashLoss { unsynced_records_lost: 0, torn: false });
         assert_eq!(disk.recover().records, [Vec::<u8>::new()]);
         assert_eq!(disk.fault_counts().total(), 0);
@@ -179,7 +183,7 @@ mod tests {
             disk.append(&torn_payload);
             disk.append(&record(99));
 
-            let loss = disk.crash(&mut rng, 1.0);
+            let loss = disk.crash(Time::ZERO, &mut rng, 1.0);
             assert_eq!(loss, CrashLoss { unsynced_records_lost: 2, torn: true }, "seed {seed}");
             let recovered = disk.recover();
             let expected: Vec<Vec<u8>> = (0..synced_count).map(record).collect();
@@ -211,7 +215,7 @@ mod tests {
     #[test]
     fn append_after_crash_without_recovery_panics() {
         let mut disk = Disk::new();
-        disk.crash(&mut Rng::new(3), 0.0);
+        disk.crash(Time::ZERO, &mut Rng::new(3), 0.0);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| disk.append(b"late")));
         assert!(result.is_err());
     }

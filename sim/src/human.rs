@@ -4,9 +4,11 @@
 //! too late, sometimes never. It never decides what the answer says (scenarios do) and never
 //! schedules it: the world turns a `HumanPlan` into signals on the agenda.
 
+use crate::plan::Gate;
 use crate::rng::Rng;
 use crate::swarm::{self, fault, FaultCounts};
 use serde::{Deserialize, Serialize};
+use tempest_engine::Time;
 
 /// How people answer. Probabilities are per request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,6 +73,8 @@ pub enum HumanPlan {
 pub struct HumanModel {
     faults: HumanFaults,
     fault_counts: FaultCounts,
+    /// Decides silence, lateness and second answers (see `plan::Gate`).
+    pub gate: Gate,
 }
 
 impl HumanModel {
@@ -78,7 +82,7 @@ impl HumanModel {
         if let Err(error) = faults.validate() {
             panic!("{error}");
         }
-        HumanModel { faults, fault_counts: FaultCounts::new() }
+        HumanModel { faults, fault_counts: FaultCounts::new(), gate: Gate::default() }
     }
 
     pub fn faults(&self) -> &HumanFaults {
@@ -90,19 +94,20 @@ impl HumanModel {
     }
 
     /// Decides how one request will be answered.
-    pub fn plan(&mut self, rng: &mut Rng) -> HumanPlan {
+    pub fn plan(&mut self, now: Time, rng: &mut Rng) -> HumanPlan {
         let HumanFaults { answer_delay_ms_min: min, answer_delay_ms_max: max, .. } = self.faults;
-        if rng.chance(self.faults.never_probability) {
+        if self.gate.decide(fault::HUMAN_NEVER, now, rng.chance(self.faults.never_probability)) {
             self.fault_counts.add(fault::HUMAN_NEVER);
             return HumanPlan::Never;
         }
         let on_time_ms = (min as f64 * (max as f64 / min as f64).powf(rng.f64())).round() as u64;
         let mut after_ms = on_time_ms.clamp(min, max);
-        if rng.chance(self.faults.late_probability) {
+        if self.gate.decide(fault::HUMAN_LATE, now, rng.chance(self.faults.late_probability)) {
             self.fault_counts.add(fault::HUMAN_LATE);
             after_ms = max + 1 + rng.exp_ms(max);
         }
-        let duplicate_after_ms = rng.chance(self.faults.duplicate_probability).then(|| {
+        let duplicate_drawn = rng.chance(self.faults.duplicate_probability);
+        let duplicate_after_ms = self.gate.decide(fault::HUMAN_DUPLICATE, now, duplicate_drawn).then(|| {
             self.fault_counts.add(fault::HUMAN_DUPLICATE);
             after_ms + rng.exp_ms(min)
         });
@@ -134,7 +139,7 @@ mod tests {
     fn on_time_answers_span_minutes_to_days() {
         let mut humans = model(|_| {});
         let mut rng = Rng::new(1);
-        let delays: Vec<u64> = (0..1000).map(|_| after_ms(humans.plan(&mut rng))).collect();
+        let delays: Vec<u64> = (0..1000).map(|_| after_ms(humans.plan(Time::ZERO, &mut rng))).collect();
         assert!(delays.iter().all(|d| (MINUTE_MS..=DAY_MS).contains(d)));
         assert!(delays.iter().any(|d| *d < 10 * MINUTE_MS));
         assert!(delays.iter().any(|d| *d > DAY_MS / 2));
@@ -144,7 +149,7 @@ mod tests {
     #[test]
     fn certain_never_means_no_answer() {
         let mut humans = model(|f| f.never_probability = 1.0);
-        assert_eq!(humans.plan(&mut Rng::new(2)), HumanPlan::Never);
+        assert_eq!(humans.plan(Time::ZERO, &mut Rng::new(2)), HumanPlan::Never);
         assert_eq!(humans.fault_counts().get(fault::HUMAN_NEVER), 1);
     }
 
@@ -152,7 +157,7 @@ mod tests {
     fn late_answers_come_after_the_max_delay() {
         let mut humans = model(|f| f.late_probability = 1.0);
         let mut rng = Rng::new(3);
-        assert!((0..100).all(|_| after_ms(humans.plan(&mut rng)) > DAY_MS));
+        assert!((0..100).all(|_| after_ms(humans.plan(Time::ZERO, &mut rng)) > DAY_MS));
     }
 
     #[test]
@@ -160,7 +165,8 @@ mod tests {
         let mut humans = model(|f| f.duplicate_probability = 1.0);
         let mut rng = Rng::new(4);
         for _ in 0..100 {
-            let HumanPlan::Answer { after_ms, duplicate_after_ms: Some(duplicate_after_ms) } = humans.plan(&mut rng)
+            let HumanPlan::Answer { after_ms, duplicate_after_ms: Some(duplicate_after_ms) } =
+                humans.plan(Time::ZERO, &mut rng)
             else {
                 panic!("expected a duplicated answer");
             };

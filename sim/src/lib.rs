@@ -15,10 +15,11 @@ pub mod net;
 pub mod plan;
 pub mod rng;
 pub mod scenario;
+pub mod shrink;
 pub mod swarm;
 pub mod tool;
 pub mod world;
 
 pub use plan::FaultPlan;
 pub use scenario::Scenario;
-pub use world::{CheckFailure, Options, Outcome, World};
+pub use world::{shrink_failure, CheckFailure, Options, Outcome, World};

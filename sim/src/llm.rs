@@ -4,6 +4,7 @@
 //! and how, and how long it takes. It never produces the answer's content (scenarios script
 //! that) and never schedules anything: the world turns an `LlmOutcome` into agenda events.
 
+use crate::plan::Gate;
 use crate::rng::Rng;
 use crate::swarm::{self, fault, FaultCounts};
 use serde::{Deserialize, Serialize};
@@ -154,6 +155,8 @@ pub struct LlmProvider {
     /// When each request admitted in the last `RATE_LIMIT_WINDOW_MS` was admitted, oldest first.
     accepted_at: VecDeque<Time>,
     fault_counts: FaultCounts,
+    /// Decides outages, timeouts and invalid answers (see `plan::Gate`).
+    pub gate: Gate,
 }
 
 impl LlmProvider {
@@ -169,6 +172,7 @@ impl LlmProvider {
             server_error_burst_remaining: 0,
             accepted_at: VecDeque::new(),
             fault_counts: FaultCounts::new(),
+            gate: Gate::default(),
         }
     }
 
@@ -191,6 +195,7 @@ impl LlmProvider {
             ..LlmFaults::none()
         };
         self.server_error_burst_remaining = 0;
+        self.gate.heal();
     }
 
     /// The most requests the buckets can admit within any `RATE_LIMIT_WINDOW_MS`: a full
@@ -225,7 +230,9 @@ impl LlmProvider {
         self.admit(now, tokens);
 
         let latency_ms_base = self.faults.latency_ms_base;
-        if self.server_error_burst_remaining == 0 && rng.chance(self.faults.server_error_probability) {
+        if self.server_error_burst_remaining == 0
+            && self.gate.decide(fault::LLM_SERVER_ERROR, now, rng.chance(self.faults.server_error_probability))
+        {
             // The outage's length counts this request too, so its mean is the knob.
             self.server_error_burst_remaining = 1 + rng.exp_ms(self.faults.server_error_burst_len_mean - 1);
         }
@@ -234,14 +241,14 @@ impl LlmProvider {
             self.fault_counts.add(fault::LLM_SERVER_ERROR);
             return LlmOutcome::ServerError { latency_ms: latency_ms_base };
         }
-        if rng.chance(self.faults.timeout_probability) {
+        if self.gate.decide(fault::LLM_TIMEOUT, now, rng.chance(self.faults.timeout_probability)) {
             self.fault_counts.add(fault::LLM_TIMEOUT);
             return LlmOutcome::TimedOut { after_ms: HUNG_REQUEST_CUT_MS };
         }
         // Up to 50% jitter, so equal requests in flight together can finish in either order.
         let latency_ms_nominal = latency_ms_base + self.faults.latency_ms_per_token * tokens;
         let latency_ms = latency_ms_nominal + rng.range_inclusive(0, latency_ms_nominal / 2);
-        if rng.chance(self.faults.invalid_output_probability) {
+        if self.gate.decide(fault::LLM_INVALID_OUTPUT, now, rng.chance(self.faults.invalid_output_probability)) {
             self.fault_counts.add(fault::LLM_INVALID_OUTPUT);
             return LlmOutcome::InvalidOutput { latency_ms };
         }

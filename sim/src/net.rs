@@ -4,6 +4,7 @@
 //! which links a partition blocks. It never carries payloads or schedules deliveries itself: it
 //! answers `send` with delivery times and the world puts them on the agenda.
 
+use crate::plan::Gate;
 use crate::rng::Rng;
 use crate::swarm::{self, fault, FaultCounts};
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,8 @@ pub struct Network {
     /// Blocked directed links `(from, to)` and when each block ends. Bounded by hosts squared.
     partitions: BTreeMap<(HostId, HostId), Time>,
     fault_counts: FaultCounts,
+    /// Decides drops, duplicates and delays (see `plan::Gate`).
+    pub gate: Gate,
 }
 
 impl Network {
@@ -85,7 +88,7 @@ impl Network {
         if let Err(error) = faults.validate() {
             panic!("{error}");
         }
-        Network { faults, partitions: BTreeMap::new(), fault_counts: FaultCounts::new() }
+        Network { faults, partitions: BTreeMap::new(), fault_counts: FaultCounts::new(), gate: Gate::default() }
     }
 
     pub fn faults(&self) -> &NetworkFaults {
@@ -120,6 +123,7 @@ impl Network {
     /// messages. Latency stays, since a healthy network still takes time.
     pub fn heal(&mut self) {
         self.heal_partitions();
+        self.gate.heal();
         self.faults = NetworkFaults {
             latency_ms_min: self.faults.latency_ms_min,
             latency_ms_mean: self.faults.latency_ms_mean,
@@ -137,11 +141,15 @@ impl Network {
         if self.is_blocked(from, to, now) {
             return Vec::new();
         }
-        if rng.chance(self.faults.message_drop_probability) {
+        if self.gate.decide(fault::MESSAGE_DROPPED, now, rng.chance(self.faults.message_drop_probability)) {
             self.fault_counts.add(fault::MESSAGE_DROPPED);
             return Vec::new();
         }
-        let copy_count = if rng.chance(self.faults.message_duplicate_probability) {
+        let copy_count = if self.gate.decide(
+            fault::MESSAGE_DUPLICATED,
+            now,
+            rng.chance(self.faults.message_duplicate_probability),
+        ) {
             self.fault_counts.add(fault::MESSAGE_DUPLICATED);
             2
         } else {
@@ -151,7 +159,7 @@ impl Network {
         for _ in 0..copy_count {
             let tail_mean_ms = self.faults.latency_ms_mean - self.faults.latency_ms_min;
             let mut latency_ms = self.faults.latency_ms_min + rng.exp_ms(tail_mean_ms);
-            if rng.chance(self.faults.message_delay_probability) {
+            if self.gate.decide(fault::MESSAGE_DELAYED, now, rng.chance(self.faults.message_delay_probability)) {
                 self.fault_counts.add(fault::MESSAGE_DELAYED);
                 latency_ms += rng.exp_ms(self.faults.message_delay_ms_mean);
             }

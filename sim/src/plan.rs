@@ -1,13 +1,24 @@
 //! Fault plans: which faults a world injects, how strong, and when.
 //!
 //! Owns the serializable plan of one world: the swarm knobs (probabilities and strengths, see
-//! `swarm`), the length of the fault phase after which everything heals, and faults scheduled
-//! at fixed times (crashes). A plan is drawn from a seed or read from a file; the same plan
-//! and seed give the same world. It never runs anything.
+//! `swarm`), the length of the fault phase after which everything heals, faults scheduled at
+//! fixed times (crashes), and, in an explicit plan, the exact list of faults to inject. Also
+//! owns the `Gate` through which every fault decision of the world passes. A plan is drawn
+//! from a seed or read from a file; the same plan and seed give the same world. It never runs
+//! anything.
+//!
+//! Explicit plans are what shrinking edits. The world meets fault *decision points* (each
+//! message sent, each LLM request admitted, each lease granted, ...). In a swarm plan the
+//! seed's generator decides each one; an explicit plan names the decision points that inject,
+//! as `(kind, nth)`: the `nth` decision about a fault of that `kind`. A run records the faults
+//! it injected in that form, so the explicit plan of a run replays it exactly (the generator
+//! is drawn the same way in both modes), and removing an entry removes one fault.
 
 use crate::rng::Rng;
 use crate::swarm::{fault, FaultConfig};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tempest_engine::Time;
 
 const MINUTE_MS: u64 = 60_000;
 const HOUR_MS: u64 = 60 * MINUTE_MS;
@@ -20,6 +31,40 @@ pub struct ScheduledCrash {
     pub host: String,
 }
 
+/// Fault kinds the world decides at decision points, which an explicit plan can name. The
+/// others follow from these or from the config (`disk_unsynced_lost` from a store crash,
+/// `llm_rate_limited` from the provider's quota).
+pub const DECIDED_KINDS: [&str; 15] = [
+    fault::MESSAGE_DROPPED,
+    fault::MESSAGE_DUPLICATED,
+    fault::MESSAGE_DELAYED,
+    fault::PARTITION,
+    fault::WORKER_CRASH,
+    fault::STORE_CRASH,
+    fault::DISK_TORN_WRITE,
+    fault::LEASE_EXPIRED,
+    fault::LLM_SERVER_ERROR,
+    fault::LLM_TIMEOUT,
+    fault::LLM_INVALID_OUTPUT,
+    fault::TOOL_FAILURE,
+    fault::HUMAN_LATE,
+    fault::HUMAN_DUPLICATE,
+    fault::HUMAN_NEVER,
+];
+
+/// One injected fault of an explicit plan: the `nth` (0-based) decision about `kind` injects.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledFault {
+    pub kind: String,
+    pub nth: u64,
+    /// When the recorded run met this decision point; for people reading the plan.
+    pub at_ms: u64,
+    /// How long a partition lasts; shrinking shortens it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultPlan {
@@ -29,12 +74,30 @@ pub struct FaultPlan {
     pub fault_phase_ms: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crashes: Vec<ScheduledCrash>,
+    /// Present in an explicit plan: exactly the faults to inject at decision points; the
+    /// config's probabilities then decide nothing (they still shape the generator's draws).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Vec<ScheduledFault>>,
 }
 
 impl FaultPlan {
     /// No faults; the world still has latency.
     pub fn none() -> FaultPlan {
-        FaultPlan { config: FaultConfig::none(), fault_phase_ms: 0, crashes: Vec::new() }
+        FaultPlan { config: FaultConfig::none(), fault_phase_ms: 0, crashes: Vec::new(), schedule: None }
+    }
+
+    /// This plan made explicit with the faults a run of it injected.
+    pub fn explicit(&self, injected: &[ScheduledFault]) -> FaultPlan {
+        FaultPlan { schedule: Some(injected.to_vec()), ..self.clone() }
+    }
+
+    /// How many faults an explicit plan injects: scheduled faults, crashes and quota limits.
+    /// None for a swarm plan, whose faults depend on the draws.
+    pub fn fault_count(&self) -> Option<usize> {
+        let schedule = self.schedule.as_ref()?;
+        let quotas = usize::from(self.config.llm.rate_limit_rpm.is_some())
+            + usize::from(self.config.llm.rate_limit_tpm.is_some());
+        Some(schedule.len() + self.crashes.len() + quotas)
     }
 
     /// The swarm plan of `seed`: a subset of fault kinds at drawn strengths, a fault phase of
@@ -60,7 +123,7 @@ impl FaultPlan {
             }
             crashes.sort_by(|a, b| (a.at_ms, &a.host).cmp(&(b.at_ms, &b.host)));
         }
-        FaultPlan { config, fault_phase_ms, crashes }
+        FaultPlan { config, fault_phase_ms, crashes, schedule: None }
     }
 
     /// Fault kinds this plan can inject, for summaries.
@@ -109,7 +172,85 @@ impl FaultPlan {
                 ));
             }
         }
+        for (i, entry) in plan.schedule.iter().flatten().enumerate() {
+            if !DECIDED_KINDS.contains(&entry.kind.as_str()) {
+                return Err(format!(
+                    "schedule[{i}] names fault kind {:?}, which is not decided at a decision point (one of {})",
+                    entry.kind,
+                    DECIDED_KINDS.join(", ")
+                ));
+            }
+        }
         Ok(plan)
+    }
+}
+
+/// Every fault decision of one component of the world passes through its gate: a swarm plan's
+/// gate lets the generator's draw decide, an explicit plan's gate injects exactly at the
+/// scheduled decision points. Either way the gate records what it injected.
+#[derive(Clone, Debug, Default)]
+pub struct Gate {
+    /// Explicit plans only: the decision points that inject, with a partition's duration.
+    explicit: Option<BTreeMap<(&'static str, u64), Option<u64>>>,
+    decisions_seen: BTreeMap<&'static str, u64>,
+    injected: Vec<ScheduledFault>,
+    healed: bool,
+}
+
+impl Gate {
+    pub fn new(plan: &FaultPlan) -> Gate {
+        let explicit = plan.schedule.as_ref().map(|schedule| {
+            schedule
+                .iter()
+                .filter_map(|entry| {
+                    let kind = DECIDED_KINDS.iter().find(|k| **k == entry.kind)?;
+                    Some(((*kind, entry.nth), entry.duration_ms))
+                })
+                .collect()
+        });
+        Gate { explicit, ..Gate::default() }
+    }
+
+    /// Whether the decision point met at `at` injects a fault of `kind`. `drawn` is the
+    /// generator's draw for it, which callers make in both modes so that an explicit plan
+    /// consumes the generator exactly like the run it was recorded from.
+    pub fn decide(&mut self, kind: &'static str, at: Time, drawn: bool) -> bool {
+        let seen = self.decisions_seen.entry(kind).or_insert(0);
+        let nth = *seen;
+        *seen += 1;
+        let (inject, duration_ms) = match &self.explicit {
+            _ if self.healed => (false, None),
+            None => (drawn, None),
+            Some(schedule) => match schedule.get(&(kind, nth)) {
+                Some(duration_ms) => (true, *duration_ms),
+                None => (false, None),
+            },
+        };
+        if inject {
+            self.injected.push(ScheduledFault { kind: kind.to_owned(), nth, at_ms: at.as_ms(), duration_ms });
+        }
+        inject
+    }
+
+    /// The scheduled duration of the fault just injected, if the plan fixes one.
+    pub fn scheduled_duration_ms(&self) -> Option<u64> {
+        self.injected.last().and_then(|entry| entry.duration_ms)
+    }
+
+    /// Records how long the fault just injected lasts.
+    pub fn record_duration_ms(&mut self, duration_ms: u64) {
+        if let Some(entry) = self.injected.last_mut() {
+            entry.duration_ms = Some(duration_ms);
+        }
+    }
+
+    /// The heal phase: no decision injects any more.
+    pub fn heal(&mut self) {
+        self.healed = true;
+    }
+
+    pub fn injected(&self) -> &[ScheduledFault] {
+        &self.injected
     }
 }
 
@@ -123,6 +264,47 @@ mod tests {
             let plan = FaultPlan::draw(seed);
             assert_eq!(FaultPlan::from_json(&plan.to_json()).unwrap(), plan, "seed {seed}");
         }
+    }
+
+    #[test]
+    fn explicit_gate_injects_exactly_the_scheduled_decisions() {
+        let mut plan = FaultPlan::none();
+        plan.schedule = Some(vec![
+            ScheduledFault { kind: fault::MESSAGE_DROPPED.into(), nth: 1, at_ms: 0, duration_ms: None },
+            ScheduledFault { kind: fault::PARTITION.into(), nth: 0, at_ms: 0, duration_ms: Some(40) },
+        ]);
+        let mut gate = Gate::new(&plan);
+        let drops: Vec<bool> = (0..3).map(|i| gate.decide(fault::MESSAGE_DROPPED, Time(i), true)).collect();
+        assert_eq!(drops, [false, true, false]);
+        assert!(gate.decide(fault::PARTITION, Time(9), false));
+        assert_eq!(gate.scheduled_duration_ms(), Some(40));
+        gate.heal();
+        assert!(!gate.decide(fault::MESSAGE_DROPPED, Time(10), true));
+        assert_eq!(gate.injected().len(), 2);
+        assert_eq!(gate.injected()[0].at_ms, 1);
+    }
+
+    #[test]
+    fn swarm_gate_follows_the_draw_and_records_it() {
+        let mut gate = Gate::new(&FaultPlan::none());
+        assert!(!gate.decide(fault::TOOL_FAILURE, Time(1), false));
+        assert!(gate.decide(fault::TOOL_FAILURE, Time(2), true));
+        assert_eq!(
+            gate.injected(),
+            [ScheduledFault { kind: fault::TOOL_FAILURE.into(), nth: 1, at_ms: 2, duration_ms: None }]
+        );
+        let plan = FaultPlan::none().explicit(gate.injected());
+        assert_eq!(FaultPlan::from_json(&plan.to_json()).unwrap(), plan);
+        assert_eq!(plan.fault_count(), Some(1));
+    }
+
+    #[test]
+    fn unknown_scheduled_kind_is_named() {
+        let mut plan = FaultPlan::none();
+        plan.schedule =
+            Some(vec![ScheduledFault { kind: "disk_unsynced_lost".into(), nth: 0, at_ms: 0, duration_ms: None }]);
+        let error = FaultPlan::from_json(&plan.to_json()).unwrap_err();
+        assert!(error.contains("schedule[0]") && error.contains("disk_unsynced_lost"), "{error}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::disk::Disk;
 use crate::human::{HumanModel, HumanPlan};
 use crate::llm::{LlmOutcome, LlmProvider};
 use crate::net::{HostId, Network};
-use crate::plan::FaultPlan;
+use crate::plan::{FaultPlan, Gate, ScheduledFault};
 use crate::rng::Rng;
 use crate::scenario::{HumanAnswer, Scenario, Start, NOTIFY_HUMAN};
 use crate::swarm::{fault, FaultConfig, FaultCounts};
@@ -221,6 +221,8 @@ pub struct Outcome {
     pub step_count: u64,
     pub trace_digest: String,
     pub histories: Vec<History>,
+    /// The faults injected at decision points: with the plan, an explicit plan of this run.
+    pub injected: Vec<ScheduledFault>,
 }
 
 impl Outcome {
@@ -550,6 +552,8 @@ pub struct World<'s> {
     /// Tool answers by idempotency key, so a retried call applies nothing twice.
     tool_answers: BTreeMap<String, Value>,
     counts: FaultCounts,
+    /// Decides the faults the world itself injects (see `plan::Gate`).
+    gate: Gate,
     digest: Digest,
     step_count: u64,
     heal_at: Time,
@@ -629,6 +633,7 @@ impl<'s> World<'s> {
             deadlines: Deadlines::default(),
             tool_answers: BTreeMap::new(),
             counts: FaultCounts::new(),
+            gate: Gate::new(&options.plan),
             digest: Digest::new(),
             step_count: 0,
             heal_at,
@@ -638,6 +643,10 @@ impl<'s> World<'s> {
             evidence,
             options,
         };
+        world.network.gate = Gate::new(&world.options.plan);
+        world.llm.gate = Gate::new(&world.options.plan);
+        world.human.gate = Gate::new(&world.options.plan);
+        world.store.disk.gate = Gate::new(&world.options.plan);
         world.schedule_plan();
         world
     }
@@ -665,6 +674,12 @@ impl<'s> World<'s> {
 
     /// Runs the world to its end and checks it.
     pub fn run(mut self) -> Outcome {
+        self.run_steps();
+        self.finish()
+    }
+
+    /// Steps the world until it is done, a check failed, or it can go no further.
+    fn run_steps(&mut self) {
         while let Some((now, ev)) = self.agenda.pop() {
             self.step_count += 1;
             self.trace(now, &ev);
@@ -694,7 +709,6 @@ impl<'s> World<'s> {
         if self.failure.is_none() && !self.done {
             self.fail("check_liveness_after_heal", "the world ran out of events with runs still open".to_owned());
         }
-        self.finish()
     }
 
     /// Every end-of-world safety check over the store as it stands.
@@ -752,11 +766,15 @@ impl<'s> World<'s> {
 
     /// Sends a message through the network at `at` (now, or later for a slow service).
     fn send(&mut self, from: HostId, to: HostId, at: Time, msg: Msg) {
-        if self.faults_on && self.rng_faults.chance(self.faults.partition_probability) {
+        if self.faults_on
+            && self.gate.decide(fault::PARTITION, at, self.rng_faults.chance(self.faults.partition_probability))
+        {
             let two_way = self.rng_faults.chance(self.faults.partition_two_way_probability);
-            let until = Time(at.0 + self.rng_faults.exp_ms(self.faults.partition_duration_ms_mean));
+            let drawn_ms = self.rng_faults.exp_ms(self.faults.partition_duration_ms_mean);
+            let duration_ms = self.gate.scheduled_duration_ms().unwrap_or(drawn_ms);
+            self.gate.record_duration_ms(duration_ms);
+            let until = Time(at.0 + duration_ms);
             self.network.partition(from, to, two_way, until);
-            self.counts.add(fault::PARTITION);
             let (a, b) = (host_name(from), host_name(to));
             tracing::debug!(target: "tempest::world", "{at} partition {a} -> {b} (two-way: {two_way}) until {until}");
         }
@@ -868,7 +886,7 @@ impl<'s> World<'s> {
         }
         if host == STORE {
             self.counts.add(fault::STORE_CRASH);
-            let loss = self.store.disk.crash(&mut self.rng_faults, self.faults.disk_torn_write_probability);
+            let loss = self.store.disk.crash(now, &mut self.rng_faults, self.faults.disk_torn_write_probability);
             if loss.unsynced_records_lost > 0 {
                 self.evidence.sometimes_add("store_crash_lost_unsynced_writes");
             }
@@ -935,6 +953,7 @@ impl<'s> World<'s> {
         self.faults_on = false;
         self.network.heal();
         self.llm.heal();
+        self.gate.heal();
         self.agenda.push(now.plus(self.scenario.liveness_bound()), Ev::LivenessDeadline);
         for host in std::iter::once(STORE).chain((0..self.workers.len()).map(worker_host)) {
             if !self.is_up(host) {
@@ -1018,7 +1037,9 @@ impl<'s> World<'s> {
             self.store.sync_scheduled = true;
             self.wake(STORE, Time(now.0 + FSYNC_MS), Wake::StoreSync);
         }
-        if self.faults_on && self.rng_faults.chance(self.faults.store_crash_probability) {
+        if self.faults_on
+            && self.gate.decide(fault::STORE_CRASH, now, self.rng_faults.chance(self.faults.store_crash_probability))
+        {
             // The crash lands before the sync completes: whatever it covered is lost.
             self.wake(STORE, now, Wake::StoreCrash);
         }
@@ -1315,7 +1336,9 @@ impl<'s> World<'s> {
     }
 
     fn maybe_crash_worker(&mut self, now: Time, index: usize) {
-        if self.faults_on && self.rng_faults.chance(self.faults.worker_crash_probability) {
+        if self.faults_on
+            && self.gate.decide(fault::WORKER_CRASH, now, self.rng_faults.chance(self.faults.worker_crash_probability))
+        {
             let at = Time(now.0 + self.rng_faults.exp_ms(50));
             self.agenda.push(at, Ev::Crash { host: worker_host(index) });
         }
@@ -1323,7 +1346,12 @@ impl<'s> World<'s> {
 
     fn worker_lease(&mut self, now: Time, index: usize, lease: ActivityLease) {
         let token = lease.token;
-        let stalled = self.faults_on && self.rng_faults.chance(self.faults.lease_expiry_probability);
+        let stalled = self.faults_on
+            && self.gate.decide(
+                fault::LEASE_EXPIRED,
+                now,
+                self.rng_faults.chance(self.faults.lease_expiry_probability),
+            );
         let running = Running {
             lease,
             future: None,
@@ -1625,7 +1653,8 @@ impl<'s> World<'s> {
     fn tool_receive(&mut self, now: Time, from: HostId, msg: Msg) {
         let Msg::ToolReq { call_id, name, arguments, idempotency_key } = msg else { panic!("tool received {msg:?}") };
         let latency = self.rng_tool.exp_ms(self.faults.tool.latency_ms_mean.max(1));
-        let fails = self.faults_on && self.rng_tool.chance(self.faults.tool.failure_probability);
+        let fails = self.faults_on
+            && self.gate.decide(fault::TOOL_FAILURE, now, self.rng_tool.chance(self.faults.tool.failure_probability));
         // Half the failures happen before the side effect, half after it (the answer is lost).
         let fails_before = fails && self.rng_tool.chance(0.5);
         let result = if fails_before {
@@ -1670,7 +1699,7 @@ impl<'s> World<'s> {
             return;
         };
         let plan = if self.faults_on {
-            self.human.plan(&mut self.rng_human)
+            self.human.plan(now, &mut self.rng_human)
         } else {
             HumanModel::new(crate::human::HumanFaults {
                 never_probability: 0.0,
@@ -1678,7 +1707,7 @@ impl<'s> World<'s> {
                 duplicate_probability: 0.0,
                 ..self.faults.human.clone()
             })
-            .plan(&mut self.rng_human)
+            .plan(now, &mut self.rng_human)
         };
         match plan {
             HumanPlan::Never => self.evidence.sometimes_add("human_never_answered"),
@@ -1726,6 +1755,14 @@ impl<'s> World<'s> {
         self.store.up && self.open_workflows().is_empty()
     }
 
+    /// Every fault injected at a decision point so far, in time order.
+    fn injected(&self) -> Vec<ScheduledFault> {
+        let gates = [&self.gate, &self.network.gate, &self.llm.gate, &self.human.gate, &self.store.disk.gate];
+        let mut injected: Vec<ScheduledFault> = gates.iter().flat_map(|gate| gate.injected().iter().cloned()).collect();
+        injected.sort_by(|a, b| (a.at_ms, &a.kind, a.nth).cmp(&(b.at_ms, &b.kind, b.nth)));
+        injected
+    }
+
     fn finish(mut self) -> Outcome {
         if self.failure.is_none() {
             self.store.disk.sync();
@@ -1755,6 +1792,7 @@ impl<'s> World<'s> {
         faults.merge(self.store.disk.fault_counts());
         faults.merge(self.llm.fault_counts());
         faults.merge(self.human.fault_counts());
+        let injected = self.injected();
         let runs_completed =
             histories.iter().filter(|h| h.events.last().is_some_and(|e| e.kind.is_terminal())).count() as u64;
         Outcome {
@@ -1769,6 +1807,7 @@ impl<'s> World<'s> {
             step_count: self.step_count,
             trace_digest: self.digest.hex(),
             histories: if self.options.keep_histories { histories } else { Vec::new() },
+            injected,
         }
     }
 }
@@ -1821,8 +1860,20 @@ fn format_duration(duration: Duration) -> String {
 /// Runs one world; a panic inside the engine or the world becomes a failed check named
 /// `panic` that carries the panic message, so a sweep reports it like any other failure.
 pub fn run_catching(scenario: &dyn Scenario, options: Options) -> Outcome {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
     let seed = options.seed;
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| World::new(scenario, options).run())) {
+    // The faults injected before a panic survive it, so a panicking seed can be shrunk too.
+    let mut injected = Vec::new();
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let mut world = World::new(scenario, options);
+        let stepped = catch_unwind(AssertUnwindSafe(|| world.run_steps()));
+        injected = world.injected();
+        match stepped {
+            Ok(()) => world.finish(),
+            Err(payload) => std::panic::resume_unwind(payload),
+        }
+    }));
+    match result {
         Ok(outcome) => outcome,
         Err(payload) => {
             let message = match payload.downcast_ref::<&str>() {
@@ -1846,7 +1897,32 @@ pub fn run_catching(scenario: &dyn Scenario, options: Options) -> Outcome {
                 step_count: 0,
                 trace_digest: "-".to_owned(),
                 histories: Vec::new(),
+                injected,
             }
         }
     }
+}
+
+/// Shrinks the failure of `outcome` (a world run with `options`): makes its plan explicit,
+/// checks that the explicit plan fails the same check, then shrinks it running at most
+/// `budget` more worlds. None if the outcome passed or its explicit plan does not fail the
+/// same way (which would be a determinism bug worth its own report).
+pub fn shrink_failure(
+    scenario: &dyn Scenario,
+    options: &Options,
+    outcome: &Outcome,
+    budget: u32,
+) -> Option<crate::shrink::Shrunk> {
+    let check = &outcome.failure.as_ref()?.check;
+    let failing_check = |plan: &FaultPlan| {
+        let candidate = Options { plan: plan.clone(), keep_histories: false, ..options.clone() };
+        run_catching(scenario, candidate).failure.map(|failure| failure.check)
+    };
+    let explicit = options.plan.explicit(&outcome.injected);
+    if failing_check(&explicit).as_ref() != Some(check) {
+        return None;
+    }
+    let mut shrunk = crate::shrink::shrink(explicit, check, budget, failing_check);
+    shrunk.attempts += 1;
+    Some(shrunk)
 }

@@ -619,3 +619,37 @@ fn history_with_two_endings_is_reported_as_completed_twice_by_all_checks() {
     assert_eq!(failure.check, "check_runs_complete_exactly_once");
     assert!(failure.message.contains("run r1 completed 2 times"), "{}", failure.message);
 }
+
+// ---- shrinking -----------------------------------------------------------------------------
+
+#[test]
+fn explicit_plan_of_a_run_replays_it_exactly() {
+    let scenario = scenario("agent_loop");
+    for seed in 0..4 {
+        let outcome = world::run_catching(scenario.as_ref(), Options::swarm(seed));
+        let explicit = Options::swarm(seed).plan.explicit(&outcome.injected);
+        let replayed = world::run_catching(scenario.as_ref(), Options { plan: explicit, ..Options::swarm(seed) });
+        assert_eq!(replayed.trace_digest, outcome.trace_digest, "seed {seed}");
+        assert_eq!(replayed.injected, outcome.injected, "seed {seed}");
+    }
+}
+
+#[test]
+fn failing_seed_of_a_broken_store_shrinks_to_at_most_three_faults_that_still_fail() {
+    // The store ignores activity fencing tokens; the bug needs a stalled lease and a takeover,
+    // and a swarm seed that shows it injects dozens of unrelated faults besides.
+    let factory = store(|s| Box::new(ActivityTokenIgnored(s)));
+    let scenario = scenario("hello_llm");
+    let outcome = first_failure(scenario.as_ref(), |seed| with_store(seed, factory.clone()), 15..25);
+    let check = outcome.failure.clone().expect("failed").check;
+    let options = with_store(outcome.seed, factory.clone());
+    let shrunk = tempest_sim::shrink_failure(scenario.as_ref(), &options, &outcome, 400)
+        .expect("the explicit plan of a failing seed fails the same way");
+    let faults = shrunk.plan.fault_count().expect("explicit");
+    assert!(faults <= 3, "shrunk from {} to {faults} faults: {}", shrunk.faults_before, shrunk.plan.to_json());
+    assert!(shrunk.faults_before > faults, "nothing was removed from {} faults", shrunk.faults_before);
+    // The plan as written to a file replays the failure.
+    let plan = tempest_sim::FaultPlan::from_json(&shrunk.plan.to_json()).expect("plans round-trip");
+    let replayed = world::run_catching(scenario.as_ref(), Options { plan, ..options });
+    assert_eq!(replayed.failure.map(|f| f.check), Some(check));
+}
