@@ -294,6 +294,8 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
         scenarios: scenarios.iter().map(|s| s.name().to_owned()).collect(),
         seed_base: request.seed_base,
         jobs,
+        // Every fact a sweep should reach is listed, so one it never reached shows as 0.
+        sometimes: tempest_sim::check::sometimes::ALL.iter().map(|fact| ((*fact).to_owned(), 0)).collect(),
         ..Summary::default()
     };
     std::thread::scope(|scope| {
@@ -371,7 +373,8 @@ fn write_summary(summary: &Summary, out: &mut impl Write) -> std::io::Result<()>
     if !summary.sometimes.is_empty() {
         writeln!(out, "sometimes:")?;
         for (fact, count) in &summary.sometimes {
-            writeln!(out, "    {fact:<44} {count}")?;
+            let never = if *count == 0 { "  (never reached in this sweep)" } else { "" };
+            writeln!(out, "    {fact:<44} {count}{never}")?;
         }
     }
     for failure in &summary.failed {

@@ -257,6 +257,16 @@ impl Machine {
     /// the machine and the commands the code issues past the end of the history (empty when
     /// the history ends at a decision point, as histories written by a host do).
     pub fn replay(registry: &Registry, events: &[Event]) -> Result<(Machine, Vec<Kind>), Error> {
+        Machine::replay_observing(registry, events, |_, _| {})
+    }
+
+    /// `replay`, showing `after_input` the machine after each input event past the first
+    /// (with that event's index), once the workflow has reacted to it.
+    pub fn replay_observing(
+        registry: &Registry,
+        events: &[Event],
+        mut after_input: impl FnMut(usize, &Machine),
+    ) -> Result<(Machine, Vec<Kind>), Error> {
         let first = events.first().expect("replay needs at least workflow_started");
         let (expected, next) = batch_after(events, 0);
         let fill_recorded = |error: Error| match error {
@@ -277,6 +287,7 @@ impl Machine {
                 shared.next_input = next.map(|i| i as u64);
             }
             commands = machine.apply_inner(&events[index]).map_err(fill_recorded)?;
+            after_input(index, &machine);
             cursor = next;
         }
         Ok((machine, commands))
@@ -368,6 +379,11 @@ impl Machine {
             .get(name)
             .ok_or_else(|| Error::UnknownQuery { run_id: shared.run_id.clone(), name: name.to_owned() })?;
         Ok(handler(args))
+    }
+
+    /// Signals of `name` received but not yet taken by the workflow.
+    pub fn buffered_signal_count(&self, name: &str) -> usize {
+        self.shared.borrow().signals.get(name).map_or(0, |queue| queue.len())
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -41,7 +41,7 @@ impl Evidence {
     pub fn grant(&mut self, run_id: &str, seq: u32, attempt: u32, worker: &str) {
         let workers = self.grants.entry((run_id.to_owned(), seq, attempt)).or_default();
         if !workers.is_empty() && !workers.contains(worker) {
-            self.sometimes.entry("lease_expired_and_another_worker_took_over").and_modify(|n| *n += 1).or_insert(1);
+            *self.sometimes.entry(sometimes::LEASE_TAKEN_OVER).or_insert(0) += 1;
         }
         workers.insert(worker.to_owned());
     }
@@ -61,6 +61,31 @@ impl Evidence {
     }
 }
 
+/// The "sometimes" facts a sweep must reach: outcomes the checks only test if they happen.
+/// A sweep of 10,000 seeds over every scenario reaches each (a test asserts it).
+pub mod sometimes {
+    pub const RETRIED_AFTER_429: &str = "retried_after_429_waiting_retry_after";
+    pub const WORKER_CRASHED_MID_ACTIVITY: &str = "worker_crashed_mid_activity";
+    pub const LEASE_TAKEN_OVER: &str = "lease_expired_and_another_worker_took_over";
+    pub const SIGNAL_BEFORE_WAIT: &str = "signal_arrived_before_its_wait";
+    pub const HUMAN_NEVER_ANSWERED: &str = "human_never_answered";
+    pub const STORE_CRASH_LOST_WRITES: &str = "store_crash_lost_unsynced_writes";
+    pub const LLM_ANSWER_FAILED_VALIDATION: &str = "llm_answer_failed_validation";
+    /// Reported by scenarios with compensations (`Scenario::sometimes`).
+    pub const COMPENSATION_RAN: &str = "compensation_ran";
+
+    pub const ALL: [&str; 8] = [
+        RETRIED_AFTER_429,
+        WORKER_CRASHED_MID_ACTIVITY,
+        LEASE_TAKEN_OVER,
+        SIGNAL_BEFORE_WAIT,
+        HUMAN_NEVER_ANSWERED,
+        STORE_CRASH_LOST_WRITES,
+        LLM_ANSWER_FAILED_VALIDATION,
+        COMPENSATION_RAN,
+    ];
+}
+
 fn failure(check: &str, message: String) -> CheckFailure {
     CheckFailure { check: check.to_owned(), message }
 }
@@ -71,7 +96,7 @@ pub fn run_all(
     store: &Store,
     histories: &[History],
     evidence: &Evidence,
-) -> Result<(), CheckFailure> {
+) -> Result<Replayed, CheckFailure> {
     // The more specific check first: a second ending is also malformed, but says more.
     check_runs_complete_exactly_once(histories)?;
     check_histories_well_formed(histories)?;
@@ -79,8 +104,8 @@ pub fn run_all(
     check_signals_recorded_once(histories, evidence)?;
     check_activity_results_recorded_once(histories, evidence)?;
     check_rate_limits_held(evidence)?;
-    check_replay_reproduces(scenario, histories)?;
-    Ok(())
+    let replayed = check_replay_reproduces(scenario, histories)?;
+    Ok(replayed)
 }
 
 /// Every history is well formed: numbered, ordered in time, and each event allowed where it is.
@@ -236,12 +261,36 @@ pub fn check_rate_limits_held(evidence: &Evidence) -> Result<(), CheckFailure> {
     Ok(())
 }
 
+/// What the replay check saw besides its verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Signals that arrived while the workflow was not waiting for them and that a later wait
+    /// took from the buffer (the "signal before its wait" case).
+    pub signals_taken_after_arriving_early: u64,
+}
+
 /// Replaying each final history with today's workflow code reproduces it exactly.
-pub fn check_replay_reproduces(scenario: &dyn Scenario, histories: &[History]) -> Result<(), CheckFailure> {
+pub fn check_replay_reproduces(scenario: &dyn Scenario, histories: &[History]) -> Result<Replayed, CheckFailure> {
     let registry = scenario.registry();
+    let mut replayed = Replayed::default();
     for history in histories {
-        match Machine::replay(&registry, &history.events) {
+        // Signal names with a buffered signal, and how many were buffered after the arrival.
+        let mut early: BTreeMap<&str, usize> = BTreeMap::new();
+        let watch = |index: usize, machine: &Machine| {
+            if let Kind::SignalReceived { name, .. } = &history.events[index].kind {
+                let buffered = machine.buffered_signal_count(name);
+                if buffered > 0 {
+                    early.insert(name.as_str(), buffered);
+                }
+            }
+        };
+        match Machine::replay_observing(&registry, &history.events, watch) {
             Ok((machine, extra)) => {
+                for (name, buffered) in &early {
+                    if machine.buffered_signal_count(name) < *buffered {
+                        replayed.signals_taken_after_arriving_early += 1;
+                    }
+                }
                 if !extra.is_empty() {
                     return Err(failure(
                         "check_replay_reproduces",
@@ -268,5 +317,5 @@ pub fn check_replay_reproduces(scenario: &dyn Scenario, histories: &[History]) -
             Err(error) => return Err(failure("check_replay_reproduces", error.to_string())),
         }
     }
-    Ok(())
+    Ok(replayed)
 }

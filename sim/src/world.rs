@@ -714,7 +714,7 @@ impl<'s> World<'s> {
     /// Every end-of-world safety check over the store as it stands.
     fn check_safety(&mut self) -> Result<(), CheckFailure> {
         let store = self.store.protocol.store();
-        check::run_all(self.scenario, store, &histories_of(store), &self.evidence)
+        check::run_all(self.scenario, store, &histories_of(store), &self.evidence).map(|_| ())
     }
 
     fn fail(&mut self, check: &str, message: String) {
@@ -888,7 +888,7 @@ impl<'s> World<'s> {
             self.counts.add(fault::STORE_CRASH);
             let loss = self.store.disk.crash(now, &mut self.rng_faults, self.faults.disk_torn_write_probability);
             if loss.unsynced_records_lost > 0 {
-                self.evidence.sometimes_add("store_crash_lost_unsynced_writes");
+                self.evidence.sometimes_add(check::sometimes::STORE_CRASH_LOST_WRITES);
             }
             self.store.up = false;
             self.store.incarnation += 1;
@@ -903,7 +903,7 @@ impl<'s> World<'s> {
             self.counts.add(fault::WORKER_CRASH);
             let worker = &mut self.workers[index];
             if worker.running.values().any(|r| r.started) {
-                self.evidence.sometimes_add("worker_crashed_mid_activity");
+                self.evidence.sometimes_add(check::sometimes::WORKER_CRASHED_MID_ACTIVITY);
             }
             worker.up = false;
             worker.incarnation += 1;
@@ -1067,11 +1067,11 @@ impl<'s> World<'s> {
                     &event.kind
                 {
                     if retry_at_ms.0 > event.time_ms.0 {
-                        self.evidence.sometimes_add("retried_after_429_waiting_retry_after");
+                        self.evidence.sometimes_add(check::sometimes::RETRIED_AFTER_429);
                     }
                 }
                 if let Kind::ActivityAttemptFailed { failure: Failure::InvalidOutput { .. }, .. } = &event.kind {
-                    self.evidence.sometimes_add("llm_answer_failed_validation");
+                    self.evidence.sometimes_add(check::sometimes::LLM_ANSWER_FAILED_VALIDATION);
                 }
             }
         }
@@ -1710,7 +1710,7 @@ impl<'s> World<'s> {
             .plan(now, &mut self.rng_human)
         };
         match plan {
-            HumanPlan::Never => self.evidence.sometimes_add("human_never_answered"),
+            HumanPlan::Never => self.evidence.sometimes_add(check::sometimes::HUMAN_NEVER_ANSWERED),
             HumanPlan::Answer { after_ms, duplicate_after_ms } => {
                 let base = format!("{effect}/{}", answer.signal_name);
                 self.wake(
@@ -1771,13 +1771,16 @@ impl<'s> World<'s> {
         let histories = histories_of(store);
         if self.failure.is_none() {
             let finished = crate::scenario::Finished { histories: &histories, tool_effects: &self.evidence.effects };
-            let facts = self.scenario.sometimes(&finished);
-            if let Err(failure) = check::run_all(self.scenario, store, &histories, &self.evidence).and_then(|()| {
+            let mut facts = self.scenario.sometimes(&finished);
+            let checked = check::run_all(self.scenario, store, &histories, &self.evidence).and_then(|replayed| {
+                let early = replayed.signals_taken_after_arriving_early as usize;
+                facts.extend(std::iter::repeat_n(check::sometimes::SIGNAL_BEFORE_WAIT, early));
                 self.scenario.check(&finished).map_err(|message| CheckFailure {
                     check: format!("check_{}_outcome", self.scenario.name()),
                     message,
                 })
-            }) {
+            });
+            if let Err(failure) = checked {
                 self.failure = Some(failure);
             }
             for fact in facts {

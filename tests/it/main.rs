@@ -1,6 +1,7 @@
 //! Cross-crate tests: one test binary, so the suite links once.
 
 mod checks_can_fail;
+mod coverage;
 mod determinism;
 mod properties;
 mod tidy;
