@@ -3,5 +3,6 @@
 mod checks_can_fail;
 mod coverage;
 mod determinism;
+mod golden;
 mod properties;
 mod tidy;
