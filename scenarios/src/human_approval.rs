@@ -21,20 +21,20 @@ const REVISION_COUNT_MAX: u32 = 3;
 const TOKENS_PER_DRAFT: u64 = 1_500;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct Request {
-    pub(crate) topic: String,
+pub struct Request {
+    pub topic: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Approval {
-    pub(crate) approved: bool,
+pub struct Approval {
+    pub approved: bool,
     #[serde(default)]
-    pub(crate) comment: String,
+    pub comment: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
-pub(crate) enum Decision {
+pub enum Decision {
     Published { draft: String, revisions: u32 },
     Escalated { revisions: u32 },
     RejectedTooOften { revisions: u32 },
@@ -48,7 +48,7 @@ struct DraftInput {
 }
 
 /// The approval flow as a user writes it.
-pub(crate) async fn human_approval(ctx: Ctx, request: Request) -> WorkflowResult<Decision> {
+pub async fn human_approval(ctx: Ctx, request: Request) -> WorkflowResult<Decision> {
     let mut previous = None;
     let mut comment = None;
     for revision in 0..=REVISION_COUNT_MAX {

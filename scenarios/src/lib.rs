@@ -8,7 +8,7 @@
 mod agent_loop;
 mod common;
 pub mod hello_llm;
-mod human_approval;
+pub mod human_approval;
 
 use tempest_engine::Registry;
 use tempest_sim::Scenario;

@@ -12,7 +12,7 @@ use tempest_engine::history::{History, Kind};
 use tempest_engine::machine::Machine;
 use tempest_engine::ratelimit::Limit;
 use tempest_engine::store::Store;
-use tempest_engine::Time;
+use tempest_engine::{Registry, Time};
 
 /// The rate-limiter key scenarios put on their LLM activities.
 pub const LLM_KEY: &str = "llm:sim-model";
@@ -274,48 +274,48 @@ pub fn check_replay_reproduces(scenario: &dyn Scenario, histories: &[History]) -
     let registry = scenario.registry();
     let mut replayed = Replayed::default();
     for history in histories {
-        // Signal names with a buffered signal, and how many were buffered after the arrival.
-        let mut early: BTreeMap<&str, usize> = BTreeMap::new();
-        let watch = |index: usize, machine: &Machine| {
-            if let Kind::SignalReceived { name, .. } = &history.events[index].kind {
-                let buffered = machine.buffered_signal_count(name);
-                if buffered > 0 {
-                    early.insert(name.as_str(), buffered);
-                }
+        let one =
+            replay_reproduces(&registry, history).map_err(|message| failure("check_replay_reproduces", message))?;
+        replayed.signals_taken_after_arriving_early += one.signals_taken_after_arriving_early;
+    }
+    Ok(replayed)
+}
+
+/// Replays one history with the workflow code of `registry`: it must issue exactly the
+/// recorded commands, nothing past the end, and end where the history ends. The error names
+/// the run, and the event and command at the first divergence.
+pub fn replay_reproduces(registry: &Registry, history: &History) -> Result<Replayed, String> {
+    let mut replayed = Replayed::default();
+    // Signal names with a buffered signal, and how many were buffered after the arrival.
+    let mut early: BTreeMap<&str, usize> = BTreeMap::new();
+    let watch = |index: usize, machine: &Machine| {
+        if let Kind::SignalReceived { name, .. } = &history.events[index].kind {
+            let buffered = machine.buffered_signal_count(name);
+            if buffered > 0 {
+                early.insert(name.as_str(), buffered);
             }
-        };
-        match Machine::replay_observing(&registry, &history.events, watch) {
-            Ok((machine, extra)) => {
-                for (name, buffered) in &early {
-                    if machine.buffered_signal_count(name) < *buffered {
-                        replayed.signals_taken_after_arriving_early += 1;
-                    }
-                }
-                if !extra.is_empty() {
-                    return Err(failure(
-                        "check_replay_reproduces",
-                        format!(
-                            "run {}: replay issues {} commands past the end of the history, first {}",
-                            history.run_id,
-                            extra.len(),
-                            extra[0]
-                        ),
-                    ));
-                }
-                let ended = history.events.last().is_some_and(|e| e.kind.is_terminal());
-                if ended != machine.is_closed() {
-                    return Err(failure(
-                        "check_replay_reproduces",
-                        format!(
-                            "run {}: history ended={ended} but replayed code ended={}",
-                            history.run_id,
-                            machine.is_closed()
-                        ),
-                    ));
-                }
-            }
-            Err(error) => return Err(failure("check_replay_reproduces", error.to_string())),
         }
+    };
+    let (machine, extra) = Machine::replay_observing(registry, &history.events, watch).map_err(|e| e.to_string())?;
+    for (name, buffered) in &early {
+        if machine.buffered_signal_count(name) < *buffered {
+            replayed.signals_taken_after_arriving_early += 1;
+        }
+    }
+    if let Some(first) = extra.first() {
+        return Err(format!(
+            "run {}: replay issues {} commands past the end of the history, first {first}",
+            history.run_id,
+            extra.len(),
+        ));
+    }
+    let ended = history.events.last().is_some_and(|e| e.kind.is_terminal());
+    if ended != machine.is_closed() {
+        return Err(format!(
+            "run {}: history ended={ended} but replayed code ended={}",
+            history.run_id,
+            machine.is_closed()
+        ));
     }
     Ok(replayed)
 }

@@ -4,5 +4,6 @@ mod checks_can_fail;
 mod coverage;
 mod determinism;
 mod golden;
+mod histories;
 mod properties;
 mod tidy;
