@@ -5,7 +5,7 @@
 //! one fails its length or checksum and cuts the log there. It never interprets record contents
 //! and never decides when to crash.
 
-use crate::plan::Gate;
+use crate::plan::{Decided, Gate};
 use crate::rng::Rng;
 use crate::swarm::{fault, FaultCounts};
 use tempest_engine::{hash, Time};
@@ -79,7 +79,7 @@ impl Disk {
     pub fn crash(&mut self, now: Time, rng: &mut Rng, torn_write_probability: f64) -> CrashLoss {
         let unsynced_records_lost = self.unsynced.len();
         let torn = unsynced_records_lost > 0
-            && self.gate.decide(fault::DISK_TORN_WRITE, now, rng.chance(torn_write_probability));
+            && self.gate.decide(Decided::DiskTornWrite, now, rng.chance(torn_write_probability));
         if torn {
             let frame = &self.unsynced[0];
             if rng.chance(0.5) {

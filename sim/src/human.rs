@@ -4,7 +4,7 @@
 //! too late, sometimes never. It never decides what the answer says (scenarios do) and never
 //! schedules it: the world turns a `HumanPlan` into signals on the agenda.
 
-use crate::plan::Gate;
+use crate::plan::{Decided, Gate};
 use crate::rng::Rng;
 use crate::swarm::{self, fault, FaultCounts};
 use serde::{Deserialize, Serialize};
@@ -96,18 +96,18 @@ impl HumanModel {
     /// Decides how one request will be answered.
     pub fn plan(&mut self, now: Time, rng: &mut Rng) -> HumanPlan {
         let HumanFaults { answer_delay_ms_min: min, answer_delay_ms_max: max, .. } = self.faults;
-        if self.gate.decide(fault::HUMAN_NEVER, now, rng.chance(self.faults.never_probability)) {
+        if self.gate.decide(Decided::HumanNever, now, rng.chance(self.faults.never_probability)) {
             self.fault_counts.add(fault::HUMAN_NEVER);
             return HumanPlan::Never;
         }
         let on_time_ms = (min as f64 * (max as f64 / min as f64).powf(rng.f64())).round() as u64;
         let mut after_ms = on_time_ms.clamp(min, max);
-        if self.gate.decide(fault::HUMAN_LATE, now, rng.chance(self.faults.late_probability)) {
+        if self.gate.decide(Decided::HumanLate, now, rng.chance(self.faults.late_probability)) {
             self.fault_counts.add(fault::HUMAN_LATE);
             after_ms = max + 1 + rng.exp_ms(max);
         }
         let duplicate_drawn = rng.chance(self.faults.duplicate_probability);
-        let duplicate_after_ms = self.gate.decide(fault::HUMAN_DUPLICATE, now, duplicate_drawn).then(|| {
+        let duplicate_after_ms = self.gate.decide(Decided::HumanDuplicate, now, duplicate_drawn).then(|| {
             self.fault_counts.add(fault::HUMAN_DUPLICATE);
             after_ms + rng.exp_ms(min)
         });

@@ -4,7 +4,7 @@
 //! and how, and how long it takes. It never produces the answer's content (scenarios script
 //! that) and never schedules anything: the world turns an `LlmOutcome` into agenda events.
 
-use crate::plan::Gate;
+use crate::plan::{Decided, Gate};
 use crate::rng::Rng;
 use crate::swarm::{self, fault, FaultCounts};
 use serde::{Deserialize, Serialize};
@@ -231,7 +231,7 @@ impl LlmProvider {
 
         let latency_ms_base = self.faults.latency_ms_base;
         if self.server_error_burst_remaining == 0
-            && self.gate.decide(fault::LLM_SERVER_ERROR, now, rng.chance(self.faults.server_error_probability))
+            && self.gate.decide(Decided::LlmServerError, now, rng.chance(self.faults.server_error_probability))
         {
             // The outage's length counts this request too, so its mean is the knob.
             self.server_error_burst_remaining = 1 + rng.exp_ms(self.faults.server_error_burst_len_mean - 1);
@@ -241,14 +241,14 @@ impl LlmProvider {
             self.fault_counts.add(fault::LLM_SERVER_ERROR);
             return LlmOutcome::ServerError { latency_ms: latency_ms_base };
         }
-        if self.gate.decide(fault::LLM_TIMEOUT, now, rng.chance(self.faults.timeout_probability)) {
+        if self.gate.decide(Decided::LlmTimeout, now, rng.chance(self.faults.timeout_probability)) {
             self.fault_counts.add(fault::LLM_TIMEOUT);
             return LlmOutcome::TimedOut { after_ms: HUNG_REQUEST_CUT_MS };
         }
         // Up to 50% jitter, so equal requests in flight together can finish in either order.
         let latency_ms_nominal = latency_ms_base + self.faults.latency_ms_per_token * tokens;
         let latency_ms = latency_ms_nominal + rng.range_inclusive(0, latency_ms_nominal / 2);
-        if self.gate.decide(fault::LLM_INVALID_OUTPUT, now, rng.chance(self.faults.invalid_output_probability)) {
+        if self.gate.decide(Decided::LlmInvalidOutput, now, rng.chance(self.faults.invalid_output_probability)) {
             self.fault_counts.add(fault::LLM_INVALID_OUTPUT);
             return LlmOutcome::InvalidOutput { latency_ms };
         }

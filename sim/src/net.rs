@@ -4,7 +4,7 @@
 //! which links a partition blocks. It never carries payloads or schedules deliveries itself: it
 //! answers `send` with delivery times and the world puts them on the agenda.
 
-use crate::plan::Gate;
+use crate::plan::{Decided, Gate};
 use crate::rng::Rng;
 use crate::swarm::{self, fault, FaultCounts};
 use serde::{Deserialize, Serialize};
@@ -141,25 +141,23 @@ impl Network {
         if self.is_blocked(from, to, now) {
             return Vec::new();
         }
-        if self.gate.decide(fault::MESSAGE_DROPPED, now, rng.chance(self.faults.message_drop_probability)) {
+        if self.gate.decide(Decided::MessageDropped, now, rng.chance(self.faults.message_drop_probability)) {
             self.fault_counts.add(fault::MESSAGE_DROPPED);
             return Vec::new();
         }
-        let copy_count = if self.gate.decide(
-            fault::MESSAGE_DUPLICATED,
-            now,
-            rng.chance(self.faults.message_duplicate_probability),
-        ) {
-            self.fault_counts.add(fault::MESSAGE_DUPLICATED);
-            2
-        } else {
-            1
-        };
+        let copy_count =
+            if self.gate.decide(Decided::MessageDuplicated, now, rng.chance(self.faults.message_duplicate_probability))
+            {
+                self.fault_counts.add(fault::MESSAGE_DUPLICATED);
+                2
+            } else {
+                1
+            };
         let mut deliveries = Vec::with_capacity(copy_count);
         for _ in 0..copy_count {
             let tail_mean_ms = self.faults.latency_ms_mean - self.faults.latency_ms_min;
             let mut latency_ms = self.faults.latency_ms_min + rng.exp_ms(tail_mean_ms);
-            if self.gate.decide(fault::MESSAGE_DELAYED, now, rng.chance(self.faults.message_delay_probability)) {
+            if self.gate.decide(Decided::MessageDelayed, now, rng.chance(self.faults.message_delay_probability)) {
                 self.fault_counts.add(fault::MESSAGE_DELAYED);
                 latency_ms += rng.exp_ms(self.faults.message_delay_ms_mean);
             }

@@ -34,23 +34,69 @@ pub struct ScheduledCrash {
 /// Fault kinds the world decides at decision points, which an explicit plan can name. The
 /// others follow from these or from the config (`disk_unsynced_lost` from a store crash,
 /// `llm_rate_limited` from the provider's quota).
-pub const DECIDED_KINDS: [&str; 15] = [
-    fault::MESSAGE_DROPPED,
-    fault::MESSAGE_DUPLICATED,
-    fault::MESSAGE_DELAYED,
-    fault::PARTITION,
-    fault::WORKER_CRASH,
-    fault::STORE_CRASH,
-    fault::DISK_TORN_WRITE,
-    fault::LEASE_EXPIRED,
-    fault::LLM_SERVER_ERROR,
-    fault::LLM_TIMEOUT,
-    fault::LLM_INVALID_OUTPUT,
-    fault::TOOL_FAILURE,
-    fault::HUMAN_LATE,
-    fault::HUMAN_DUPLICATE,
-    fault::HUMAN_NEVER,
-];
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Decided {
+    MessageDropped,
+    MessageDuplicated,
+    MessageDelayed,
+    Partition,
+    WorkerCrash,
+    StoreCrash,
+    DiskTornWrite,
+    LeaseExpired,
+    LlmServerError,
+    LlmTimeout,
+    LlmInvalidOutput,
+    ToolFailure,
+    HumanLate,
+    HumanDuplicate,
+    HumanNever,
+}
+
+impl Decided {
+    pub const ALL: [Decided; 15] = [
+        Decided::MessageDropped,
+        Decided::MessageDuplicated,
+        Decided::MessageDelayed,
+        Decided::Partition,
+        Decided::WorkerCrash,
+        Decided::StoreCrash,
+        Decided::DiskTornWrite,
+        Decided::LeaseExpired,
+        Decided::LlmServerError,
+        Decided::LlmTimeout,
+        Decided::LlmInvalidOutput,
+        Decided::ToolFailure,
+        Decided::HumanLate,
+        Decided::HumanDuplicate,
+        Decided::HumanNever,
+    ];
+
+    /// The fault kind's name in plans and summaries (`swarm::fault`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Decided::MessageDropped => fault::MESSAGE_DROPPED,
+            Decided::MessageDuplicated => fault::MESSAGE_DUPLICATED,
+            Decided::MessageDelayed => fault::MESSAGE_DELAYED,
+            Decided::Partition => fault::PARTITION,
+            Decided::WorkerCrash => fault::WORKER_CRASH,
+            Decided::StoreCrash => fault::STORE_CRASH,
+            Decided::DiskTornWrite => fault::DISK_TORN_WRITE,
+            Decided::LeaseExpired => fault::LEASE_EXPIRED,
+            Decided::LlmServerError => fault::LLM_SERVER_ERROR,
+            Decided::LlmTimeout => fault::LLM_TIMEOUT,
+            Decided::LlmInvalidOutput => fault::LLM_INVALID_OUTPUT,
+            Decided::ToolFailure => fault::TOOL_FAILURE,
+            Decided::HumanLate => fault::HUMAN_LATE,
+            Decided::HumanDuplicate => fault::HUMAN_DUPLICATE,
+            Decided::HumanNever => fault::HUMAN_NEVER,
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Decided> {
+        Decided::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
 
 /// One injected fault of an explicit plan: the `nth` (0-based) decision about `kind` injects.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,11 +219,12 @@ impl FaultPlan {
             }
         }
         for (i, entry) in plan.schedule.iter().flatten().enumerate() {
-            if !DECIDED_KINDS.contains(&entry.kind.as_str()) {
+            if Decided::from_name(&entry.kind).is_none() {
+                let names: Vec<&str> = Decided::ALL.iter().map(|kind| kind.name()).collect();
                 return Err(format!(
                     "schedule[{i}] names fault kind {:?}, which is not decided at a decision point (one of {})",
                     entry.kind,
-                    DECIDED_KINDS.join(", ")
+                    names.join(", ")
                 ));
             }
         }
@@ -191,8 +238,9 @@ impl FaultPlan {
 #[derive(Clone, Debug, Default)]
 pub struct Gate {
     /// Explicit plans only: the decision points that inject, with a partition's duration.
-    explicit: Option<BTreeMap<(&'static str, u64), Option<u64>>>,
-    decisions_seen: BTreeMap<&'static str, u64>,
+    explicit: Option<BTreeMap<(Decided, u64), Option<u64>>>,
+    /// Decisions met so far, by `Decided` in declaration order.
+    decisions_seen: [u64; Decided::ALL.len()],
     injected: Vec<ScheduledFault>,
     healed: bool,
 }
@@ -202,10 +250,7 @@ impl Gate {
         let explicit = plan.schedule.as_ref().map(|schedule| {
             schedule
                 .iter()
-                .filter_map(|entry| {
-                    let kind = DECIDED_KINDS.iter().find(|k| **k == entry.kind)?;
-                    Some(((*kind, entry.nth), entry.duration_ms))
-                })
+                .filter_map(|entry| Some(((Decided::from_name(&entry.kind)?, entry.nth), entry.duration_ms)))
                 .collect()
         });
         Gate { explicit, ..Gate::default() }
@@ -214,8 +259,8 @@ impl Gate {
     /// Whether the decision point met at `at` injects a fault of `kind`. `drawn` is the
     /// generator's draw for it, which callers make in both modes so that an explicit plan
     /// consumes the generator exactly like the run it was recorded from.
-    pub fn decide(&mut self, kind: &'static str, at: Time, drawn: bool) -> bool {
-        let seen = self.decisions_seen.entry(kind).or_insert(0);
+    pub fn decide(&mut self, kind: Decided, at: Time, drawn: bool) -> bool {
+        let seen = &mut self.decisions_seen[kind as usize];
         let nth = *seen;
         *seen += 1;
         let (inject, duration_ms) = match &self.explicit {
@@ -227,7 +272,7 @@ impl Gate {
             },
         };
         if inject {
-            self.injected.push(ScheduledFault { kind: kind.to_owned(), nth, at_ms: at.as_ms(), duration_ms });
+            self.injected.push(ScheduledFault { kind: kind.name().to_owned(), nth, at_ms: at.as_ms(), duration_ms });
         }
         inject
     }
@@ -274,12 +319,12 @@ mod tests {
             ScheduledFault { kind: fault::PARTITION.into(), nth: 0, at_ms: 0, duration_ms: Some(40) },
         ]);
         let mut gate = Gate::new(&plan);
-        let drops: Vec<bool> = (0..3).map(|i| gate.decide(fault::MESSAGE_DROPPED, Time(i), true)).collect();
+        let drops: Vec<bool> = (0..3).map(|i| gate.decide(Decided::MessageDropped, Time(i), true)).collect();
         assert_eq!(drops, [false, true, false]);
-        assert!(gate.decide(fault::PARTITION, Time(9), false));
+        assert!(gate.decide(Decided::Partition, Time(9), false));
         assert_eq!(gate.scheduled_duration_ms(), Some(40));
         gate.heal();
-        assert!(!gate.decide(fault::MESSAGE_DROPPED, Time(10), true));
+        assert!(!gate.decide(Decided::MessageDropped, Time(10), true));
         assert_eq!(gate.injected().len(), 2);
         assert_eq!(gate.injected()[0].at_ms, 1);
     }
@@ -287,8 +332,8 @@ mod tests {
     #[test]
     fn swarm_gate_follows_the_draw_and_records_it() {
         let mut gate = Gate::new(&FaultPlan::none());
-        assert!(!gate.decide(fault::TOOL_FAILURE, Time(1), false));
-        assert!(gate.decide(fault::TOOL_FAILURE, Time(2), true));
+        assert!(!gate.decide(Decided::ToolFailure, Time(1), false));
+        assert!(gate.decide(Decided::ToolFailure, Time(2), true));
         assert_eq!(
             gate.injected(),
             [ScheduledFault { kind: fault::TOOL_FAILURE.into(), nth: 1, at_ms: 2, duration_ms: None }]

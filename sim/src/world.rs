@@ -13,7 +13,7 @@ use crate::disk::Disk;
 use crate::human::{HumanModel, HumanPlan};
 use crate::llm::{LlmOutcome, LlmProvider};
 use crate::net::{HostId, Network};
-use crate::plan::{FaultPlan, Gate, ScheduledFault};
+use crate::plan::{Decided, FaultPlan, Gate, ScheduledFault};
 use crate::rng::Rng;
 use crate::scenario::{HumanAnswer, Scenario, Start, NOTIFY_HUMAN};
 use crate::swarm::{fault, FaultConfig, FaultCounts};
@@ -767,7 +767,7 @@ impl<'s> World<'s> {
     /// Sends a message through the network at `at` (now, or later for a slow service).
     fn send(&mut self, from: HostId, to: HostId, at: Time, msg: Msg) {
         if self.faults_on
-            && self.gate.decide(fault::PARTITION, at, self.rng_faults.chance(self.faults.partition_probability))
+            && self.gate.decide(Decided::Partition, at, self.rng_faults.chance(self.faults.partition_probability))
         {
             let two_way = self.rng_faults.chance(self.faults.partition_two_way_probability);
             let drawn_ms = self.rng_faults.exp_ms(self.faults.partition_duration_ms_mean);
@@ -1038,7 +1038,7 @@ impl<'s> World<'s> {
             self.wake(STORE, Time(now.0 + FSYNC_MS), Wake::StoreSync);
         }
         if self.faults_on
-            && self.gate.decide(fault::STORE_CRASH, now, self.rng_faults.chance(self.faults.store_crash_probability))
+            && self.gate.decide(Decided::StoreCrash, now, self.rng_faults.chance(self.faults.store_crash_probability))
         {
             // The crash lands before the sync completes: whatever it covered is lost.
             self.wake(STORE, now, Wake::StoreCrash);
@@ -1337,7 +1337,7 @@ impl<'s> World<'s> {
 
     fn maybe_crash_worker(&mut self, now: Time, index: usize) {
         if self.faults_on
-            && self.gate.decide(fault::WORKER_CRASH, now, self.rng_faults.chance(self.faults.worker_crash_probability))
+            && self.gate.decide(Decided::WorkerCrash, now, self.rng_faults.chance(self.faults.worker_crash_probability))
         {
             let at = Time(now.0 + self.rng_faults.exp_ms(50));
             self.agenda.push(at, Ev::Crash { host: worker_host(index) });
@@ -1348,7 +1348,7 @@ impl<'s> World<'s> {
         let token = lease.token;
         let stalled = self.faults_on
             && self.gate.decide(
-                fault::LEASE_EXPIRED,
+                Decided::LeaseExpired,
                 now,
                 self.rng_faults.chance(self.faults.lease_expiry_probability),
             );
@@ -1654,7 +1654,7 @@ impl<'s> World<'s> {
         let Msg::ToolReq { call_id, name, arguments, idempotency_key } = msg else { panic!("tool received {msg:?}") };
         let latency = self.rng_tool.exp_ms(self.faults.tool.latency_ms_mean.max(1));
         let fails = self.faults_on
-            && self.gate.decide(fault::TOOL_FAILURE, now, self.rng_tool.chance(self.faults.tool.failure_probability));
+            && self.gate.decide(Decided::ToolFailure, now, self.rng_tool.chance(self.faults.tool.failure_probability));
         // Half the failures happen before the side effect, half after it (the answer is lost).
         let fails_before = fails && self.rng_tool.chance(0.5);
         let result = if fails_before {
