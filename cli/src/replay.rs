@@ -14,9 +14,9 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use tempest_engine::{history, machine, History, Machine, Registry};
 
-/// Why one file did not replay.
+/// Why one file did not replay (or, for the commands that only read histories, load).
 #[derive(Debug)]
-enum Error {
+pub(crate) enum Error {
     Read(io::Error),
     Empty,
     Truncated(serde_json::Error),
@@ -34,7 +34,7 @@ enum Error {
 }
 
 impl Error {
-    fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         match self {
             Error::Read(_)
             | Error::Empty
@@ -115,7 +115,7 @@ pub(crate) fn run(
 }
 
 /// The files a path names: itself, or the `.json` files under a directory, sorted.
-fn history_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+pub(crate) fn history_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     let metadata = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
     if !metadata.is_dir() {
         return Ok(vec![path.to_owned()]);
@@ -141,19 +141,24 @@ fn collect_json_files(dir: &Path, files: &mut Vec<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
-fn replay_file(registry: &Registry, path: &Path) -> Result<Replayed, Error> {
+/// Reads and validates one history file; every way it can be bad is its own error.
+pub(crate) fn load_history(path: &Path) -> Result<History, Error> {
     let text = std::fs::read_to_string(path).map_err(Error::Read)?;
     if text.trim().is_empty() {
         return Err(Error::Empty);
     }
-    let history = History::from_json(&text).map_err(|error| match error {
+    History::from_json(&text).map_err(|error| match error {
         history::Error::Json(json) => match json.classify() {
             Category::Eof => Error::Truncated(json),
             Category::Syntax | Category::Io => Error::NotJson(json),
             Category::Data => Error::Shape(json),
         },
         other => Error::NotHistory(other),
-    })?;
+    })
+}
+
+fn replay_file(registry: &Registry, path: &Path) -> Result<Replayed, Error> {
+    let history = load_history(path)?;
     if !registry.contains(&history.workflow_type) {
         return Err(Error::UnknownWorkflowType {
             workflow_type: history.workflow_type,

@@ -52,6 +52,53 @@ pub enum Record {
     Append { run_id: String, time_ms: Time, events: Vec<Event>, consumed: usize },
 }
 
+impl Record {
+    /// The records a store would have written while `events` became a run's history: each
+    /// input accepted into the inbox, then moved into the history with the commands it caused.
+    /// A last input that no command follows stays in the inbox, accepted but not yet moved: a
+    /// prefix cut right after an input must still let the workflow code react to it, and the
+    /// next workflow task appends it first, in its place. `Store::recover` over them rebuilds
+    /// the run as it stood after its last event; a fork starts its world from a recorded
+    /// history's prefix this way, through the recovery path.
+    pub fn of_history(events: &[Event]) -> Vec<Record> {
+        let mut records = Vec::new();
+        let Some(run_id) = events.first().and_then(|e| match &e.kind {
+            Kind::WorkflowStarted { run_id, .. } => Some(run_id.clone()),
+            _ => None,
+        }) else {
+            return records;
+        };
+        let mut segment: Vec<Event> = Vec::new();
+        let flush = |segment: &mut Vec<Event>, records: &mut Vec<Record>| {
+            if let Some(last) = segment.last() {
+                let time_ms = last.time_ms;
+                let consumed = segment.iter().filter(|e| !e.kind.is_command()).count();
+                records.push(Record::Append {
+                    run_id: run_id.clone(),
+                    time_ms,
+                    events: std::mem::take(segment),
+                    consumed,
+                });
+            }
+        };
+        for event in events {
+            if !event.kind.is_command() {
+                flush(&mut segment, &mut records);
+                records.push(Record::Inbox {
+                    run_id: run_id.clone(),
+                    time_ms: event.time_ms,
+                    kind: event.kind.clone(),
+                });
+            }
+            segment.push(event.clone());
+        }
+        if segment.len() > 1 {
+            flush(&mut segment, &mut records);
+        }
+        records
+    }
+}
+
 /// A run as the store keeps it.
 #[derive(Clone, Debug)]
 pub struct StoredRun {

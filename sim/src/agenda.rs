@@ -24,6 +24,12 @@ impl<E> Agenda<E> {
         Agenda { events: BTreeMap::new(), now: Time::ZERO, sequence_next: 0, len_max }
     }
 
+    /// An agenda whose clock starts at `now` instead of zero (a fork's world begins where
+    /// its recorded history stopped).
+    pub fn starting_at(len_max: usize, now: Time) -> Agenda<E> {
+        Agenda { now, ..Agenda::new(len_max) }
+    }
+
     /// The virtual clock: the time of the last popped event.
     pub fn now(&self) -> Time {
         self.now

@@ -182,6 +182,10 @@ pub struct Options {
     /// Run every end-of-world check after every step too (slow; pinpoints the step that broke
     /// an invariant).
     pub check_every_step: bool,
+    /// Histories the store already holds when the world begins, restored through the store's
+    /// recovery path (a fork continues a recorded run's prefix). The clock then starts at
+    /// their last event, and the plan's times (fault phase, crashes) count from there.
+    pub seeded_histories: Vec<History>,
 }
 
 impl Options {
@@ -196,6 +200,7 @@ impl Options {
             workload: None,
             keep_histories: false,
             check_every_step: false,
+            seeded_histories: Vec::new(),
         }
     }
 }
@@ -554,6 +559,8 @@ pub struct World<'s> {
     counts: FaultCounts,
     /// Decides the faults the world itself injects (see `plan::Gate`).
     gate: Gate,
+    /// When the world begins: zero, or the last event of its seeded histories.
+    began_at: Time,
     digest: Digest,
     step_count: u64,
     heal_at: Time,
@@ -574,9 +581,26 @@ impl<'s> World<'s> {
         let mut workload_rng = rng.fork("workload");
         let workload = options.workload.clone().unwrap_or_else(|| scenario.workload(&mut workload_rng));
         let factory = options.store_factory.clone();
+        let mut disk = Disk::new();
+        let began_at = options.seeded_histories.iter().filter_map(|h| h.events.last()).map(|e| e.time_ms).max();
+        let store = match began_at {
+            None => Store::new(store::Config::default()),
+            Some(_) => {
+                let records: Vec<Record> =
+                    options.seeded_histories.iter().flat_map(|h| Record::of_history(&h.events)).collect();
+                for record in &records {
+                    disk.append(&serde_json::to_vec(record).expect("records serialize"));
+                }
+                let (store, epoch) = Store::recover(store::Config::default(), records);
+                disk.append(&serde_json::to_vec(&epoch).expect("records serialize"));
+                disk.sync();
+                store
+            }
+        };
+        let began_at = began_at.unwrap_or(Time::ZERO);
         let protocol: Box<dyn StoreProtocol> = match &factory {
-            Some(factory) => factory(Store::new(store::Config::default())),
-            None => Box::new(PlainStore(Store::new(store::Config::default()))),
+            Some(factory) => factory(store),
+            None => Box::new(PlainStore(store)),
         };
         let mut limits_rng = rng.fork("limits");
         let worker_limits = worker_limits(&faults, options.worker_count, &mut limits_rng);
@@ -595,9 +619,20 @@ impl<'s> World<'s> {
                 calls: BTreeMap::new(),
             })
             .collect();
-        let heal_at = Time(options.plan.fault_phase_ms);
+        let heal_at = Time(began_at.0 + options.plan.fault_phase_ms);
         let mut evidence = Evidence::default();
         evidence.worker_limits = worker_limits;
+        // A seeded history's reports came from workers that held those attempts then.
+        for history in &options.seeded_histories {
+            for event in &history.events {
+                if let Kind::ActivityCompleted { seq, attempt, worker: Some(worker), .. }
+                | Kind::ActivityAttemptFailed { seq, attempt, worker: Some(worker), .. }
+                | Kind::ActivityFailed { seq, attempt, worker: Some(worker), .. } = &event.kind
+                {
+                    evidence.grant(&history.run_id, *seq, *attempt, worker);
+                }
+            }
+        }
         let mut world = World {
             scenario,
             faults: faults.clone(),
@@ -607,13 +642,13 @@ impl<'s> World<'s> {
             rng_llm: rng.fork("llm"),
             rng_tool: rng.fork("tool"),
             rng_human: rng.fork("human"),
-            agenda: Agenda::new(AGENDA_LEN_MAX),
+            agenda: Agenda::starting_at(AGENDA_LEN_MAX, began_at),
             network: Network::new(faults.network.clone()),
             store: StoreHost {
                 up: true,
                 incarnation: 0,
                 protocol,
-                disk: Disk::new(),
+                disk,
                 unsynced: false,
                 sync_scheduled: false,
                 queued_replies: Vec::new(),
@@ -634,6 +669,7 @@ impl<'s> World<'s> {
             tool_answers: BTreeMap::new(),
             counts: FaultCounts::new(),
             gate: Gate::new(&options.plan),
+            began_at,
             digest: Digest::new(),
             step_count: 0,
             heal_at,
@@ -662,13 +698,13 @@ impl<'s> World<'s> {
                 } else {
                     HostId(crash.host.trim_start_matches("worker-").parse().unwrap_or(1))
                 };
-                self.agenda.push(Time(crash.at_ms), Ev::Crash { host });
+                self.agenda.push(Time(self.began_at.0 + crash.at_ms), Ev::Crash { host });
             }
         }
         self.agenda.push(self.heal_at, Ev::Heal);
         for index in 0..self.workers.len() {
             self.worker_poll_workflow(index);
-            self.worker_poll_activity(Time::ZERO, index);
+            self.worker_poll_activity(self.began_at, index);
         }
     }
 
