@@ -151,6 +151,13 @@ fn repro_line(scenario: &str, seed: u64) -> String {
     format!("cargo run --release -- run {scenario} --seed {seed}")
 }
 
+/// Reads a fault plan file, naming the file on error.
+pub(crate) fn read_plan(path: &Path) -> Result<FaultPlan, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Plan { path: path.display().to_string(), message: e.to_string() })?;
+    FaultPlan::from_json(&text).map_err(|message| Error::Plan { path: path.display().to_string(), message })
+}
+
 pub(crate) struct RunRequest<'a> {
     pub(crate) scenario: &'a str,
     pub(crate) seed: u64,
@@ -163,11 +170,7 @@ pub(crate) struct RunRequest<'a> {
 pub(crate) fn run(request: RunRequest<'_>, out: &mut impl Write) -> anyhow::Result<Exit> {
     let scenario = scenario(request.scenario)?;
     let plan = match request.plan {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::Plan { path: path.display().to_string(), message: e.to_string() })?;
-            FaultPlan::from_json(&text).map_err(|message| Error::Plan { path: path.display().to_string(), message })?
-        }
+        Some(path) => read_plan(path)?,
         None => FaultPlan::draw(request.seed),
     };
     if request.trace {
@@ -207,7 +210,18 @@ pub(crate) fn run(request: RunRequest<'_>, out: &mut impl Write) -> anyhow::Resu
             let path = dir.join(format!("{}-seed{}-{}.json", outcome.scenario, outcome.seed, history.run_id));
             std::fs::write(&path, history.to_json()).with_context(|| format!("cannot write {}", path.display()))?;
         }
-        writeln!(out, "recorded {} histories in {}", outcome.histories.len(), dir.display())?;
+        // The world's explicit plan doubles as its fault log: every injected fault with its
+        // time, for `tempest report`, and a plan `--plan` replays.
+        let log_path = crate::report::fault_log_path(dir, outcome.scenario, outcome.seed);
+        let log = options.plan.explicit(&outcome.injected).to_json();
+        std::fs::write(&log_path, log).with_context(|| format!("cannot write {}", log_path.display()))?;
+        writeln!(
+            out,
+            "recorded {} histories in {} (faults injected: {})",
+            outcome.histories.len(),
+            dir.display(),
+            log_path.display()
+        )?;
     }
     if outcome.failure.is_some() {
         let mut repro = repro_line(outcome.scenario, outcome.seed);

@@ -7,44 +7,12 @@
 //! failed, 2 bad usage or input. It runs the real binary in a scratch directory and only
 //! reads what it prints.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
+
+use common::{stderr, stdout, tempest, Scratch};
+use std::process::Output;
 use tempest_sim::world::{self, Options};
 use tempest_sim::FaultPlan;
-
-/// A directory of its own for each test, so files the binary writes land nowhere else;
-/// removed when the test ends.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("tempest-cli-{}-{test}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("the temp dir is writable");
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        std::fs::write(self.0.join(name), text).expect("the scratch dir is writable");
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempest(dir: &Scratch, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tempest")).args(args).current_dir(&dir.0).output().expect("tempest runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 /// The digest from `tempest run`'s `trace digest:` line.
 fn trace_digest(output: &Output) -> String {
