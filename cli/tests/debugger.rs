@@ -68,6 +68,7 @@ fn bad_input_exits_2_naming_the_file_and_the_fault() {
         (vec!["debug", "empty.json", "--at", "0"], "empty.json: file is empty"),
         (vec!["debug", "good.json", "--at", &beyond], "good.json: event"),
         (vec!["debug", "missing.json"], "missing.json: cannot read"),
+        (vec!["debug", "good.json"], "the debugger needs a terminal; `tempest debug FILE --at N`"),
         (vec!["fork", "missing.json", "--at", "1"], "missing.json: cannot read"),
         (vec!["fork", "truncated.json", "--at", "1"], "truncated.json: truncated JSON"),
         (vec!["fork", "future.json", "--at", "1"], "future.json: unknown history format"),

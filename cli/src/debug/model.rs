@@ -37,7 +37,7 @@ impl Timeline {
                 activity_types.insert(*seq, activity_type.clone());
             }
             if (index + 1) % CHECKPOINT_EVERY == 0 {
-                checkpoints.push(state.clone());
+                checkpoints.push(open_part(&mut state));
             }
         }
         Timeline { history, checkpoints, activity_types }
@@ -230,6 +230,21 @@ impl Timeline {
     }
 }
 
+/// The state without its closed activities and timers. No later event of a well-formed
+/// history refers to them, and the panes show only open ones, so a checkpoint keeps only what
+/// is open: checkpoints then cost memory in proportion to the run's open work, not to its past.
+fn open_part(state: &mut RunState) -> RunState {
+    // Cloning the whole state first would copy the run's entire past at every checkpoint.
+    let activities = std::mem::take(&mut state.activities);
+    let timers = std::mem::take(&mut state.timers);
+    let mut open = state.clone();
+    state.activities = activities;
+    state.timers = timers;
+    open.activities.extend(state.open_activities().map(|(seq, a)| (seq, a.clone())));
+    open.timers.extend(state.open_timers().map(|(seq, t)| (seq, t.clone())));
+    open
+}
+
 fn push_or_none(lines: &mut Vec<String>, items: Vec<String>) {
     if items.is_empty() {
         lines.push("  none".to_owned());
@@ -292,12 +307,24 @@ mod tests {
     fn state_from_checkpoints_equals_a_fold_from_the_start() {
         let history = super::super::tests::long_history(CHECKPOINT_EVERY * 3 + 17);
         let timeline = Timeline::new(history.clone());
-        for index in [0, 1, CHECKPOINT_EVERY - 2, CHECKPOINT_EVERY - 1, CHECKPOINT_EVERY, 2 * CHECKPOINT_EVERY + 5] {
-            let folded = RunState::from_events(&history.events[..=index]).unwrap();
-            assert_eq!(timeline.state_after(index), folded, "event {index}");
+        for index in (0..timeline.len()).step_by(7).chain([CHECKPOINT_EVERY - 1, CHECKPOINT_EVERY, timeline.len() - 1])
+        {
+            let mut folded = RunState::from_events(&history.events[..=index]).unwrap();
+            assert_eq!(open_part(&mut timeline.state_after(index)), open_part(&mut folded), "event {index}");
+            assert_eq!(timeline.state_lines(index), state_lines_of(&folded, &timeline, index), "event {index}");
         }
-        let last = timeline.len() - 1;
-        assert_eq!(timeline.state_after(last), RunState::from_events(&history.events).unwrap());
+    }
+
+    /// The state pane from a timeline whose only checkpoint is the start, so it folds every
+    /// event up to `index`.
+    fn state_lines_of(folded: &RunState, timeline: &Timeline, index: usize) -> Vec<String> {
+        let from_start = Timeline {
+            history: timeline.history.clone(),
+            checkpoints: vec![RunState::default()],
+            activity_types: timeline.activity_types.clone(),
+        };
+        assert_eq!(&from_start.state_after(index), folded);
+        from_start.state_lines(index)
     }
 
     #[test]

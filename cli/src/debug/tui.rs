@@ -333,7 +333,12 @@ fn popup(frame: &mut Frame<'_>, title: &str, lines: Vec<String>) {
 
 /// Runs the UI on the real terminal until `q`; the terminal is restored on every way out.
 pub(crate) fn run(mut app: App) -> anyhow::Result<()> {
-    let mut terminal = ratatui::init();
+    use std::io::IsTerminal as _;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        anyhow::bail!("the debugger needs a terminal; `tempest debug FILE --at N` prints event N as text");
+    }
+    let mut terminal =
+        ratatui::try_init().map_err(|e| anyhow::anyhow!("cannot open the terminal for the debugger: {e}"))?;
     let result = (|| -> anyhow::Result<()> {
         while !app.quit_requested() {
             terminal.draw(|frame| app.draw(frame))?;
