@@ -319,7 +319,10 @@ impl App {
 fn popup(frame: &mut Frame<'_>, title: &str, lines: Vec<String>) {
     let area = frame.area();
     let width = (lines.iter().map(|l| l.chars().count()).max().unwrap_or(10) as u16 + 4).min(area.width);
-    let height = (lines.len() as u16 + 2).min(area.height);
+    // Long lines wrap inside the borders, so each takes as many rows as it needs.
+    let inner = usize::from(width.saturating_sub(2).max(1));
+    let rows: usize = lines.iter().map(|l| l.chars().count().max(1).div_ceil(inner)).sum();
+    let height = (u16::try_from(rows).unwrap_or(u16::MAX).saturating_add(2)).min(area.height);
     let rect = Rect { x: area.x + (area.width - width) / 2, y: area.y + (area.height - height) / 2, width, height };
     frame.render_widget(Clear, rect);
     let text: Vec<Line<'_>> = lines.into_iter().map(Line::from).collect();
