@@ -60,7 +60,11 @@ pub(crate) fn tool(tool: &str) -> bool {
             std::env::var("TEMPEST_REQUIRE_TOOLS").as_deref() != Ok("1"),
             "{tool} is not installed, and TEMPEST_REQUIRE_TOOLS=1 requires it (apt-get install -y {tool})"
         );
-        eprintln!("skipped: {tool} not installed; the checks that need it did not run");
+        // Straight to the stderr stream, past the test harness's capture of `eprintln!`, so
+        // the skip shows even when the test passes.
+        use std::io::Write as _;
+        let _ =
+            writeln!(std::io::stderr().lock(), "skipped: {tool} not installed; the checks that need it did not run");
     }
     found
 }
