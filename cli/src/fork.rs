@@ -277,14 +277,7 @@ pub(crate) fn exit(summary: &Summary) -> Exit {
 mod tests {
     use super::*;
 
-    /// A finished run of `scenario` under `seed`, recorded by the simulator.
-    fn recorded(scenario: &str, seed: u64) -> History {
-        let scenario = tempest_scenarios::find(scenario).unwrap();
-        let options = Options { keep_histories: true, plan: FaultPlan::none(), ..Options::swarm(seed) };
-        let outcome = world::run_catching(scenario.as_ref(), options);
-        assert!(outcome.passed(), "{:?}", outcome.failure);
-        outcome.histories.into_iter().next().expect("a run")
-    }
+    use crate::debug::tests::recorded;
 
     fn fork(history: &History, at: u64, count: u64) -> Summary {
         let request = Request {

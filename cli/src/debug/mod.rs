@@ -55,6 +55,16 @@ pub(crate) fn interactive(path: &Path) -> anyhow::Result<()> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    /// The first run of a world of `scenario` under `seed` without faults, as recorded.
+    pub(crate) fn recorded(scenario: &str, seed: u64) -> History {
+        use tempest_sim::world::{self, Options};
+        let scenario = tempest_scenarios::find(scenario).expect("a built-in scenario");
+        let options = Options { keep_histories: true, plan: tempest_sim::FaultPlan::none(), ..Options::swarm(seed) };
+        let outcome = world::run_catching(scenario.as_ref(), options);
+        assert!(outcome.passed(), "{:?}", outcome.failure);
+        outcome.histories.into_iter().next().expect("a run")
+    }
+
     use serde_json::json;
     use tempest_engine::activity::Options;
     use tempest_engine::history::{Event, History, Kind};
@@ -68,7 +78,7 @@ pub(crate) mod tests {
             index: 0,
             time_ms: Time(0),
             kind: Kind::WorkflowStarted {
-                workflow_type: "agent_loop".to_owned(),
+                workflow_type: "long_loop".to_owned(),
                 workflow_id: "wf-long".to_owned(),
                 run_id: "r-long".to_owned(),
                 input: json!({ "task": "long" }),

@@ -4,13 +4,15 @@
 //! Owns `Timeline`, a history with run-state checkpoints every `CHECKPOINT_EVERY` events, so
 //! the state at any event is one clone and at most that many folds away: opening a history is
 //! linear in its length and moving the cursor costs the same anywhere. The panes are plain
-//! lines, shared by the terminal UI and `tempest debug --at`. It never changes a history and
-//! never runs workflow code.
+//! lines, shared by the terminal UI and `tempest debug --at`. It never changes a history; the
+//! only workflow code it runs is a replay up to the cursor, to ask which signals the code
+//! awaits there, and replay performs no activity.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
 use tempest_engine::history::{ChildOutcome, Event, History, Kind};
 use tempest_engine::run::{RunState, Status};
+use tempest_engine::{Machine, Registry};
 
 /// Events between two run-state checkpoints.
 const CHECKPOINT_EVERY: usize = 256;
@@ -22,6 +24,8 @@ pub(crate) struct Timeline {
     checkpoints: Vec<RunState>,
     /// Activity type by command seq, so filters need no run state.
     activity_types: BTreeMap<u32, String>,
+    /// This build's code for the history's workflow type, if it has it.
+    registry: Option<Registry>,
 }
 
 impl Timeline {
@@ -40,7 +44,9 @@ impl Timeline {
                 checkpoints.push(open_part(&mut state));
             }
         }
-        Timeline { history, checkpoints, activity_types }
+        let registry = tempest_scenarios::registry();
+        let registry = registry.contains(&history.workflow_type).then_some(registry);
+        Timeline { history, checkpoints, activity_types, registry }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -60,6 +66,19 @@ impl Timeline {
             state.apply(event).expect("a loaded history is well formed");
         }
         state
+    }
+
+    /// The signals the workflow code awaits right after event `index`, by replaying it that
+    /// far: `None` when this build has no code for the workflow type.
+    fn awaited_signals(&self, index: usize) -> Option<Result<Vec<String>, String>> {
+        let registry = self.registry.as_ref()?;
+        let events = &self.history.events[..=index];
+        let replayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Machine::replay(registry, events)));
+        Some(match replayed {
+            Ok(Ok((machine, _))) => Ok(machine.snapshot().awaited_signals),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("the workflow code panicked on replay".to_owned()),
+        })
     }
 
     /// The activity type of command seq `seq`, from the event that scheduled it.
@@ -186,17 +205,16 @@ impl Timeline {
             .collect();
         push_or_none(&mut lines, children);
         lines.push(format!("signals received: {}", state.signal_count));
-        // Once the code has acted on its last input and nothing it started is open, only a
-        // signal (or a cancel) can move the run on.
-        let code_acted = self.event(index).kind.is_command()
-            && (index + 1 == self.len() || !self.event(index + 1).kind.is_command());
-        if state.status == Status::Running
-            && code_acted
-            && state.open_activities().next().is_none()
-            && state.open_timers().next().is_none()
-            && state.open_children().next().is_none()
-        {
-            lines.push("awaiting: a signal (no activity, timer or child is open)".to_owned());
+        if state.status == Status::Running {
+            match self.awaited_signals(index) {
+                Some(Ok(names)) if names.is_empty() => lines.push("awaited signals: none".to_owned()),
+                Some(Ok(names)) => lines.push(format!("awaited signals: {}", names.join(", "))),
+                Some(Err(error)) => lines.push(format!("awaited signals: unknown, replay fails: {error}")),
+                None => lines.push(format!(
+                    "awaited signals: unknown, this build has no code for {}",
+                    self.history.workflow_type
+                )),
+            }
         }
         if state.cancel_requested {
             lines.push("cancel requested".to_owned());
@@ -322,9 +340,24 @@ mod tests {
             history: timeline.history.clone(),
             checkpoints: vec![RunState::default()],
             activity_types: timeline.activity_types.clone(),
+            registry: None,
         };
         assert_eq!(&from_start.state_after(index), folded);
         from_start.state_lines(index)
+    }
+
+    #[test]
+    fn awaited_signals_come_from_replaying_the_code_to_the_cursor() {
+        let timeline = Timeline::new(crate::debug::tests::recorded("human_approval", 3));
+        let waiting = (0..timeline.len())
+            .find(|i| matches!(timeline.event(*i).kind, Kind::TimerStarted { .. }))
+            .expect("the approval wait has a timeout timer");
+        let lines = timeline.state_lines(waiting);
+        assert!(lines.contains(&"awaited signals: approval".to_owned()), "{lines:#?}");
+        let lines = timeline.state_lines(0);
+        assert!(lines.contains(&"awaited signals: none".to_owned()), "{lines:#?}");
+        let last = timeline.state_lines(timeline.len() - 1);
+        assert!(!last.iter().any(|l| l.starts_with("awaited signals")), "a closed run awaits nothing: {last:#?}");
     }
 
     #[test]

@@ -403,6 +403,17 @@ mod tests {
     }
 
     #[test]
+    fn a_run_waiting_for_its_human_shows_the_awaited_signal() {
+        let history = crate::debug::tests::recorded("human_approval", 3);
+        let mut app = App::new(Timeline::new(history), None);
+        press(&mut app, "ttimer_started\n");
+        let text = frame(&mut app, 150, 40);
+        // Asserted, not snapshotted: the recorded run changes whenever the simulator does.
+        assert!(text.contains("awaited signals: approval"), "{text}");
+        assert!(text.contains("timer_started") && text.contains(" fires at "), "{text}");
+    }
+
+    #[test]
     fn help_popup_lists_the_keys() {
         let mut app = app(10);
         press(&mut app, "?");
@@ -445,13 +456,7 @@ mod tests {
 
     #[test]
     fn f_forks_at_the_cursor_and_shows_the_summary() {
-        let scenario = tempest_scenarios::find("hello_llm").unwrap();
-        let options = tempest_sim::world::Options {
-            keep_histories: true,
-            plan: tempest_sim::FaultPlan::none(),
-            ..tempest_sim::world::Options::swarm(1)
-        };
-        let history = tempest_sim::world::run_catching(scenario.as_ref(), options).histories.remove(0);
+        let history = crate::debug::tests::recorded("hello_llm", 1);
         let mut app = App::new(Timeline::new(history), Some(PathBuf::from("h.json")));
         press(&mut app, "jf");
         let text = frame(&mut app, 160, 30);
