@@ -230,6 +230,12 @@ document.addEventListener('click', e => {
   if (target.dataset.fault !== undefined) showFault(run, Number(target.dataset.index));
   else show(run, Number(target.dataset.index));
 });
+// A link to `#event-R-I` opens with event I of run R shown, as if clicked.
+const linked = location.hash.match(/^#event-(\d+)-(\d+)$/);
+if (linked) {
+  const mark = document.querySelector(`.ev[data-run="${linked[1]}"][data-index="${linked[2]}"]`);
+  if (mark) { mark.scrollIntoView(); mark.click(); }
+}
 "#;
 
 /// Where each moment goes on the time axis. The axis is ordinal, each distinct moment gets

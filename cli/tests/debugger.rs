@@ -187,6 +187,17 @@ fn report_of_a_recorded_world_is_self_contained_and_holds_every_event() {
     let dom = stdout(&dom);
     assert!(dom.contains("data-ready=\"yes\""), "the page's script ran and parsed its data");
     assert_eq!(count(&dom, "<button class=\"ev "), events, "every event is in the browser's DOM");
+    // Clicking an event shows its content: a link to one clicks it when the page opens.
+    let clicked = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("{url}#event-0-2"))
+        .output()
+        .expect("chromium runs");
+    let dom = stdout(&clicked);
+    let detail = dom.split("<pre id=\"detail\">").nth(1).and_then(|rest| rest.split("</pre>").next()).unwrap_or("");
+    let history: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+    let kind = history["events"][2]["type"].as_str().unwrap();
+    assert!(detail.contains("event 2\n") && detail.contains(&format!("\"type\": \"{kind}\"")), "{detail}");
 }
 
 #[test]
