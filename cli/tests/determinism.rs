@@ -96,7 +96,7 @@ fn failing_world_exits_1_with_a_rerun_line() {
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("outcome: FAILED check_liveness_after_heal"), "{text}");
-    // FIXME: the repro line under `rerun with:` leaves out `--plan slow-network.json`, so it
-    // reruns the seed's drawn plan, which passes, instead of the plan that failed.
-    assert!(text.lines().any(|line| line.starts_with("rerun with:")), "{text}");
+    // The repro reruns the plan that failed, not the seed's drawn plan (which passes).
+    let repro = text.lines().skip_while(|line| !line.starts_with("rerun with:")).nth(1).unwrap_or_default();
+    assert_eq!(repro.trim(), "cargo run --release -- run hello_llm --seed 1 --plan slow-network.json", "{text}");
 }
