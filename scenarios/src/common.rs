@@ -44,3 +44,34 @@ pub(crate) fn registry_with(register: fn(&mut Registry)) -> Registry {
     register(&mut registry);
     registry
 }
+
+/// The output of a run that completed, decoded; `None` for a run still open or that ended
+/// otherwise. An output that does not decode is a business failure of the scenario.
+pub(crate) fn completed_output<T: serde::de::DeserializeOwned>(
+    history: &tempest_engine::History,
+) -> Result<Option<T>, String> {
+    let Some(tempest_engine::Kind::WorkflowCompleted { output }) = history.events.last().map(|e| &e.kind) else {
+        return Ok(None);
+    };
+    serde_json::from_value(output.clone())
+        .map(Some)
+        .map_err(|e| format!("run {}: output {output} does not decode: {e}", history.run_id))
+}
+
+/// The inputs of every activity of `activity_type` the run scheduled, with their seqs, in
+/// history order.
+pub(crate) fn scheduled<'h>(
+    history: &'h tempest_engine::History,
+    activity_type: &str,
+) -> Vec<(u32, &'h serde_json::Value)> {
+    history
+        .events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            tempest_engine::Kind::ActivityScheduled { seq, activity_type: t, input, .. } if t == activity_type => {
+                Some((*seq, input))
+            }
+            _ => None,
+        })
+        .collect()
+}

@@ -50,6 +50,9 @@ fn worker_host(index: usize) -> HostId {
 /// How long the store holds a poll that finds no work before answering empty. Long, so a
 /// world whose runs wait days for humans spends few events idling.
 const POLL_HOLD_MS: u64 = 3_600_000;
+/// The hold once faults have healed: nothing can lose a poll any more, so a worker need not
+/// ask again before work arrives, and a simulated year of idling costs a few events a week.
+const POLL_HOLD_MS_HEALED: u64 = 7 * 86_400_000;
 /// How long a requester waits for an answer before retrying (polls: hold + this).
 const REQUEST_TIMEOUT_MS: u64 = 5_000;
 const SIGNAL_RECHECK_MS: u64 = 2_000;
@@ -1015,8 +1018,9 @@ impl<'s> World<'s> {
             Msg::PollWorkflow { req_id } => match self.store.protocol.store().poll_workflow_task(now, &worker_name) {
                 Some(task) => (Some(Msg::PollWorkflowResp { req_id, task: Some(Box::new(task)) }), Vec::new()),
                 None => {
-                    self.store.held_workflow_polls.push((from, req_id, Time(now.0 + POLL_HOLD_MS)));
-                    self.store_schedule_tick(Time(now.0 + POLL_HOLD_MS));
+                    let deadline = Time(now.0 + self.poll_hold_ms(false));
+                    self.store.held_workflow_polls.push((from, req_id, deadline));
+                    self.store_schedule_tick(deadline);
                     (None, Vec::new())
                 }
             },
@@ -1036,8 +1040,9 @@ impl<'s> World<'s> {
                         (Some(Msg::PollActivityResp { req_id, lease: Some(Box::new(lease)) }), Vec::new())
                     }
                     None => {
-                        self.store.held_activity_polls.push((from, req_id, blocked_keys, Time(now.0 + POLL_HOLD_MS)));
-                        self.store_schedule_tick(Time(now.0 + POLL_HOLD_MS));
+                        let deadline = Time(now.0 + self.poll_hold_ms(!blocked_keys.is_empty()));
+                        self.store.held_activity_polls.push((from, req_id, blocked_keys, deadline));
+                        self.store_schedule_tick(deadline);
                         (None, Vec::new())
                     }
                 }
@@ -1058,6 +1063,17 @@ impl<'s> World<'s> {
             self.store_reply(now, from, reply);
         }
         self.store_after_write(now);
+    }
+
+    /// How long the store holds a poll that finds no work (and the worker waits for it). A
+    /// poll that leaves out rate-limited keys goes stale when the limiter frees up, so it
+    /// is never held longer than during faults.
+    fn poll_hold_ms(&self, keys_blocked: bool) -> u64 {
+        if self.faults_on || keys_blocked {
+            POLL_HOLD_MS
+        } else {
+            POLL_HOLD_MS_HEALED
+        }
     }
 
     fn store_persist(&mut self, now: Time, records: Vec<Record>) {
@@ -1106,7 +1122,11 @@ impl<'s> World<'s> {
                         self.evidence.sometimes_add(check::sometimes::RETRIED_AFTER_429);
                     }
                 }
-                if let Kind::ActivityAttemptFailed { failure: Failure::InvalidOutput { .. }, .. } = &event.kind {
+                // Whether the policy retries it or the workflow asks again (non-retryable), an
+                // invalid answer failed validation.
+                if let Kind::ActivityAttemptFailed { failure: Failure::InvalidOutput { .. }, .. }
+                | Kind::ActivityFailed { failure: Failure::InvalidOutput { .. }, .. } = &event.kind
+                {
                     self.evidence.sometimes_add(check::sometimes::LLM_ANSWER_FAILED_VALIDATION);
                 }
             }
@@ -1264,7 +1284,7 @@ impl<'s> World<'s> {
             index,
             Pending::PollWorkflow,
             Msg::PollWorkflow { req_id },
-            POLL_HOLD_MS + REQUEST_TIMEOUT_MS,
+            self.poll_hold_ms(false) + REQUEST_TIMEOUT_MS,
         );
     }
 
@@ -1274,15 +1294,10 @@ impl<'s> World<'s> {
             return;
         }
         let blocked_keys = worker.limiter.blocked_keys(now);
+        let timeout_ms = self.poll_hold_ms(!blocked_keys.is_empty()) + REQUEST_TIMEOUT_MS;
         let req_id = self.next_req_id();
         self.workers[index].activity_poll = Some(req_id);
-        self.worker_request(
-            now,
-            index,
-            Pending::PollActivity,
-            Msg::PollActivity { req_id, blocked_keys },
-            POLL_HOLD_MS + REQUEST_TIMEOUT_MS,
-        );
+        self.worker_request(now, index, Pending::PollActivity, Msg::PollActivity { req_id, blocked_keys }, timeout_ms);
     }
 
     fn worker_receive(&mut self, now: Time, index: usize, msg: Msg) {
