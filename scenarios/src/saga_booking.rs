@@ -315,3 +315,108 @@ fn check_trip(history: &tempest_engine::History, ledger: &[String]) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, WithWorkflows};
+    use tempest_sim::world::{self, Options};
+
+    /// The steps whose `book` activity confirmed, in the order they were booked.
+    fn confirmed_steps(history: &tempest_engine::History) -> Vec<String> {
+        common::scheduled(history, "book")
+            .into_iter()
+            .filter(|(seq, _)| {
+                history.events.iter().any(|e| {
+                    matches!(&e.kind, Kind::ActivityCompleted { seq: s, output, .. }
+                        if s == seq && output["status"] == "confirmed")
+                })
+            })
+            .map(|(_, input)| input["step"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn trips_without_a_car_cancel_their_bookings_in_reverse_and_others_book_everything() {
+        let workload: Vec<Start> = ["Venice", "Venice", "Lisbon"]
+            .iter()
+            .enumerate()
+            .map(|(i, destination)| Start {
+                at: Time(1_000 * i as u64),
+                workflow_id: format!("trip-{i}"),
+                workflow_type: "saga_booking".to_owned(),
+                input: json!({ "destination": destination }),
+            })
+            .collect();
+        let mut compensated_trips = 0;
+        for seed in 0..4 {
+            let options = Options { workload: Some(workload.clone()), keep_histories: true, ..Options::swarm(seed) };
+            let outcome = world::run_catching(&SagaBooking, options);
+            assert!(outcome.passed(), "seed {seed}: {:?}", outcome.failure);
+            for history in &outcome.histories {
+                let trip: Trip = common::completed_output(history).unwrap().expect("every trip ends");
+                let confirmed = confirmed_steps(history);
+                match trip {
+                    Trip::Canceled { compensated, .. } => {
+                        compensated_trips += 1;
+                        let mut expected = confirmed.clone();
+                        expected.reverse();
+                        // A booking whose outcome was unknown is canceled too, first.
+                        assert!(
+                            compensated == expected || compensated[1..] == expected[..],
+                            "seed {seed} {}: canceled {compensated:?} after booking {confirmed:?}",
+                            history.workflow_id
+                        );
+                        let canceled: Vec<&str> = common::scheduled(history, "cancel")
+                            .iter()
+                            .map(|(_, input)| input["step"].as_str().unwrap_or_default())
+                            .collect();
+                        assert_eq!(canceled, compensated, "seed {seed} {}", history.workflow_id);
+                    }
+                    Trip::Booked { confirmations } => {
+                        assert_ne!(history.workflow_id, "trip-0", "seed {seed}: a car was rented in Venice");
+                        assert_eq!(confirmed, STEPS, "seed {seed} {}", history.workflow_id);
+                        assert_eq!(confirmations.len(), STEPS.len());
+                    }
+                }
+            }
+            assert!(outcome.sometimes.get("compensation_ran").is_some_and(|n| *n >= 2), "seed {seed}");
+        }
+        assert!(compensated_trips >= 8, "only {compensated_trips} trips were compensated");
+    }
+
+    /// Compensates in booking order, as a careless saga would.
+    async fn forward_compensation(ctx: Ctx, request: TripRequest) -> WorkflowResult<Trip> {
+        let trip = ctx.workflow_id();
+        let itinerary: Itinerary = ctx.activity("plan_trip", &request).retry(common::llm_retry()).await?;
+        let mut booked = Vec::new();
+        for step in STEPS {
+            let input = BookInput { trip: trip.clone(), step: step.to_owned(), option: itinerary.option(step).to_owned() };
+            match ctx.activity::<Booking>("book", &input).retry(common::tool_retry()).await {
+                Ok(Booking::Confirmed { .. }) => booked.push(step.to_owned()),
+                _ => {
+                    for step in &booked {
+                        let input = CancelInput { trip: trip.clone(), step: step.clone() };
+                        let _: Value = ctx.activity("cancel", &input).retry(compensation_retry()).await?;
+                    }
+                    return Ok(Trip::Canceled { reason: format!("{step} failed"), compensated: booked });
+                }
+            }
+        }
+        Ok(Trip::Booked { confirmations: booked })
+    }
+
+    #[test]
+    fn saga_compensating_in_booking_order_fails_its_check() {
+        let broken = WithWorkflows {
+            scenario: SagaBooking,
+            register: |registry| {
+                registry.register("saga_booking", forward_compensation);
+            },
+        };
+        let outcome = testing::first_failure(&broken, 20).expect("a seed where two bookings are compensated");
+        let failure = outcome.failure.expect("failed");
+        assert_eq!(failure.check, "check_saga_booking_outcome", "{}", failure.message);
+        assert!(failure.message.contains("reverse"), "{}", failure.message);
+    }
+}

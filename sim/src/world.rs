@@ -53,6 +53,8 @@ const POLL_HOLD_MS: u64 = 3_600_000;
 /// The hold once faults have healed: nothing can lose a poll any more, so a worker need not
 /// ask again before work arrives, and a simulated year of idling costs a few events a week.
 const POLL_HOLD_MS_HEALED: u64 = 7 * 86_400_000;
+/// The hold of a poll that leaves out rate-limited keys (see `World::poll_hold_ms`).
+const POLL_HOLD_MS_KEYS_BLOCKED: u64 = 30_000;
 /// How long a requester waits for an answer before retrying (polls: hold + this).
 const REQUEST_TIMEOUT_MS: u64 = 5_000;
 const SIGNAL_RECHECK_MS: u64 = 2_000;
@@ -1066,10 +1068,12 @@ impl<'s> World<'s> {
     }
 
     /// How long the store holds a poll that finds no work (and the worker waits for it). A
-    /// poll that leaves out rate-limited keys goes stale when the limiter frees up, so it
-    /// is never held longer than during faults.
+    /// poll that leaves out rate-limited keys goes stale as soon as the worker's limiter
+    /// frees up (an LLM call ends, a minute passes), so it is held only briefly.
     fn poll_hold_ms(&self, keys_blocked: bool) -> u64 {
-        if self.faults_on || keys_blocked {
+        if keys_blocked {
+            POLL_HOLD_MS_KEYS_BLOCKED
+        } else if self.faults_on {
             POLL_HOLD_MS
         } else {
             POLL_HOLD_MS_HEALED
