@@ -117,12 +117,17 @@ async fn drain(ctx: &Ctx, state: &mut Subscription) -> WorkflowResult<()> {
 }
 
 /// The subscription agent as a user writes it.
-pub(crate) async fn subscription(ctx: Ctx, mut state: Subscription) -> WorkflowResult<Ended> {
-    if state.day % DAY_COUNT_PER_RUN == 0 && state.day < state.day_count {
+pub(crate) async fn subscription(ctx: Ctx, state: Subscription) -> WorkflowResult<Ended> {
+    live(ctx, state, DAY_COUNT_PER_RUN).await
+}
+
+/// One run of the subscription: `day_count_per_run` days, then a fresh run.
+async fn live(ctx: Ctx, mut state: Subscription, day_count_per_run: u32) -> WorkflowResult<Ended> {
+    if state.day % day_count_per_run == 0 && state.day < state.day_count {
         let notice = json!({ "workflow_id": ctx.workflow_id(), "kind": "checkin", "number": state.day });
         let _: Value = ctx.activity(NOTIFY_HUMAN, &notice).retry(patient_retry()).await?;
     }
-    let run_end = state.day_count.min(state.day + DAY_COUNT_PER_RUN);
+    let run_end = state.day_count.min(state.day.saturating_add(day_count_per_run));
     while state.day < run_end {
         // One durable timer a day; items that arrive meanwhile are taken as they come.
         let mut wake = ctx.sleep(DAY);
@@ -321,4 +326,50 @@ fn check_subscription(workflow_id: &str, runs: &[&History]) -> Result<(), String
         return Err(format!("subscription {workflow_id}: item {missing} arrived but was never summarized"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, WithWorkflows};
+
+    #[test]
+    fn a_year_of_daily_wakes_runs_in_monthly_runs_and_summarizes_every_item_once() {
+        let outcome = testing::run_passing(&LongSleep, 1);
+        let runs: Vec<&History> = outcome.histories.iter().collect();
+        assert_eq!(runs.len() as u32, DAY_COUNT_PER_YEAR.div_ceil(DAY_COUNT_PER_RUN));
+        assert!(runs.iter().all(|h| h.events.len() <= HISTORY_LEN_MAX));
+        let ended: Vec<Ended> = runs.iter().filter_map(|h| common::completed_output(h).unwrap()).collect();
+        assert_eq!(ended.len(), 1, "the last run completes, the others continue as new");
+        assert_eq!(ended[0].days, DAY_COUNT_PER_YEAR);
+        let summaries: Vec<SummarizeInput> = runs
+            .iter()
+            .flat_map(|h| common::scheduled(h, "summarize"))
+            .map(|(_, input)| serde_json::from_value(input.clone()).unwrap())
+            .collect();
+        assert_eq!(summaries.len() as u32, ended[0].digest_count);
+        assert!(!summaries.is_empty() && summaries.iter().all(|s| !s.items.is_empty()));
+        // The world's clock went round a year, and the LLM ran on far fewer days than that.
+        assert!(outcome.simulated_ms >= u64::from(DAY_COUNT_PER_YEAR) * 86_400_000);
+        assert!(summaries.len() < 100, "{} digests", summaries.len());
+    }
+
+    /// Lives the whole year in one run.
+    async fn never_continues(ctx: Ctx, state: Subscription) -> WorkflowResult<Ended> {
+        live(ctx, state, u32::MAX).await
+    }
+
+    #[test]
+    fn subscription_that_never_continues_as_new_fails_its_check() {
+        let broken = WithWorkflows {
+            scenario: LongSleep,
+            register: |registry| {
+                registry.register("subscription", never_continues);
+            },
+        };
+        let outcome = testing::run(&broken, 1);
+        let failure = outcome.failure.expect("failed");
+        assert_eq!(failure.check, "check_long_sleep_outcome", "{}", failure.message);
+        assert!(failure.message.contains("over the bound"), "{}", failure.message);
+    }
 }

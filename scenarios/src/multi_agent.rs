@@ -385,3 +385,110 @@ fn check_planner(history: &tempest_engine::History) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, WithWorkflows};
+    use std::collections::BTreeSet;
+
+    /// The real scenario, with a search engine that never finds anything on part 1.
+    struct NothingOnPartOne;
+
+    impl Scenario for NothingOnPartOne {
+        fn name(&self) -> &'static str {
+            MultiAgent.name()
+        }
+
+        fn description(&self) -> &'static str {
+            MultiAgent.description()
+        }
+
+        fn registry(&self) -> Registry {
+            MultiAgent.registry()
+        }
+
+        fn activities(&self) -> Activities {
+            MultiAgent.activities()
+        }
+
+        fn workload(&self, rng: &mut Rng) -> Vec<Start> {
+            MultiAgent.workload(rng)
+        }
+
+        fn llm_answer(&self, request: &LlmRequest, rng: &mut Rng) -> LlmResponse {
+            MultiAgent.llm_answer(request, rng)
+        }
+
+        fn tool_call(&self, name: &str, arguments: &Value, rng: &mut Rng) -> ToolOutcome {
+            if arguments["query"].as_str().is_some_and(|q| q.ends_with("part 1")) {
+                return ToolOutcome { result: json!([]), effect: None };
+            }
+            let outcome = MultiAgent.tool_call(name, arguments, rng);
+            if outcome.result.as_array().is_some_and(Vec::is_empty) {
+                return ToolOutcome { result: json!(["https://example.org/found"]), effect: None };
+            }
+            outcome
+        }
+
+        fn liveness_bound(&self) -> Duration {
+            MultiAgent.liveness_bound()
+        }
+
+        fn check(&self, finished: &Finished<'_>) -> Result<(), String> {
+            MultiAgent.check(finished)
+        }
+    }
+
+    #[test]
+    fn planner_combines_the_research_and_reports_a_subtopic_that_failed_twice() {
+        for seed in 0..3 {
+            let outcome = testing::run_passing(&NothingOnPartOne, seed);
+            for history in outcome.histories.iter().filter(|h| h.workflow_type == "planner") {
+                let report: Report = common::completed_output(history).unwrap().expect("planner ends");
+                let failed_part = format!("{} / part 1", history.workflow_id.replace("report-", "topic "));
+                assert_eq!(report.failed, vec![failed_part.clone()], "seed {seed} {}", history.run_id);
+                assert!(!report.sections.contains(&failed_part), "seed {seed}");
+                assert!(!report.sections.is_empty(), "seed {seed}: part 0 always has sources");
+                let tries = history
+                    .events
+                    .iter()
+                    .filter(|e| matches!(&e.kind, Kind::ChildStarted { input, .. } if input["subtopic"] == failed_part.as_str()))
+                    .count();
+                assert_eq!(tries, RESEARCH_ATTEMPT_COUNT_MAX, "seed {seed}: failed research is retried once");
+            }
+            // The planner's children ran as runs of their own.
+            let types: BTreeSet<&str> = outcome.histories.iter().map(|h| h.workflow_type.as_str()).collect();
+            assert_eq!(types, BTreeSet::from(["planner", "researcher", "reviewer", "writer"]), "seed {seed}");
+        }
+    }
+
+    /// Gives up on a failed researcher at once, and leaves its subtopic out without a word.
+    async fn forgetful_planner(ctx: Ctx, input: Topic) -> WorkflowResult<Report> {
+        let subtopics: Vec<String> = llm_call(&ctx, "plan", &input.topic).await?;
+        let children = subtopics.iter().map(|subtopic| {
+            let assignment = Assignment { topic: input.topic.clone(), subtopic: subtopic.clone() };
+            ctx.child::<Research>("researcher", &assignment).start()
+        });
+        let research: Vec<Research> = join_all(children.collect::<Vec<_>>()).await.into_iter().flatten().collect();
+        let sections = research.iter().map(|r| r.subtopic.clone()).collect();
+        let request = DraftRequest { topic: input.topic, research, comment: None };
+        let draft: String = ctx.child("writer", &request).await?;
+        Ok(Report { draft, sections, failed: Vec::new(), revisions: 0 })
+    }
+
+    #[test]
+    fn planner_dropping_a_failed_child_fails_its_check() {
+        let broken = WithWorkflows {
+            scenario: NothingOnPartOne,
+            register: |registry| {
+                register(registry);
+                registry.register("planner", forgetful_planner);
+            },
+        };
+        let outcome = testing::first_failure(&broken, 3).expect("the first seed fails");
+        let failure = outcome.failure.expect("failed");
+        assert_eq!(failure.check, "check_multi_agent_outcome", "{}", failure.message);
+        assert!(failure.message.contains("not retried"), "{}", failure.message);
+    }
+}

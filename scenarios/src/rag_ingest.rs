@@ -326,3 +326,66 @@ impl Scenario for RagIngest {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, WithWorkflows};
+
+    #[test]
+    fn reingesting_the_same_documents_writes_each_chunk_once() {
+        for seed in 0..3 {
+            let outcome = testing::run_passing(&RagIngest, seed);
+            let mut written_chunks = BTreeSet::new();
+            let (mut embedded, mut written) = (0, 0);
+            for history in &outcome.histories {
+                for (_, write) in common::scheduled(history, "index_write") {
+                    let write: IndexWrite = serde_json::from_value(write.clone()).unwrap();
+                    written_chunks.extend(write.entries.into_iter().map(|e| e.chunk.hash));
+                }
+                let reports: Vec<PassReport> = common::completed_output(history).unwrap().expect("ingestion ends");
+                embedded += reports.iter().map(|r| r.embedded).sum::<u32>();
+                written += reports.iter().map(|r| r.written).sum::<u32>();
+            }
+            // Each chunk has exactly one first writer, though both runs ingested it.
+            assert_eq!(written as usize, written_chunks.len(), "seed {seed}");
+            assert!(embedded > written, "seed {seed}: the re-run found nothing already indexed");
+        }
+    }
+
+    /// Fans the vectors back in in the wrong order.
+    async fn mixed_up_fan_in(ctx: Ctx, input: IngestInput) -> WorkflowResult<Vec<PassReport>> {
+        let documents: Vec<Document> = ctx
+            .activity("list_documents", &json!({ "source": input.source, "pass": 0 }))
+            .retry(common::tool_retry())
+            .await?;
+        let mut report = PassReport { documents: documents.len() as u32, chunks: 0, embedded: 0, written: 0 };
+        for document in &documents {
+            let chunks = chunks_of(document);
+            let mut entries = embed_all(&ctx, chunks).await?;
+            let mut vectors: Vec<Vec<f64>> = entries.iter().map(|e| e.embedding.clone()).collect();
+            vectors.reverse();
+            for (entry, vector) in entries.iter_mut().zip(vectors) {
+                entry.embedding = vector;
+            }
+            report.embedded += entries.len() as u32;
+            let write = IndexWrite { writer: ctx.workflow_id(), entries };
+            report.written += ctx.activity::<u32>("index_write", &write).retry(common::tool_retry()).await?;
+        }
+        Ok(vec![report])
+    }
+
+    #[test]
+    fn ingestion_mixing_up_embeddings_at_fan_in_fails_its_check() {
+        let broken = WithWorkflows {
+            scenario: RagIngest,
+            register: |registry| {
+                registry.register("rag_ingest", mixed_up_fan_in);
+            },
+        };
+        let outcome = testing::first_failure(&broken, 5).expect("the first seed fails");
+        let failure = outcome.failure.expect("failed");
+        assert_eq!(failure.check, "check_rag_ingest_outcome", "{}", failure.message);
+        assert!(failure.message.contains("another chunk's embedding"), "{}", failure.message);
+    }
+}

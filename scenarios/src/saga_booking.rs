@@ -391,7 +391,8 @@ mod tests {
         let itinerary: Itinerary = ctx.activity("plan_trip", &request).retry(common::llm_retry()).await?;
         let mut booked = Vec::new();
         for step in STEPS {
-            let input = BookInput { trip: trip.clone(), step: step.to_owned(), option: itinerary.option(step).to_owned() };
+            let input =
+                BookInput { trip: trip.clone(), step: step.to_owned(), option: itinerary.option(step).to_owned() };
             match ctx.activity::<Booking>("book", &input).retry(common::tool_retry()).await {
                 Ok(Booking::Confirmed { .. }) => booked.push(step.to_owned()),
                 _ => {

@@ -209,3 +209,53 @@ impl Scenario for ToolAgent {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, WithWorkflows};
+    use tempest_engine::history::Kind;
+
+    #[test]
+    fn each_request_runs_one_offered_tool_once_and_made_up_tools_are_rejected() {
+        let mut rejected = 0;
+        for seed in 0..4 {
+            let outcome = testing::run_passing(&ToolAgent, seed);
+            for history in &outcome.histories {
+                let Some(answer) = common::completed_output::<Answer>(history).unwrap() else { continue };
+                assert!(TOOLS.iter().any(|(tool, _)| *tool == answer.tool), "seed {seed}: {answer:?}");
+                assert_eq!(common::scheduled(history, "run_tool").len(), 1, "seed {seed} {}", history.run_id);
+                assert_eq!(answer.result["tool"], answer.tool.as_str(), "seed {seed} {}", history.run_id);
+                rejected += history
+                    .events
+                    .iter()
+                    .filter(|e| matches!(&e.kind, Kind::ActivityAttemptFailed { failure: Failure::InvalidOutput { message }, .. }
+                        if message.contains(HALLUCINATED_TOOL)))
+                    .count();
+            }
+        }
+        assert!(rejected > 0, "the model never made up a tool");
+    }
+
+    /// Runs the chosen tool, then looks the order up too "to be helpful": two tools.
+    async fn two_tools(ctx: Ctx, input: Request) -> WorkflowResult<Answer> {
+        let answer = tool_agent(ctx.clone(), input).await?;
+        let arguments =
+            RunToolInput { name: "lookup_order".to_owned(), arguments: json!({}), workflow_id: ctx.workflow_id() };
+        let _: Value = ctx.activity("run_tool", &arguments).retry(common::tool_retry()).await?;
+        Ok(answer)
+    }
+
+    #[test]
+    fn agent_running_a_second_tool_fails_its_check() {
+        let broken = WithWorkflows {
+            scenario: ToolAgent,
+            register: |registry| {
+                registry.register("tool_agent", two_tools);
+            },
+        };
+        let outcome = testing::first_failure(&broken, 5).expect("the first seed fails");
+        let failure = outcome.failure.expect("failed");
+        assert_eq!(failure.check, "check_tool_agent_outcome", "{}", failure.message);
+    }
+}

@@ -249,3 +249,123 @@ fn check_run(history: &tempest_engine::History) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, WithWorkflows};
+
+    /// The real scenario with a model that never gets the schema right.
+    struct StubbornModel;
+
+    impl Scenario for StubbornModel {
+        fn name(&self) -> &'static str {
+            ValidatedOutput.name()
+        }
+
+        fn description(&self) -> &'static str {
+            ValidatedOutput.description()
+        }
+
+        fn registry(&self) -> Registry {
+            ValidatedOutput.registry()
+        }
+
+        fn activities(&self) -> Activities {
+            ValidatedOutput.activities()
+        }
+
+        fn workload(&self, rng: &mut Rng) -> Vec<Start> {
+            ValidatedOutput.workload(rng)
+        }
+
+        fn llm_answer(&self, request: &LlmRequest, _rng: &mut Rng) -> LlmResponse {
+            let content = json!({ "category": "urgent", "priority": 1, "summary": "x" }).to_string();
+            LlmResponse { content, tool_calls: Vec::new(), token_count: request.token_count }
+        }
+
+        fn tool_call(&self, name: &str, arguments: &Value, rng: &mut Rng) -> ToolOutcome {
+            ValidatedOutput.tool_call(name, arguments, rng)
+        }
+
+        fn liveness_bound(&self) -> Duration {
+            ValidatedOutput.liveness_bound()
+        }
+
+        fn check(&self, finished: &Finished<'_>) -> Result<(), String> {
+            ValidatedOutput.check(finished)
+        }
+    }
+
+    #[test]
+    fn results_match_the_schema_after_retries_told_the_error() {
+        let mut retried = 0;
+        for seed in 0..4 {
+            let outcome = testing::run_passing(&ValidatedOutput, seed);
+            for history in &outcome.histories {
+                let Some(Outcome::Valid { triage, attempts }) = common::completed_output(history).unwrap() else {
+                    continue;
+                };
+                assert!(validate(&serde_json::to_value(&triage).unwrap()).is_ok(), "seed {seed}: {triage:?}");
+                let inputs = common::scheduled(history, "extract");
+                assert_eq!(inputs.len() as u32, attempts, "seed {seed} {}", history.run_id);
+                if attempts > 1 {
+                    retried += 1;
+                    let feedback = inputs[1].1["feedback"].as_str().unwrap_or_default();
+                    assert!(!feedback.is_empty(), "seed {seed} {}: the retry was not told the error", history.run_id);
+                }
+            }
+        }
+        assert!(retried > 0, "no run needed a second answer");
+    }
+
+    #[test]
+    fn a_model_that_never_matches_the_schema_is_given_up_on_after_the_limit() {
+        let outcome = testing::run_passing(&StubbornModel, 1);
+        assert!(outcome.sometimes.contains_key("llm_answer_failed_validation"));
+        for history in &outcome.histories {
+            let outcome: Option<Outcome> = common::completed_output(history).unwrap();
+            let Some(Outcome::GaveUp { attempts, last_error }) = outcome else {
+                panic!("run {}: {outcome:?}, expected a give-up", history.run_id);
+            };
+            assert_eq!(attempts, VALIDATION_ATTEMPT_COUNT_MAX);
+            assert!(last_error.contains("`category` is \"urgent\""), "{last_error}");
+            assert_eq!(common::scheduled(history, "extract").len() as u32, VALIDATION_ATTEMPT_COUNT_MAX);
+        }
+    }
+
+    /// Asks again without saying what was wrong.
+    async fn without_feedback(ctx: Ctx, input: Ticket) -> WorkflowResult<Outcome> {
+        for attempt in 1..=VALIDATION_ATTEMPT_COUNT_MAX {
+            let request = ExtractInput { ticket: input.ticket.clone(), feedback: None };
+            let extracted = ctx
+                .activity::<Triage>("extract", &request)
+                .retry(common::llm_retry().non_retryable("invalid_output"))
+                .await;
+            if let Ok(triage) = extracted {
+                return Ok(Outcome::Valid { triage, attempts: attempt });
+            }
+        }
+        Ok(Outcome::GaveUp { attempts: VALIDATION_ATTEMPT_COUNT_MAX, last_error: String::new() })
+    }
+
+    #[test]
+    fn retrying_without_the_validation_error_fails_its_check() {
+        let broken = WithWorkflows {
+            scenario: ValidatedOutput,
+            register: |registry| {
+                registry.register("validated_output", without_feedback);
+            },
+        };
+        let outcome = testing::first_failure(&broken, 10).expect("a seed with a retried answer");
+        let failure = outcome.failure.expect("failed");
+        assert_eq!(failure.check, "check_validated_output_outcome", "{}", failure.message);
+        assert!(failure.message.contains("feedback"), "{}", failure.message);
+    }
+
+    /// LLM work waited an hour behind a poll that left out the then rate-limited key.
+    #[test]
+    fn seed_3083_finishes_within_its_liveness_bound() {
+        testing::run_passing(&ValidatedOutput, 3083);
+    }
+}
