@@ -245,25 +245,94 @@ impl Outcome {
 
 #[derive(Clone, Debug)]
 enum Msg {
-    StartReq { req_id: u64, start: Start },
-    StartResp { req_id: u64 },
-    SignalReq { req_id: u64, workflow_id: String, signal_id: String, name: String, payload: Value },
-    SignalResp { req_id: u64, status: SignalStatus },
-    PollWorkflow { req_id: u64 },
-    PollWorkflowResp { req_id: u64, task: Option<Box<WorkflowTask>> },
-    CompleteWorkflow { req_id: u64, completion: Box<WorkflowCompletion> },
-    CompleteWorkflowResp { req_id: u64, run_id: String, ack: Ack },
-    AbandonWorkflow { run_id: String, token: u64 },
-    PollActivity { req_id: u64, blocked_keys: BTreeSet<String> },
-    PollActivityResp { req_id: u64, lease: Option<Box<ActivityLease>> },
-    CompleteActivity { req_id: u64, run_id: String, seq: u32, token: u64, report: AttemptReport },
-    CompleteActivityResp { req_id: u64 },
-    Heartbeat { req_id: u64, run_id: String, seq: u32, token: u64 },
-    HeartbeatResp { req_id: u64, token: u64, ack: Ack },
-    LlmReq { call_id: u64, request: LlmRequest },
-    LlmResp { call_id: u64, result: Result<LlmResponse, Failure> },
-    ToolReq { call_id: u64, name: String, arguments: Value, idempotency_key: Option<String> },
-    ToolResp { call_id: u64, result: Result<Value, Failure> },
+    StartReq {
+        req_id: u64,
+        start: Start,
+    },
+    StartResp {
+        req_id: u64,
+    },
+    SignalReq {
+        req_id: u64,
+        workflow_id: String,
+        signal_id: String,
+        name: String,
+        payload: Value,
+    },
+    SignalResp {
+        req_id: u64,
+        status: SignalStatus,
+    },
+    /// `hold_ms`: how long the store may hold the poll before answering empty.
+    PollWorkflow {
+        req_id: u64,
+        hold_ms: u64,
+    },
+    PollWorkflowResp {
+        req_id: u64,
+        task: Option<Box<WorkflowTask>>,
+    },
+    CompleteWorkflow {
+        req_id: u64,
+        completion: Box<WorkflowCompletion>,
+    },
+    CompleteWorkflowResp {
+        req_id: u64,
+        run_id: String,
+        ack: Ack,
+    },
+    AbandonWorkflow {
+        run_id: String,
+        token: u64,
+    },
+    PollActivity {
+        req_id: u64,
+        blocked_keys: BTreeSet<String>,
+        hold_ms: u64,
+    },
+    PollActivityResp {
+        req_id: u64,
+        lease: Option<Box<ActivityLease>>,
+    },
+    CompleteActivity {
+        req_id: u64,
+        run_id: String,
+        seq: u32,
+        token: u64,
+        report: AttemptReport,
+    },
+    CompleteActivityResp {
+        req_id: u64,
+    },
+    Heartbeat {
+        req_id: u64,
+        run_id: String,
+        seq: u32,
+        token: u64,
+    },
+    HeartbeatResp {
+        req_id: u64,
+        token: u64,
+        ack: Ack,
+    },
+    LlmReq {
+        call_id: u64,
+        request: LlmRequest,
+    },
+    LlmResp {
+        call_id: u64,
+        result: Result<LlmResponse, Failure>,
+    },
+    ToolReq {
+        call_id: u64,
+        name: String,
+        arguments: Value,
+        idempotency_key: Option<String>,
+    },
+    ToolResp {
+        call_id: u64,
+        result: Result<Value, Failure>,
+    },
 }
 
 /// A host's name in traces.
@@ -1017,15 +1086,17 @@ impl<'s> World<'s> {
                 let (status, records) = self.store.protocol.signal(now, &workflow_id, &signal_id, &name, payload);
                 (Some(Msg::SignalResp { req_id, status }), records)
             }
-            Msg::PollWorkflow { req_id } => match self.store.protocol.store().poll_workflow_task(now, &worker_name) {
-                Some(task) => (Some(Msg::PollWorkflowResp { req_id, task: Some(Box::new(task)) }), Vec::new()),
-                None => {
-                    let deadline = Time(now.0 + self.poll_hold_ms(false));
-                    self.store.held_workflow_polls.push((from, req_id, deadline));
-                    self.store_schedule_tick(deadline);
-                    (None, Vec::new())
+            Msg::PollWorkflow { req_id, hold_ms } => {
+                match self.store.protocol.store().poll_workflow_task(now, &worker_name) {
+                    Some(task) => (Some(Msg::PollWorkflowResp { req_id, task: Some(Box::new(task)) }), Vec::new()),
+                    None => {
+                        let deadline = Time(now.0 + hold_ms);
+                        self.store.held_workflow_polls.push((from, req_id, deadline));
+                        self.store_schedule_tick(deadline);
+                        (None, Vec::new())
+                    }
                 }
-            },
+            }
             Msg::CompleteWorkflow { req_id, completion } => {
                 let run_id = completion.run_id.clone();
                 let (ack, records) = self.store.protocol.complete_workflow_task(now, &worker_name, *completion);
@@ -1035,14 +1106,14 @@ impl<'s> World<'s> {
                 self.store.protocol.store().abandon_workflow_task(&run_id, token);
                 (None, Vec::new())
             }
-            Msg::PollActivity { req_id, blocked_keys } => {
+            Msg::PollActivity { req_id, blocked_keys, hold_ms } => {
                 match self.store.protocol.store().poll_activity_task(now, &worker_name, &blocked_keys) {
                     Some(lease) => {
                         self.evidence.grant(&lease.task.run_id, lease.task.seq, lease.task.attempt, &worker_name);
                         (Some(Msg::PollActivityResp { req_id, lease: Some(Box::new(lease)) }), Vec::new())
                     }
                     None => {
-                        let deadline = Time(now.0 + self.poll_hold_ms(!blocked_keys.is_empty()));
+                        let deadline = Time(now.0 + hold_ms);
                         self.store.held_activity_polls.push((from, req_id, blocked_keys, deadline));
                         self.store_schedule_tick(deadline);
                         (None, Vec::new())
@@ -1067,7 +1138,7 @@ impl<'s> World<'s> {
         self.store_after_write(now);
     }
 
-    /// How long the store holds a poll that finds no work (and the worker waits for it). A
+    /// How long a worker asks the store to hold a poll that finds no work. A
     /// poll that leaves out rate-limited keys goes stale as soon as the worker's limiter
     /// frees up (an LLM call ends, a minute passes), so it is held only briefly.
     fn poll_hold_ms(&self, keys_blocked: bool) -> u64 {
@@ -1226,7 +1297,7 @@ impl<'s> World<'s> {
     fn worker_request(&mut self, now: Time, index: usize, pending: Pending, msg: Msg, timeout_ms: u64) {
         let host = worker_host(index);
         let req_id = match &msg {
-            Msg::PollWorkflow { req_id }
+            Msg::PollWorkflow { req_id, .. }
             | Msg::PollActivity { req_id, .. }
             | Msg::CompleteWorkflow { req_id, .. }
             | Msg::CompleteActivity { req_id, .. }
@@ -1283,13 +1354,9 @@ impl<'s> World<'s> {
         }
         let req_id = self.next_req_id();
         self.workers[index].workflow_poll = Some(req_id);
-        self.worker_request(
-            now,
-            index,
-            Pending::PollWorkflow,
-            Msg::PollWorkflow { req_id },
-            self.poll_hold_ms(false) + REQUEST_TIMEOUT_MS,
-        );
+        let hold_ms = self.poll_hold_ms(false);
+        let msg = Msg::PollWorkflow { req_id, hold_ms };
+        self.worker_request(now, index, Pending::PollWorkflow, msg, hold_ms + REQUEST_TIMEOUT_MS);
     }
 
     fn worker_poll_activity(&mut self, now: Time, index: usize) {
@@ -1298,10 +1365,11 @@ impl<'s> World<'s> {
             return;
         }
         let blocked_keys = worker.limiter.blocked_keys(now);
-        let timeout_ms = self.poll_hold_ms(!blocked_keys.is_empty()) + REQUEST_TIMEOUT_MS;
+        let hold_ms = self.poll_hold_ms(!blocked_keys.is_empty());
         let req_id = self.next_req_id();
         self.workers[index].activity_poll = Some(req_id);
-        self.worker_request(now, index, Pending::PollActivity, Msg::PollActivity { req_id, blocked_keys }, timeout_ms);
+        let msg = Msg::PollActivity { req_id, blocked_keys, hold_ms };
+        self.worker_request(now, index, Pending::PollActivity, msg, hold_ms + REQUEST_TIMEOUT_MS);
     }
 
     fn worker_receive(&mut self, now: Time, index: usize, msg: Msg) {
