@@ -289,7 +289,7 @@ mod tests {
             (
                 "unknown_type.json",
                 good.replace("hello_llm", "goodbye_llm"),
-                "workflow type \"goodbye_llm\" is not registered in this build (registered: agent_loop, hello_llm, human_approval, planner, rag_ingest, researcher, reviewer, saga_booking, subscription, tool_agent, validated_output, writer)",
+                "workflow type \"goodbye_llm\" is not registered in this build (registered: agent_loop, hello_llm, human_approval, long_sleep, multi_agent, rag_ingest, researcher, reviewer, saga_booking, tool_agent, validated_output, writer)",
             ),
             (
                 "shape.json",

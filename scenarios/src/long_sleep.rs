@@ -179,7 +179,7 @@ async fn notify(ctx: ActivityCtx, notice: Value) -> Result<Value, Failure> {
 }
 
 pub(crate) fn register(registry: &mut Registry) {
-    registry.register("subscription", subscription);
+    registry.register("long_sleep", subscription);
 }
 
 pub(crate) fn activities() -> Activities {
@@ -211,7 +211,7 @@ impl Scenario for LongSleep {
         vec![Start {
             at: Time(rng.below(60_000)),
             workflow_id: format!("subscription-{}", rng.below(1000)),
-            workflow_type: "subscription".to_owned(),
+            workflow_type: "long_sleep".to_owned(),
             input: json!({ "subscriber": "reader", "day_count": DAY_COUNT_PER_YEAR }),
         }]
     }
@@ -253,7 +253,7 @@ impl Scenario for LongSleep {
 
     fn check(&self, finished: &Finished<'_>) -> Result<(), String> {
         let mut chains: BTreeMap<&str, Vec<&History>> = BTreeMap::new();
-        for history in finished.histories.iter().filter(|h| h.workflow_type == "subscription") {
+        for history in finished.histories.iter().filter(|h| h.workflow_type == "long_sleep") {
             if history.events.len() > HISTORY_LEN_MAX {
                 return Err(format!(
                     "run {}: {} events, over the bound of {HISTORY_LEN_MAX} that continue-as-new should keep",
@@ -364,7 +364,7 @@ mod tests {
         let broken = WithWorkflows {
             scenario: LongSleep,
             register: |registry| {
-                registry.register("subscription", never_continues);
+                registry.register("long_sleep", never_continues);
             },
         };
         let outcome = testing::run(&broken, 1);

@@ -3,7 +3,8 @@
 //! the subtopics that failed twice, then has a writer child combine the research and a
 //! reviewer child review it (one revision when the reviewer asks for changes).
 //!
-//! Owns the four workflows (`planner`, `researcher`, `writer`, `reviewer`), their activities
+//! Owns the four workflows (the planner, registered as `multi_agent`, `researcher`, `writer`,
+//! `reviewer`), their activities
 //! (`plan`, `web_search`, `summarize_sources`, `draft`, `review`), the scripted model and
 //! search engine, and the business checks over the planner's history: every planned subtopic
 //! is either in the report, from a researcher that completed, or reported failed after a
@@ -202,7 +203,7 @@ async fn review(ctx: ActivityCtx, draft: String) -> Result<Review, Failure> {
 
 pub(crate) fn register(registry: &mut Registry) {
     registry
-        .register("planner", planner)
+        .register("multi_agent", planner)
         .register("researcher", researcher)
         .register("writer", writer)
         .register("reviewer", reviewer);
@@ -243,7 +244,7 @@ impl Scenario for MultiAgent {
             .map(|i| Start {
                 at: Time(rng.below(60_000)),
                 workflow_id: format!("report-{i}"),
-                workflow_type: "planner".to_owned(),
+                workflow_type: "multi_agent".to_owned(),
                 input: json!({ "topic": format!("topic {i}") }),
             })
             .collect()
@@ -286,7 +287,7 @@ impl Scenario for MultiAgent {
     }
 
     fn check(&self, finished: &Finished<'_>) -> Result<(), String> {
-        for history in finished.histories.iter().filter(|h| h.workflow_type == "planner") {
+        for history in finished.histories.iter().filter(|h| h.workflow_type == "multi_agent") {
             check_planner(history)?;
         }
         Ok(())
@@ -444,7 +445,7 @@ mod tests {
     fn planner_combines_the_research_and_reports_a_subtopic_that_failed_twice() {
         for seed in 0..3 {
             let outcome = testing::run_passing(&NothingOnPartOne, seed);
-            for history in outcome.histories.iter().filter(|h| h.workflow_type == "planner") {
+            for history in outcome.histories.iter().filter(|h| h.workflow_type == "multi_agent") {
                 let report: Report = common::completed_output(history).unwrap().expect("planner ends");
                 let failed_part = format!("{} / part 1", history.workflow_id.replace("report-", "topic "));
                 assert_eq!(report.failed, vec![failed_part.clone()], "seed {seed} {}", history.run_id);
@@ -459,7 +460,7 @@ mod tests {
             }
             // The planner's children ran as runs of their own.
             let types: BTreeSet<&str> = outcome.histories.iter().map(|h| h.workflow_type.as_str()).collect();
-            assert_eq!(types, BTreeSet::from(["planner", "researcher", "reviewer", "writer"]), "seed {seed}");
+            assert_eq!(types, BTreeSet::from(["multi_agent", "researcher", "reviewer", "writer"]), "seed {seed}");
         }
     }
 
@@ -483,7 +484,7 @@ mod tests {
             scenario: NothingOnPartOne,
             register: |registry| {
                 register(registry);
-                registry.register("planner", forgetful_planner);
+                registry.register("multi_agent", forgetful_planner);
             },
         };
         let outcome = testing::first_failure(&broken, 3).expect("the first seed fails");

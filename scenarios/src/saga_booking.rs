@@ -2,7 +2,7 @@
 //! through tools; when a later booking fails, it compensates the earlier ones in reverse order.
 //!
 //! Owns the workflow (a saga: each booking has a compensation, and a booking whose outcome is
-//! unknown is compensated too), its activities (`plan_trip`, `book`, `cancel`), the scripted
+//! unknown is compensated too), its activities (`plan_trip`, `book`, `cancel_flight`, `cancel_hotel`, `cancel_car`), the scripted
 //! model and booking services (some destinations have no cars; any booking can be sold out),
 //! and the business checks over the tools' ledger: a booked trip holds all three bookings and
 //! no cancellation; a failed trip leaves no booking behind, each one canceled exactly once,
@@ -15,6 +15,7 @@ use std::time::Duration;
 use tempest_engine::history::Kind;
 use tempest_engine::services::{Activities, ActivityCtx, LlmRequest, LlmResponse, Message};
 use tempest_engine::{Ctx, Failure, Registry, RetryPolicy, Time, WorkflowResult};
+use tempest_sim::check::sometimes;
 use tempest_sim::rng::Rng;
 use tempest_sim::scenario::{Finished, Scenario, Start, ToolOutcome};
 
@@ -129,7 +130,7 @@ pub(crate) async fn saga_booking(ctx: Ctx, request: TripRequest) -> WorkflowResu
     let mut compensated = Vec::new();
     for step in booked.into_iter().rev() {
         let _: Value = ctx
-            .activity("cancel", &CancelInput { trip: trip.clone(), step: step.to_owned() })
+            .activity(&format!("cancel_{step}"), &CancelInput { trip: trip.clone(), step: step.to_owned() })
             .retry(compensation_retry())
             .start_to_close(Duration::from_secs(60))
             .await?;
@@ -171,7 +172,11 @@ pub(crate) fn register(registry: &mut Registry) {
 
 pub(crate) fn activities() -> Activities {
     let mut activities = Activities::new();
-    activities.register("plan_trip", plan_trip).register("book", book).register("cancel", cancel);
+    activities.register("plan_trip", plan_trip).register("book", book);
+    for step in STEPS {
+        // One compensation per booking, each its own activity type.
+        activities.register(&format!("cancel_{step}"), cancel);
+    }
     activities
 }
 
@@ -256,8 +261,8 @@ impl Scenario for SagaBooking {
         finished
             .histories
             .iter()
-            .filter(|h| !common::scheduled(h, "cancel").is_empty())
-            .map(|_| "compensation_ran")
+            .filter(|h| STEPS.iter().any(|step| !common::scheduled(h, &format!("cancel_{step}")).is_empty()))
+            .map(|_| sometimes::COMPENSATION_RAN)
             .collect()
     }
 }
@@ -367,9 +372,13 @@ mod tests {
                             "seed {seed} {}: canceled {compensated:?} after booking {confirmed:?}",
                             history.workflow_id
                         );
-                        let canceled: Vec<&str> = common::scheduled(history, "cancel")
+                        let canceled: Vec<&str> = history
+                            .events
                             .iter()
-                            .map(|(_, input)| input["step"].as_str().unwrap_or_default())
+                            .filter_map(|e| match &e.kind {
+                                Kind::ActivityScheduled { activity_type, .. } => activity_type.strip_prefix("cancel_"),
+                                _ => None,
+                            })
                             .collect();
                         assert_eq!(canceled, compensated, "seed {seed} {}", history.workflow_id);
                     }
@@ -380,7 +389,7 @@ mod tests {
                     }
                 }
             }
-            assert!(outcome.sometimes.get("compensation_ran").is_some_and(|n| *n >= 2), "seed {seed}");
+            assert!(outcome.sometimes.get(sometimes::COMPENSATION_RAN).is_some_and(|n| *n >= 2), "seed {seed}");
         }
         assert!(compensated_trips >= 8, "only {compensated_trips} trips were compensated");
     }
@@ -398,7 +407,8 @@ mod tests {
                 _ => {
                     for step in &booked {
                         let input = CancelInput { trip: trip.clone(), step: step.clone() };
-                        let _: Value = ctx.activity("cancel", &input).retry(compensation_retry()).await?;
+                        let _: Value =
+                            ctx.activity(&format!("cancel_{step}"), &input).retry(compensation_retry()).await?;
                     }
                     return Ok(Trip::Canceled { reason: format!("{step} failed"), compensated: booked });
                 }

@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn a_model_that_never_matches_the_schema_is_given_up_on_after_the_limit() {
         let outcome = testing::run_passing(&StubbornModel, 1);
-        assert!(outcome.sometimes.contains_key("llm_answer_failed_validation"));
+        assert!(outcome.sometimes.contains_key(tempest_sim::check::sometimes::LLM_ANSWER_FAILED_VALIDATION));
         for history in &outcome.histories {
             let outcome: Option<Outcome> = common::completed_output(history).unwrap();
             let Some(Outcome::GaveUp { attempts, last_error }) = outcome else {

@@ -122,6 +122,8 @@ fn corpus_holds_every_scenario_and_the_cases_that_break_live_runs() {
         "attempt taken over by another worker",
         "duplicate signal",
         "late signal",
+        "continue-as-new",
+        "compensation",
     ] {
         assert!(cases.contains(case), "the corpus has no history with: {case} (it has {cases:?})");
     }
