@@ -9,6 +9,8 @@
 //! subscription woke once a day for every day of the year across its runs, the LLM was only
 //! called with something to summarize, and every item the subscriber sent was summarized
 //! exactly once.
+//!
+//! Its workflow never does I/O of its own and never calls the LLM with nothing to summarize.
 
 use crate::common::{self, chat, LLM_KEY_NAME, LLM_TIMEOUT, MODEL};
 use futures_util::future::{select, Either};

@@ -10,6 +10,8 @@
 //! is either in the report, from a researcher that completed, or reported failed after a
 //! retry; the writer got exactly the research that succeeded; the report is the writer's last
 //! draft and covers every subtopic it claims.
+//!
+//! Its workflows never do I/O of their own, and the planner never drops a failed child silently.
 
 use crate::common::{self, chat, LLM_KEY_NAME, LLM_TIMEOUT, MODEL};
 use futures_util::future::join_all;

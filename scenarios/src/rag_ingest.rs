@@ -8,6 +8,8 @@
 //! source), its activities (`list_documents`, `embed`, `index_write`), the scripted document
 //! store, embedding model and index, and the business checks: every chunk of every document
 //! an ingestion finished is in the index, with its own embedding; no chunk is written twice.
+//!
+//! Its workflow never does I/O of its own and never writes a chunk under a key of its own run.
 
 use crate::common::{self, chat, LLM_KEY_NAME, LLM_TIMEOUT, MODEL};
 use futures_util::future::join_all;

@@ -2,11 +2,15 @@
 //! through tools; when a later booking fails, it compensates the earlier ones in reverse order.
 //!
 //! Owns the workflow (a saga: each booking has a compensation, and a booking whose outcome is
-//! unknown is compensated too), its activities (`plan_trip`, `book`, `cancel_flight`, `cancel_hotel`, `cancel_car`), the scripted
-//! model and booking services (some destinations have no cars; any booking can be sold out),
+//! unknown is compensated too), its activities (`plan_trip`, `book`, and `cancel_flight`,
+//! `cancel_hotel`, `cancel_car`), the scripted model and booking services (some destinations
+//! have no cars; any booking can be sold out),
 //! and the business checks over the tools' ledger: a booked trip holds all three bookings and
 //! no cancellation; a failed trip leaves no booking behind, each one canceled exactly once,
 //! after it was made, in reverse order.
+//!
+//! Its workflow never does I/O of its own, and never leaves a booking it may have made
+//! uncompensated when the trip fails.
 
 use crate::common::{self, chat, LLM_KEY_NAME, LLM_TIMEOUT, MODEL};
 use serde::{Deserialize, Serialize};

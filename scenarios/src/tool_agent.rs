@@ -6,6 +6,8 @@
 //! the next attempt is told about), the tools (two read-only, two with side effects) and the
 //! business checks: a completed run ran exactly one offered tool, the one it reports, and no
 //! request ever applied more than one side effect.
+//!
+//! Its workflow never does I/O of its own: the world carries out both activities.
 
 use crate::common::{self, chat, LLM_KEY_NAME, LLM_TIMEOUT, MODEL};
 use serde::{Deserialize, Serialize};

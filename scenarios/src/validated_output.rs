@@ -7,6 +7,8 @@
 //! wrong) and the business checks: a result matches the schema and is the model's recorded
 //! answer; every retry was told the previous validation error; a give-up comes only after the
 //! limit, with the last error.
+//!
+//! Its workflow never does I/O of its own and never returns an answer it has not validated.
 
 use crate::common::{self, chat, LLM_KEY_NAME, LLM_TIMEOUT, MODEL};
 use serde::{Deserialize, Serialize};
