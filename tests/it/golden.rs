@@ -5,20 +5,27 @@
 //! of the step-by-step trace, so it is reviewed rather than silently accepted. It never
 //! changes a world; review a changed trace with `cargo insta review`.
 
+use std::cell::RefCell;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Once;
 use tempest_sim::{world, Options};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::Layer;
 
 /// Seeds whose traces are kept, per scenario: small worlds that still see faults.
 const GOLDEN_SEEDS: [u64; 2] = [3, 11];
 
-/// Collects formatted trace lines in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+thread_local! {
+    /// The trace of the world this thread is capturing, if any.
+    static CAPTURED: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
 
-impl Write for Captured {
+/// Writes formatted trace lines into this thread's capture.
+struct ThreadCapture;
+
+impl Write for ThreadCapture {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("no panics while held").extend_from_slice(bytes);
+        CAPTURED.with(|c| c.borrow_mut().as_mut().map(|buffer| buffer.extend_from_slice(bytes)));
         Ok(bytes.len())
     }
 
@@ -27,21 +34,38 @@ impl Write for Captured {
     }
 }
 
+/// Installs, once per process, a global subscriber that formats `tempest` debug events of
+/// capturing threads only. A subscriber scoped to this thread would race with other tests
+/// running worlds on other threads: a callsite one of them hits first can leave the global
+/// level hint below DEBUG, and lines go missing from the capture.
+fn install_capture() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        // Dynamic: whether a thread captures changes, so no callsite's answer may be cached.
+        let capturing = tracing_subscriber::filter::dynamic_filter_fn(|metadata, _| {
+            metadata.target().starts_with("tempest")
+                && *metadata.level() <= tracing::Level::DEBUG
+                && CAPTURED.with(|c| c.borrow().is_some())
+        });
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(|| ThreadCapture)
+            .without_time()
+            .with_target(false)
+            .with_ansi(false)
+            .with_filter(capturing);
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .expect("no other global subscriber in this test binary");
+    });
+}
+
 fn trace_of(scenario: &str, seed: u64) -> String {
+    install_capture();
     let scenario = tempest_scenarios::find(scenario).expect("built-in scenario");
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("tempest=debug"))
-        .with_writer(move || writer.clone())
-        .without_time()
-        .with_target(false)
-        .with_ansi(false)
-        .finish();
-    let outcome =
-        tracing::subscriber::with_default(subscriber, || world::run_catching(scenario.as_ref(), Options::swarm(seed)));
+    CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let outcome = world::run_catching(scenario.as_ref(), Options::swarm(seed));
+    let captured = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
     assert!(outcome.passed(), "{} seed {seed}: {:?}", scenario.name(), outcome.failure);
-    let lines = String::from_utf8(captured.0.lock().expect("no panics while held").clone()).expect("UTF-8 trace");
+    let lines = String::from_utf8(captured).expect("UTF-8 trace");
     format!("{lines}outcome: passed, trace digest {}\n", outcome.trace_digest)
 }
 
