@@ -11,6 +11,7 @@ mod debug;
 mod fork;
 mod replay;
 mod report;
+mod serve;
 mod simulate;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
@@ -68,6 +69,12 @@ enum Command {
     Report(ReportArgs),
     /// Run workflows durably on this machine (SQLite, HTTP API)
     Serve(ServeArgs),
+    /// Start a run on a server (idempotent by --id)
+    Start(StartArgs),
+    /// Send a signal to a run on a server
+    Signal(SignalArgs),
+    /// Show a run on a server, or its history
+    Show(ShowArgs),
     /// Fork a recorded run at an event and run it on under other faults or answers
     Fork(ForkArgs),
     /// Benchmarks
@@ -151,6 +158,63 @@ struct ServeArgs {
     /// Address of the HTTP API and web page, e.g. 127.0.0.1:8080
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// The LLM backend of the built-in workflows
+    #[arg(long, value_enum, default_value = "mock")]
+    llm: serve::LlmChoice,
+    /// Log lines as text or as JSON objects (stderr)
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: serve::LogFormat,
+    /// Mock LLM: percent of distinct requests that fail once as overloaded (tests retries)
+    #[arg(long, hide = true, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
+    mock_llm_failure_percent: u64,
+}
+
+#[derive(Debug, Args)]
+struct ServerArg {
+    /// The server's URL
+    #[arg(long, value_name = "URL", default_value = serve::DEFAULT_SERVER)]
+    server: String,
+}
+
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// Workflow type (the built-in ones are the scenario names and `steps`)
+    workflow_type: String,
+    /// Workflow id; starting the same id again returns the same run
+    #[arg(long, value_name = "ID")]
+    id: String,
+    /// The run's input, as JSON
+    #[arg(long, value_name = "JSON", default_value = "null")]
+    input: String,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Debug, Args)]
+struct SignalArgs {
+    /// Workflow id
+    workflow_id: String,
+    /// Signal name
+    name: String,
+    /// The signal's payload, as JSON
+    #[arg(long, value_name = "JSON", default_value = "null")]
+    payload: String,
+    /// Signal id; sending the same id again is the same signal (default: a fresh one)
+    #[arg(long, value_name = "S")]
+    signal_id: Option<String>,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    /// Workflow id
+    workflow_id: String,
+    /// Print the latest run's history (tempest-history/1, readable by `tempest replay`)
+    #[arg(long)]
+    history: bool,
+    #[command(flatten)]
+    server: ServerArg,
 }
 
 #[derive(Debug, Args)]
@@ -282,7 +346,41 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             writeln!(out, "wrote {} ({what})", args.output.display())?;
             Ok(Outcome::Ok)
         }
-        Command::Serve(_) => Ok(unavailable("serve")),
+        Command::Serve(args) => {
+            let db = args.db.unwrap_or_else(|| PathBuf::from("tempest.db"));
+            let listen = match args.listen {
+                Some(listen) => listen,
+                None => serve::DEFAULT_LISTEN.parse()?,
+            };
+            let request = serve::ServeRequest {
+                db: &db,
+                listen,
+                llm: args.llm,
+                log_format: args.log_format,
+                mock_failure_percent: args.mock_llm_failure_percent,
+            };
+            serve::serve(request, &mut out)
+        }
+        Command::Start(args) => serve::client(
+            &args.server.server,
+            serve::ClientCommand::Start { workflow_type: &args.workflow_type, workflow_id: &args.id, input: &args.input },
+            &mut out,
+        ),
+        Command::Signal(args) => serve::client(
+            &args.server.server,
+            serve::ClientCommand::Signal {
+                workflow_id: &args.workflow_id,
+                name: &args.name,
+                payload: &args.payload,
+                signal_id: args.signal_id.as_deref(),
+            },
+            &mut out,
+        ),
+        Command::Show(args) => serve::client(
+            &args.server.server,
+            serve::ClientCommand::Show { workflow_id: &args.workflow_id, history: args.history },
+            &mut out,
+        ),
         Command::Fork(args) => fork_command(&args, &mut out),
     }
 }
@@ -405,6 +503,10 @@ mod tests {
             &["fork", "a.json", "--at", "7", "--plan", "p.json"],
             &["debug", "a.json", "--at", "3"],
             &["report", "dir", "-o", "a.html"],
+            &["serve", "--llm", "mock", "--log-format", "json"],
+            &["start", "hello_llm", "--id", "h1", "--input", "{}", "--server", "http://127.0.0.1:9"],
+            &["signal", "h1", "approval", "--payload", "{}", "--signal-id", "s1"],
+            &["show", "h1", "--history"],
             &["bench", "engine", "--json", "b.json"],
             &["bench", "sim"],
             &["bench", "sim", "--json", "b.json", "--seeds", "200", "--jobs", "2", "--waiting-runs", "1000"],
@@ -435,6 +537,9 @@ mod tests {
             &["fork", "a.json", "--at", "1", "--seeds", "5", "--plan", "p.json"],
             &["debug", "a.json", "--at", "-1"],
             &["serve", "--listen", "not-an-address"],
+            &["serve", "--llm", "gpt"],
+            &["start", "hello_llm"],
+            &["signal", "h1"],
             &["bench", "everything"],
         ];
         for line in lines {
@@ -455,7 +560,7 @@ mod tests {
 
     #[test]
     fn commands_not_landed_exit_2() {
-        for line in [&["serve"][..], &["bench", "runtime"]] {
+        for line in [&["bench", "runtime"][..]] {
             let cli = parse(line).expect("parses");
             assert_eq!(run(cli).unwrap(), Outcome::BadInput, "{line:?}");
         }
