@@ -21,7 +21,7 @@ use tempest_engine::services::{Activities, ActivityCtx, Services};
 use tempest_engine::store::{Ack, ActivityLease, WorkflowTask};
 use tempest_engine::worker::{Outcome, WorkflowWorker};
 use tempest_engine::{Registry, Time};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::LocalSet;
 
 /// The wall clock as engine time: milliseconds since the Unix epoch.
@@ -121,6 +121,9 @@ struct Worker {
     activities: Vec<Activities>,
     services: Rc<dyn Services>,
     limiter: RefCell<Limiter>,
+    /// Runs whose last completion waits for its durable ack; the next task of such a run waits
+    /// too, so it finds the run's machine in the sticky cache instead of replaying.
+    awaiting_ack: RefCell<BTreeMap<String, Rc<Notify>>>,
 }
 
 async fn run(store: Arc<dyn RunStore>, config: Config, http: Option<Http>, mut stopped: watch::Receiver<bool>) {
@@ -137,6 +140,7 @@ async fn run(store: Arc<dyn RunStore>, config: Config, http: Option<Http>, mut s
         } else {
             Limiter::after_restart(config.limits, now())
         }),
+        awaiting_ack: RefCell::new(BTreeMap::new()),
     });
     tokio::task::spawn_local(workflow_dispatcher(worker.clone(), config.workflow_task_count_max.max(1)));
     tokio::task::spawn_local(activity_dispatcher(worker.clone(), config.activity_task_count_max.max(1)));
@@ -197,11 +201,19 @@ async fn workflow_dispatcher(worker: Rc<Worker>, task_count_max: usize) {
 
 async fn run_workflow_task(worker: Rc<Worker>, task: WorkflowTask, _slot: OwnedSemaphorePermit) {
     let (run_id, token) = (task.run_id.clone(), task.token);
+    loop {
+        // One thread: nothing can run between this look and the await, so no wake-up is lost.
+        let Some(acked) = worker.awaiting_ack.borrow().get(&run_id).cloned() else { break };
+        acked.notified().await;
+    }
     let outcome = worker.workflows.borrow_mut().process(task);
     match outcome {
         Outcome::Complete(completion) => {
             let event_count = completion.events.len();
-            match worker.store.complete_workflow_task(now(), &worker.name, completion).await {
+            worker.awaiting_ack.borrow_mut().insert(run_id.clone(), Rc::new(Notify::new()));
+            let answer = worker.store.complete_workflow_task(now(), &worker.name, completion).await;
+            let acked = worker.awaiting_ack.borrow_mut().remove(&run_id);
+            match answer {
                 Ok(ack) => {
                     if let Ack::Rejected(reason) = &ack {
                         tracing::debug!(run_id, reason, "workflow task rejected");
@@ -214,6 +226,9 @@ async fn run_workflow_task(worker: Rc<Worker>, task: WorkflowTask, _slot: OwnedS
                     tracing::error!(run_id, %error, "workflow task not made durable");
                     worker.workflows.borrow_mut().evict(&run_id);
                 }
+            }
+            if let Some(acked) = acked {
+                acked.notify_waiters();
             }
         }
         Outcome::Abandon { reason } => {
