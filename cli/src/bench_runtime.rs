@@ -248,7 +248,8 @@ fn measure(config: &Config, dir: &Path) -> anyhow::Result<Report> {
 
 impl Report {
     pub(crate) fn write_summary(&self, out: &mut impl Write) -> io::Result<()> {
-        let optional = |value: Option<f64>, unit: &str| value.map_or("not measured".to_owned(), |v| format!("{v:.2} {unit}"));
+        let optional =
+            |value: Option<f64>, unit: &str| value.map_or("not measured".to_owned(), |v| format!("{v:.2} {unit}"));
         writeln!(out, "bench runtime ({} build): {}", self.build, self.workflow)?;
         writeln!(out, "  path: {}", self.path)?;
         writeln!(
@@ -275,7 +276,11 @@ impl Report {
             "  group commit: {} commits, {:.1} records per commit, {:.2} ms per commit",
             self.sqlite_commit_count_concurrent, self.sqlite_records_per_commit_concurrent, self.sqlite_commit_ms_mean
         )?;
-        writeln!(out, "  fsync: p50 {:.3} ms, p99 {:.3} ms (4 KiB append + fdatasync)", self.fsync_ms, self.fsync_ms_p99)?;
+        writeln!(
+            out,
+            "  fsync: p50 {:.3} ms, p99 {:.3} ms (4 KiB append + fdatasync)",
+            self.fsync_ms, self.fsync_ms_p99
+        )?;
         writeln!(
             out,
             "  memory: peak RSS {}, idle server RSS {} (goal {:.0} MiB)",

@@ -364,7 +364,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Start(args) => serve::client(
             &args.server.server,
-            serve::ClientCommand::Start { workflow_type: &args.workflow_type, workflow_id: &args.id, input: &args.input },
+            serve::ClientCommand::Start {
+                workflow_type: &args.workflow_type,
+                workflow_id: &args.id,
+                input: &args.input,
+            },
             &mut out,
         ),
         Command::Signal(args) => serve::client(

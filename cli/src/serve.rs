@@ -81,7 +81,9 @@ pub(crate) fn serve(request: ServeRequest<'_>, out: &mut impl Write) -> anyhow::
             Box::new(move || Rc::new(MockLlm::new(failure_percent)) as Rc<dyn LlmBackend>)
         }
         LlmChoice::Openai => {
-            eprintln!("tempest serve: --llm openai: the OpenAI-compatible client is not in this build yet; use --llm mock");
+            eprintln!(
+                "tempest serve: --llm openai: the OpenAI-compatible client is not in this build yet; use --llm mock"
+            );
             return Ok(Outcome::BadInput);
         }
     };

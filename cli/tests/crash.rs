@@ -138,10 +138,14 @@ async fn drive(client: &ApiClient, plan: &[Planned], progress: &mut Progress) {
         let (client, workflow_id) = (client.clone(), planned.workflow_id.clone());
         requests.spawn(async move {
             let answer = client.signal(&workflow_id, name, &signal_id, &payload).await;
-            (workflow_id, true, answer.map(|mut a| {
-                a.body["signal_id"] = json!(signal_id);
-                a
-            }))
+            (
+                workflow_id,
+                true,
+                answer.map(|mut a| {
+                    a.body["signal_id"] = json!(signal_id);
+                    a
+                }),
+            )
         });
     }
     while let Some(joined) = requests.join_next().await {
@@ -199,7 +203,9 @@ async fn kill_9_loses_no_run_signal_or_activity_result() {
     let mut server = start_server(&db);
     let client = server.client.clone();
     let deadline = Instant::now() + Duration::from_secs(240);
-    while progress.started.len() < plan.len() || progress.signaled.len() < plan.iter().filter(|p| p.signal.is_some()).count() {
+    while progress.started.len() < plan.len()
+        || progress.signaled.len() < plan.iter().filter(|p| p.signal.is_some()).count()
+    {
         assert!(Instant::now() < deadline, "requests still not acknowledged after a clean restart");
         drive(&client, &plan, &mut progress).await;
     }
@@ -225,7 +231,11 @@ async fn check_every_run(client: &ApiClient, plan: &[Planned], progress: &Progre
         let id = &planned.workflow_id;
         let shown = client.show(id).await.expect("show");
         assert_eq!(shown.body["status"], "completed", "{id}: {shown:?}");
-        assert_eq!(shown.body["run_id"].as_str(), progress.started.get(id).map(String::as_str), "{id}: the run acknowledged");
+        assert_eq!(
+            shown.body["run_id"].as_str(),
+            progress.started.get(id).map(String::as_str),
+            "{id}: the run acknowledged"
+        );
         let answer = client.history(id).await.expect("history");
         let history = History::from_json(&answer.body.to_string()).unwrap_or_else(|e| panic!("{id}: {e}"));
         let kinds: Vec<&Kind> = history.events.iter().map(|e| &e.kind).collect();

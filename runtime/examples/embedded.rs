@@ -1,6 +1,7 @@
 //! Embedding the runtime in your own binary: your workflows, your activities, a SQLite file,
 //! and (optionally) the HTTP API. Run: `cargo run -p tempest-runtime --example embedded`.
 
+use std::io::Write;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,8 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         store.wait_closed("greet-1").await
     })?;
     if let Some(run) = result {
-        tracing::info!(?run, "closed");
-        println!("{} {}: {}", run.workflow_id, run.status, run.result.unwrap_or_default());
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{} {}: {}", run.workflow_id, run.status, run.result.unwrap_or_default())?;
     }
     host.stop();
     std::fs::remove_dir_all(&dir)?;

@@ -66,10 +66,7 @@ where
     /// A client over any connector (e.g. one that dials turmoil's simulated TCP).
     pub fn with_connector(base: &str, token: Option<String>, connector: C) -> Result<ApiClient<C>, Error> {
         let base = base.trim_end_matches('/').to_owned();
-        let uri = base.parse::<Uri>().map_err(|e| Error::Url {
-            url: base.clone(),
-            detail: e.to_string(),
-        })?;
+        let uri = base.parse::<Uri>().map_err(|e| Error::Url { url: base.clone(), detail: e.to_string() })?;
         if uri.scheme_str() != Some("http") || uri.authority().is_none() {
             return Err(Error::Url { url: base, detail: "expected http://HOST:PORT".to_owned() });
         }
@@ -95,11 +92,13 @@ where
             }
             None => Bytes::new(),
         };
-        let request = builder
-            .body(Full::new(payload))
-            .map_err(|e| Error::Url { url: url.clone(), detail: e.to_string() })?;
-        let response =
-            self.http.request(request).await.map_err(|e| Error::Transport { url: url.clone(), detail: e.to_string() })?;
+        let request =
+            builder.body(Full::new(payload)).map_err(|e| Error::Url { url: url.clone(), detail: e.to_string() })?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| Error::Transport { url: url.clone(), detail: e.to_string() })?;
         let status = response.status().as_u16();
         let bytes = response
             .into_body()
@@ -120,7 +119,13 @@ where
         self.request(Method::POST, "/api/runs", Some(&body)).await
     }
 
-    pub async fn signal(&self, workflow_id: &str, name: &str, signal_id: &str, payload: &Value) -> Result<Answer, Error> {
+    pub async fn signal(
+        &self,
+        workflow_id: &str,
+        name: &str,
+        signal_id: &str,
+        payload: &Value,
+    ) -> Result<Answer, Error> {
         let body = serde_json::json!({ "signal_id": signal_id, "payload": payload });
         let path = format!("/api/runs/{}/signals/{}", encode(workflow_id), encode(name));
         self.request(Method::POST, &path, Some(&body)).await

@@ -165,11 +165,8 @@ pub async fn activity_report_needs_current_lease(subject: &mut dyn Subject) {
     let ack = store.complete_activity_task(retry_at, &run_id, seq, second.token, report(), WORKER).await.expect("c");
     assert!(matches!(ack, Ack::Rejected(_)), "activity_report_needs_current_lease: a report twice");
     drive(store, retry_at).await;
-    let completed = history_kinds(store, "lease")
-        .await
-        .iter()
-        .filter(|k| matches!(k, Kind::ActivityCompleted { .. }))
-        .count();
+    let completed =
+        history_kinds(store, "lease").await.iter().filter(|k| matches!(k, Kind::ActivityCompleted { .. })).count();
     assert_eq!(completed, 1, "activity_report_needs_current_lease: the result recorded once");
 }
 
@@ -211,7 +208,8 @@ pub async fn signals_are_recorded_once_per_id(subject: &mut dyn Subject) {
     let recorded = store.signal(T0, "signal", "s1", "go", json!(1)).await.expect("signal");
     assert_eq!(recorded, SignalStatus::Recorded, "signals_are_recorded_once_per_id: recorded after the task");
     let kinds = history_kinds(store, "signal").await;
-    let count = kinds.iter().filter(|k| matches!(k, Kind::SignalReceived { signal_id, .. } if signal_id == "s1")).count();
+    let count =
+        kinds.iter().filter(|k| matches!(k, Kind::SignalReceived { signal_id, .. } if signal_id == "s1")).count();
     assert_eq!(count, 1, "signals_are_recorded_once_per_id: in the history once");
     let view = store.run("signal").await.expect("run").expect("known");
     assert_eq!(view.status, "completed", "signals_are_recorded_once_per_id: the signal let the run finish");

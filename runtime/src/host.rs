@@ -127,7 +127,8 @@ struct Worker {
 }
 
 async fn run(store: Arc<dyn RunStore>, config: Config, http: Option<Http>, mut stopped: watch::Receiver<bool>) {
-    let services: Rc<dyn Services> = Rc::new(HostServices { llm: (config.llm)(), tools: Rc::new(MockTools::default()) });
+    let services: Rc<dyn Services> =
+        Rc::new(HostServices { llm: (config.llm)(), tools: Rc::new(MockTools::default()) });
     let worker = Rc::new(Worker {
         store,
         name: config.worker_name,
@@ -288,7 +289,9 @@ async fn run_activity(worker: Rc<Worker>, lease: ActivityLease, _slot: OwnedSema
     let implementation =
         worker.activities.iter().find(|a| a.contains(&task.activity_type)).or(worker.activities.first());
     let mut attempt = match implementation {
-        Some(activities) => activities.start(ActivityCtx::new(task.clone(), worker.services.clone()), task.input.clone()),
+        Some(activities) => {
+            activities.start(ActivityCtx::new(task.clone(), worker.services.clone()), task.input.clone())
+        }
         None => Activities::new().start(ActivityCtx::new(task.clone(), worker.services.clone()), task.input.clone()),
     };
     // Heartbeats at a third of the lease, so one can be late without losing it.

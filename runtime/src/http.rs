@@ -90,8 +90,8 @@ fn unknown_run(workflow_id: &str) -> Response {
 }
 
 /// Decodes a JSON body, naming what is wrong with it.
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("request body: {e}")))
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, Box<Response>> {
+    serde_json::from_slice(bytes).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("request body: {e}"))))
 }
 
 async fn not_found() -> Response {
@@ -114,7 +114,7 @@ struct StartRequest {
 async fn start_run(State(state): State<ApiState>, bytes: Bytes) -> Response {
     let request: StartRequest = match body(&bytes) {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if request.workflow_id.is_empty() {
         return error(StatusCode::BAD_REQUEST, "field `workflow_id` is empty");
@@ -185,16 +185,22 @@ async fn signal_run(
 ) -> Response {
     let request: SignalRequest = match body(&bytes) {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if request.signal_id.is_empty() {
         return error(StatusCode::BAD_REQUEST, "field `signal_id` is empty");
     }
     match state.store.signal(now(), &workflow_id, &request.signal_id, &name, request.payload).await {
         // Pending is durable in the run's inbox: it will be in the history exactly once.
-        Ok(SignalStatus::Recorded) => Json(json!({ "signal_id": request.signal_id, "status": "recorded" })).into_response(),
-        Ok(SignalStatus::Pending) => Json(json!({ "signal_id": request.signal_id, "status": "pending" })).into_response(),
-        Ok(SignalStatus::RunClosed) => error(StatusCode::CONFLICT, format!("run {workflow_id:?} closed before reading the signal")),
+        Ok(SignalStatus::Recorded) => {
+            Json(json!({ "signal_id": request.signal_id, "status": "recorded" })).into_response()
+        }
+        Ok(SignalStatus::Pending) => {
+            Json(json!({ "signal_id": request.signal_id, "status": "pending" })).into_response()
+        }
+        Ok(SignalStatus::RunClosed) => {
+            error(StatusCode::CONFLICT, format!("run {workflow_id:?} closed before reading the signal"))
+        }
         Ok(SignalStatus::UnknownWorkflow) => unknown_run(&workflow_id),
         Err(e) => store_error(e),
     }
@@ -227,7 +233,12 @@ async fn query_run(
 
 /// Replays the history and asks the workflow's query handler (the machine is not `Send`, so
 /// it lives only inside this function).
-fn answer_query(registry: &Registry, events: &[tempest_engine::Event], name: &str, args: &Value) -> Result<Value, String> {
+fn answer_query(
+    registry: &Registry,
+    events: &[tempest_engine::Event],
+    name: &str,
+    args: &Value,
+) -> Result<Value, String> {
     let (machine, _) = Machine::replay(registry, events).map_err(|e| format!("cannot replay the run: {e}"))?;
     machine.query(name, args).map_err(|e| format!("query {name:?}: {e}"))
 }
@@ -245,14 +256,16 @@ async fn cancel_run(State(state): State<ApiState>, Path(workflow_id): Path<Strin
     } else {
         match body(&bytes) {
             Ok(request) => request,
-            Err(response) => return response,
+            Err(response) => return *response,
         }
     };
     let reason = request.reason.unwrap_or_else(|| "canceled through the API".to_owned());
     match state.store.cancel(now(), &workflow_id, &reason).await {
         Ok(true) => Json(json!({ "workflow_id": workflow_id, "cancel_requested": true })).into_response(),
         Ok(false) => match state.store.run(&workflow_id).await {
-            Ok(Some(view)) => error(StatusCode::CONFLICT, format!("run {workflow_id:?} is {}, nothing to cancel", view.status)),
+            Ok(Some(view)) => {
+                error(StatusCode::CONFLICT, format!("run {workflow_id:?} is {}, nothing to cancel", view.status))
+            }
             Ok(None) => unknown_run(&workflow_id),
             Err(e) => store_error(e),
         },
@@ -262,9 +275,7 @@ async fn cancel_run(State(state): State<ApiState>, Path(workflow_id): Path<Strin
 
 async fn history_of_run(State(state): State<ApiState>, Path(workflow_id): Path<String>) -> Response {
     match state.store.history(&workflow_id).await {
-        Ok(Some(history)) => {
-            ([(header::CONTENT_TYPE, "application/json")], history.to_json()).into_response()
-        }
+        Ok(Some(history)) => ([(header::CONTENT_TYPE, "application/json")], history.to_json()).into_response(),
         Ok(None) => unknown_run(&workflow_id),
         Err(e) => store_error(e),
     }

@@ -62,8 +62,9 @@ impl SqliteJournal {
         connection
             .execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?1)", params![FORMAT])
             .map_err(sqlite)?;
-        let found: String =
-            connection.query_row("SELECT value FROM meta WHERE key = 'format'", [], |row| row.get(0)).map_err(sqlite)?;
+        let found: String = connection
+            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |row| row.get(0))
+            .map_err(sqlite)?;
         if found != FORMAT {
             return Err(Error::Format { path: path.to_owned(), found });
         }

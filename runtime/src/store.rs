@@ -329,7 +329,8 @@ impl RunStore for DurableStore {
         // wait for durability themselves.
         if let (Some(workflow_id), Ack::Accepted) = (workflow_id, &ack) {
             let mut inner = lock(&self.inner);
-            let closed = inner.store.latest_run(&workflow_id).is_some_and(|r| inner.store.status(r) != Some(Status::Running));
+            let closed =
+                inner.store.latest_run(&workflow_id).is_some_and(|r| inner.store.status(r) != Some(Status::Running));
             if closed {
                 for waiter in inner.closed_waiters.remove(&workflow_id).unwrap_or_default() {
                     let _ = waiter.send(());
