@@ -135,6 +135,11 @@ where
         self.request(Method::GET, &format!("/api/runs/{}", encode(workflow_id)), None).await
     }
 
+    /// The run once it closed, or as it stands after `wait_ms`.
+    pub async fn wait(&self, workflow_id: &str, wait_ms: u64) -> Result<Answer, Error> {
+        self.request(Method::GET, &format!("/api/runs/{}?wait_ms={wait_ms}", encode(workflow_id)), None).await
+    }
+
     pub async fn history(&self, workflow_id: &str) -> Result<Answer, Error> {
         self.request(Method::GET, &format!("/api/runs/{}/history", encode(workflow_id)), None).await
     }

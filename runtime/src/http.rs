@@ -142,7 +142,29 @@ async fn start_run(State(state): State<ApiState>, bytes: Bytes) -> Response {
     }
 }
 
-async fn show_run(State(state): State<ApiState>, Path(workflow_id): Path<String>) -> Response {
+#[derive(Deserialize)]
+struct ShowQuery {
+    /// Wait up to this long for the run to close before answering (long poll).
+    wait_ms: Option<u64>,
+}
+
+/// The longest long poll a client may ask for.
+const WAIT_MS_MAX: u64 = 300_000;
+
+async fn show_run(
+    State(state): State<ApiState>,
+    Path(workflow_id): Path<String>,
+    Query(query): Query<ShowQuery>,
+) -> Response {
+    if let Some(wait_ms) = query.wait_ms {
+        let wait = std::time::Duration::from_millis(wait_ms.min(WAIT_MS_MAX));
+        match tokio::time::timeout(wait, state.store.wait_closed(&workflow_id)).await {
+            Ok(Ok(Some(view))) => return Json(view).into_response(),
+            Ok(Ok(None)) => return unknown_run(&workflow_id),
+            Ok(Err(e)) => return store_error(e),
+            Err(_) => {}
+        }
+    }
     match state.store.run(&workflow_id).await {
         Ok(Some(view)) => Json(view).into_response(),
         Ok(None) => unknown_run(&workflow_id),
