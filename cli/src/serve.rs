@@ -109,8 +109,12 @@ pub(crate) fn serve(request: ServeRequest<'_>, out: &mut impl Write) -> anyhow::
     writeln!(out, "tempest serve: listening on http://{address} (store {})", request.db.display())?;
     out.flush()?;
     tracing::info!(%address, db = %request.db.display(), "serving");
-    host.join();
-    Ok(Outcome::Ok)
+    if host.join() {
+        Ok(Outcome::Ok)
+    } else {
+        // The host thread panicked (a broken invariant): stop serving rather than hang.
+        anyhow::bail!("the runtime's worker thread stopped on a bug; restart to recover from the store")
+    }
 }
 
 /// What the client commands ask.

@@ -62,6 +62,14 @@ fn start_server(db: &Path) -> Server {
     Server { child, client: ApiClient::new(&url, None).expect("client") }
 }
 
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A failing assertion must not leave the server behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn kill(server: &mut Server) {
     // `Child::kill` is SIGKILL on Unix: no chance to flush or clean up.
     server.child.kill().expect("SIGKILL");
@@ -122,60 +130,74 @@ struct Progress {
     signaled: BTreeMap<String, String>,
 }
 
-/// Starts what is not started and signals what is not signaled, until every request was
-/// acknowledged; requests cut off by a kill are simply sent again (both are idempotent).
+/// Requests sent at once; a kill lands among them, not after them.
+const REQUESTS_IN_FLIGHT: usize = 8;
+/// A server that accepts connections but never answers (its worker thread died) must fail
+/// the test, not hang it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts what is not started and signals what is not signaled, a few requests at a time so
+/// that kills land while requests are in flight, until every request was acknowledged;
+/// requests cut off by a kill are simply sent again (starts and signals are idempotent).
 async fn drive(client: &ApiClient, plan: &[Planned], progress: &mut Progress) {
-    let mut requests = JoinSet::new();
-    for planned in plan.iter().filter(|p| !progress.started.contains_key(&p.workflow_id)) {
-        let (client, planned) = (client.clone(), planned.clone());
-        requests.spawn(async move {
-            let answer = client.start(planned.workflow_type, &planned.workflow_id, &planned.input).await;
-            (planned.workflow_id, false, answer)
-        });
-    }
-    for planned in plan.iter().filter(|p| !progress.signaled.contains_key(&p.workflow_id)) {
-        let Some((name, signal_id, payload)) = planned.signal.clone() else { continue };
-        let (client, workflow_id) = (client.clone(), planned.workflow_id.clone());
-        requests.spawn(async move {
-            let answer = client.signal(&workflow_id, name, &signal_id, &payload).await;
-            (
-                workflow_id,
-                true,
-                answer.map(|mut a| {
-                    a.body["signal_id"] = json!(signal_id);
-                    a
-                }),
-            )
-        });
-    }
-    while let Some(joined) = requests.join_next().await {
-        let (workflow_id, is_signal, answer) = joined.expect("request task");
-        let Ok(answer) = answer else { continue };
-        match (is_signal, answer.status) {
-            (false, 200) => {
-                progress.started.insert(workflow_id, answer.body["run_id"].as_str().unwrap_or_default().to_owned());
-            }
-            (true, 200) => {
-                let status = answer.body["status"].as_str().unwrap_or_default();
-                assert!(status == "pending" || status == "recorded", "signal answer {answer:?}");
-                progress.signaled.insert(workflow_id, answer.body["signal_id"].as_str().unwrap_or_default().to_owned());
-            }
-            // Not started yet (the start was cut off): the signal goes again next round.
-            (true, 404) => {}
-            (_, status) => panic!("{workflow_id}: unexpected answer {status}: {}", answer.error_message()),
+    loop {
+        let mut requests = JoinSet::new();
+        let starts = plan.iter().filter(|p| !progress.started.contains_key(&p.workflow_id));
+        for planned in starts.take(REQUESTS_IN_FLIGHT) {
+            let (client, planned) = (client.clone(), planned.clone());
+            requests.spawn(async move {
+                let start = client.start(planned.workflow_type, &planned.workflow_id, &planned.input);
+                let answer = tokio::time::timeout(REQUEST_TIMEOUT, start).await.map_err(|_| ());
+                (planned.workflow_id, None, answer.and_then(|a| a.map_err(|_| ())))
+            });
         }
+        let signals = plan.iter().filter(|p| {
+            p.signal.is_some()
+                && progress.started.contains_key(&p.workflow_id)
+                && !progress.signaled.contains_key(&p.workflow_id)
+        });
+        for planned in signals.take(REQUESTS_IN_FLIGHT) {
+            let Some((name, signal_id, payload)) = planned.signal.clone() else { continue };
+            let (client, workflow_id) = (client.clone(), planned.workflow_id.clone());
+            requests.spawn(async move {
+                let signal = client.signal(&workflow_id, name, &signal_id, &payload);
+                let answer = tokio::time::timeout(REQUEST_TIMEOUT, signal).await.map_err(|_| ());
+                (workflow_id, Some(signal_id), answer.and_then(|a| a.map_err(|_| ())))
+            });
+        }
+        if requests.is_empty() {
+            return;
+        }
+        while let Some(joined) = requests.join_next().await {
+            let (workflow_id, signal_id, answer) = joined.expect("request task");
+            let Ok(answer) = answer else { continue };
+            match (signal_id, answer.status) {
+                (None, 200) => {
+                    let run_id = answer.body["run_id"].as_str().unwrap_or_default().to_owned();
+                    progress.started.insert(workflow_id, run_id);
+                }
+                (Some(signal_id), 200) => {
+                    let status = answer.body["status"].as_str().unwrap_or_default();
+                    assert!(status == "pending" || status == "recorded", "signal answer {answer:?}");
+                    progress.signaled.insert(workflow_id, signal_id);
+                }
+                (_, status) => panic!("{workflow_id}: unexpected answer {status}: {}", answer.error_message()),
+            }
+        }
+        // Paces the requests over the server's life, so more kills cut some off.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 async fn running_count(client: &ApiClient) -> Option<usize> {
-    let answer = client.list(Some("running")).await.ok()?;
+    let answer = tokio::time::timeout(REQUEST_TIMEOUT, client.list(Some("running"))).await.ok()?.ok()?;
     answer.body["runs"].as_array().map(Vec::len)
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn kill_9_loses_no_run_signal_or_activity_result() {
     let run_count = env_number("TEMPEST_CRASH_RUNS", 200);
-    let kill_count = env_number("TEMPEST_CRASH_KILLS", 12);
+    let kill_count = env_number("TEMPEST_CRASH_KILLS", 20);
     let seed = env_number("TEMPEST_CRASH_SEED", 0x7e57) | 1;
     eprintln!("crash test: {run_count} runs, {kill_count} kills, TEMPEST_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
@@ -186,7 +208,7 @@ async fn kill_9_loses_no_run_signal_or_activity_result() {
     let mut kills_mid_work = 0;
     for _ in 0..kill_count {
         let mut server = start_server(&db);
-        let alive = Duration::from_millis(50 + rng.below(700));
+        let alive = Duration::from_millis(30 + rng.below(400));
         let client = server.client.clone();
         let _ = tokio::time::timeout(alive, async {
             drive(&client, &plan, &mut progress).await;
@@ -211,6 +233,7 @@ async fn kill_9_loses_no_run_signal_or_activity_result() {
     }
     while running_count(&client).await != Some(0) {
         assert!(Instant::now() < deadline, "runs still running long after the last restart");
+        assert!(server.child.try_wait().expect("child status").is_none(), "tempest serve exited");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("crash test: {kills_mid_work} of {kill_count} kills landed while work was in flight");

@@ -106,11 +106,9 @@ impl Host {
     }
 
     /// Waits for the thread, which ends only when `stop` is called from elsewhere or it
-    /// panicked.
-    pub fn join(mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    /// panicked; `false` when it panicked.
+    pub fn join(mut self) -> bool {
+        self.thread.take().is_none_or(|thread| thread.join().is_ok())
     }
 }
 
