@@ -2,11 +2,13 @@
 //! `DurableStore`, the one implementation today (the engine's `Store` state machine made
 //! durable through a `Journal`).
 //!
-//! Owns the rule that no answer reveals state that is not yet durable: an operation that
-//! wrote records waits until the journal synced them, and an answer for a client (reads
-//! included) waits until everything accepted before it is synced. In-process worker polls
-//! do not wait, since those workers share the process (and so the fate) of the store. It
-//! never decides anything about a run itself: every decision is the engine `Store`'s.
+//! Owns the rule that no answer reveals state that is not yet durable: an answer for a client
+//! (start, signal, cancel, reads, `wait_closed`) waits until everything accepted before it is
+//! synced. The in-process workers' polls, appends, reports and ticks do not wait: those
+//! workers share the process (and so the fate) of the store, a crash loses a suffix of the
+//! journal and with it exactly the work built on it, which is redone after recovery under the
+//! same idempotency keys. It never decides anything about a run itself: every decision is the
+//! engine `Store`'s.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -324,7 +326,7 @@ impl RunStore for DurableStore {
             let inner = lock(&self.inner);
             inner.store.run(&completion.run_id).map(|r| r.logical.workflow_id.clone())
         };
-        let (ack, seq) = self.write(|store| store.complete_workflow_task(now, worker, completion));
+        let (ack, _) = self.write(|store| store.complete_workflow_task(now, worker, completion));
         // A closing append wakes the waiters of its workflow id; they re-read the run, and so
         // wait for durability themselves.
         if let (Some(workflow_id), Ack::Accepted) = (workflow_id, &ack) {
@@ -337,10 +339,9 @@ impl RunStore for DurableStore {
                 }
             }
         }
-        Box::pin(async move {
-            self.wait_durable(seq).await?;
-            Ok(ack)
-        })
+        // In-process workers share the store's fate: their writes need not wait for the sync
+        // (see the module comment); every answer to a client still does.
+        Box::pin(async move { Ok(ack) })
     }
 
     fn abandon_workflow_task(&self, run_id: &str, token: u64) -> StoreFuture<'_, Ack> {
@@ -372,20 +373,13 @@ impl RunStore for DurableStore {
         report: AttemptReport,
         worker: &str,
     ) -> StoreFuture<'_, Ack> {
-        let (ack, durable_seq) =
-            self.write(|store| store.complete_activity_task(now, run_id, seq, token, report, worker));
-        Box::pin(async move {
-            self.wait_durable(durable_seq).await?;
-            Ok(ack)
-        })
+        let (ack, _) = self.write(|store| store.complete_activity_task(now, run_id, seq, token, report, worker));
+        Box::pin(async move { Ok(ack) })
     }
 
     fn tick(&self, now: Time) -> StoreFuture<'_, TickReport> {
-        let (report, seq) = self.write(|store| store.tick(now));
-        Box::pin(async move {
-            self.wait_durable(seq).await?;
-            Ok(report)
-        })
+        let (report, _) = self.write(|store| store.tick(now));
+        Box::pin(async move { Ok(report) })
     }
 
     fn next_wakeup(&self, now: Time) -> Option<Time> {
