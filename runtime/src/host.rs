@@ -330,6 +330,11 @@ async fn run_activity(worker: Rc<Worker>, lease: ActivityLease, _slot: OwnedSema
     }
 }
 
+/// The least time between two ticks: under load something falls due at nearly every change,
+/// and a tick per change would double the work of every write. Timers and lease expiries are
+/// at most this late.
+const TICK_INTERVAL_MIN: Duration = Duration::from_millis(5);
+
 /// Fires timers and deadlines and expires leases when they fall due.
 async fn ticker(store: Arc<dyn RunStore>) {
     // Everything due up to `ticked_at` was handled by the last tick.
@@ -344,6 +349,7 @@ async fn ticker(store: Arc<dyn RunStore>) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             ticked_at = now;
+            tokio::time::sleep(TICK_INTERVAL_MIN).await;
             continue;
         }
         wait_for_change(&mut changes, wakeup).await;
