@@ -48,6 +48,9 @@ fn start_server(db: &Path) -> Server {
         .arg(db)
         .args(["--listen", "127.0.0.1:0", "--mock-llm-failure-percent", "30"])
         .env("RUST_LOG", "warn")
+        // Slow commits: a server that acknowledged before its commit would lose acknowledged
+        // starts and signals to the kills, and this test would fail.
+        .env(tempest_runtime::sqlite::COMMIT_DELAY_VAR, "15")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -181,6 +184,7 @@ async fn drive(client: &ApiClient, plan: &[Planned], progress: &mut Progress) {
                     assert!(status == "pending" || status == "recorded", "signal answer {answer:?}");
                     progress.signaled.insert(workflow_id, signal_id);
                 }
+                (Some(_), 404) => panic!("{workflow_id}: its start was acknowledged, but the run is gone"),
                 (_, status) => panic!("{workflow_id}: unexpected answer {status}: {}", answer.error_message()),
             }
         }

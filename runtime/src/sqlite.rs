@@ -20,6 +20,10 @@ use tokio::sync::watch;
 const FORMAT: &str = "tempest-sqlite/1";
 /// Records per transaction at most, so one huge burst does not hold every reply.
 const BATCH_RECORD_COUNT_MAX: usize = 20_000;
+/// Tests set this to delay every commit by so many ms: it widens the window between a record
+/// queued and a record written, so a store that acknowledged too early loses acknowledged
+/// writes to a SIGKILL, and the crash test sees it.
+pub const COMMIT_DELAY_VAR: &str = "TEMPEST_TEST_COMMIT_DELAY_MS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -110,9 +114,14 @@ fn commit_loop(
     durable: watch::Sender<u64>,
     stats: &Stats,
 ) {
+    let delay =
+        std::env::var(COMMIT_DELAY_VAR).ok().and_then(|ms| ms.parse().ok()).map(std::time::Duration::from_millis);
     // Blocks for the first batch, then takes whatever else queued up meanwhile: that is the
     // group commit. The loop ends when the store is dropped.
     while let Ok(first) = queue.recv() {
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
+        }
         let mut batch = vec![first];
         let mut record_count = batch[0].1.len();
         while record_count < BATCH_RECORD_COUNT_MAX {
