@@ -6,11 +6,13 @@
 //! their documented flags and then say so; they never print made-up results.
 
 mod bench;
+mod bench_runtime;
 mod bench_sim;
 mod debug;
 mod fork;
 mod replay;
 mod report;
+mod serve;
 mod simulate;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
@@ -68,6 +70,12 @@ enum Command {
     Report(ReportArgs),
     /// Run workflows durably on this machine (SQLite, HTTP API)
     Serve(ServeArgs),
+    /// Start a run on a server (idempotent by --id)
+    Start(StartArgs),
+    /// Send a signal to a run on a server
+    Signal(SignalArgs),
+    /// Show a run on a server, or its history
+    Show(ShowArgs),
     /// Fork a recorded run at an event and run it on under other faults or answers
     Fork(ForkArgs),
     /// Benchmarks
@@ -151,6 +159,63 @@ struct ServeArgs {
     /// Address of the HTTP API and web page, e.g. 127.0.0.1:8080
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// The LLM backend of the built-in workflows
+    #[arg(long, value_enum, default_value = "mock")]
+    llm: serve::LlmChoice,
+    /// Log lines as text or as JSON objects (stderr)
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: serve::LogFormat,
+    /// Mock LLM: percent of distinct requests that fail once as overloaded (tests retries)
+    #[arg(long, hide = true, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
+    mock_llm_failure_percent: u64,
+}
+
+#[derive(Debug, Args)]
+struct ServerArg {
+    /// The server's URL
+    #[arg(long, value_name = "URL", default_value = serve::DEFAULT_SERVER)]
+    server: String,
+}
+
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// Workflow type (the built-in ones are the scenario names and `steps`)
+    workflow_type: String,
+    /// Workflow id; starting the same id again returns the same run
+    #[arg(long, value_name = "ID")]
+    id: String,
+    /// The run's input, as JSON
+    #[arg(long, value_name = "JSON", default_value = "null")]
+    input: String,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Debug, Args)]
+struct SignalArgs {
+    /// Workflow id
+    workflow_id: String,
+    /// Signal name
+    name: String,
+    /// The signal's payload, as JSON
+    #[arg(long, value_name = "JSON", default_value = "null")]
+    payload: String,
+    /// Signal id; sending the same id again is the same signal (default: a fresh one)
+    #[arg(long, value_name = "S")]
+    signal_id: Option<String>,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    /// Workflow id
+    workflow_id: String,
+    /// Print the latest run's history (tempest-history/1, readable by `tempest replay`)
+    #[arg(long)]
+    history: bool,
+    #[command(flatten)]
+    server: ServerArg,
 }
 
 #[derive(Debug, Args)]
@@ -246,7 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Bench(args) => match args.target {
             BenchTarget::Engine => bench_engine(&args, &mut out),
             BenchTarget::Sim => bench_sim(&args, &mut out),
-            BenchTarget::Runtime => Ok(unavailable("bench runtime")),
+            BenchTarget::Runtime => bench_runtime(&args, &mut out),
         },
         Command::Scenarios => simulate::list(&mut out),
         Command::Run(args) => simulate::run(
@@ -282,7 +347,45 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             writeln!(out, "wrote {} ({what})", args.output.display())?;
             Ok(Outcome::Ok)
         }
-        Command::Serve(_) => Ok(unavailable("serve")),
+        Command::Serve(args) => {
+            let db = args.db.unwrap_or_else(|| PathBuf::from("tempest.db"));
+            let listen = match args.listen {
+                Some(listen) => listen,
+                None => serve::DEFAULT_LISTEN.parse()?,
+            };
+            let request = serve::ServeRequest {
+                db: &db,
+                listen,
+                llm: args.llm,
+                log_format: args.log_format,
+                mock_failure_percent: args.mock_llm_failure_percent,
+            };
+            serve::serve(request, &mut out)
+        }
+        Command::Start(args) => serve::client(
+            &args.server.server,
+            serve::ClientCommand::Start {
+                workflow_type: &args.workflow_type,
+                workflow_id: &args.id,
+                input: &args.input,
+            },
+            &mut out,
+        ),
+        Command::Signal(args) => serve::client(
+            &args.server.server,
+            serve::ClientCommand::Signal {
+                workflow_id: &args.workflow_id,
+                name: &args.name,
+                payload: &args.payload,
+                signal_id: args.signal_id.as_deref(),
+            },
+            &mut out,
+        ),
+        Command::Show(args) => serve::client(
+            &args.server.server,
+            serve::ClientCommand::Show { workflow_id: &args.workflow_id, history: args.history },
+            &mut out,
+        ),
         Command::Fork(args) => fork_command(&args, &mut out),
     }
 }
@@ -361,17 +464,21 @@ fn fork_command(args: &ForkArgs, out: &mut impl Write) -> anyhow::Result<Outcome
     Ok(fork::exit(&summary))
 }
 
+fn bench_runtime(args: &BenchArgs, out: &mut impl Write) -> anyhow::Result<Outcome> {
+    let config = bench_runtime::Config::default();
+    let report = bench_runtime::run(&config)?;
+    report.write_summary(out)?;
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    Ok(Outcome::Ok)
+}
+
 fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// A command whose issue has not landed yet: say so, and exit as for bad usage.
-fn unavailable(command: &str) -> Outcome {
-    eprintln!("tempest {command}: not available yet in this build");
-    Outcome::BadInput
 }
 
 #[cfg(test)]
@@ -405,6 +512,10 @@ mod tests {
             &["fork", "a.json", "--at", "7", "--plan", "p.json"],
             &["debug", "a.json", "--at", "3"],
             &["report", "dir", "-o", "a.html"],
+            &["serve", "--llm", "mock", "--log-format", "json"],
+            &["start", "hello_llm", "--id", "h1", "--input", "{}", "--server", "http://127.0.0.1:9"],
+            &["signal", "h1", "approval", "--payload", "{}", "--signal-id", "s1"],
+            &["show", "h1", "--history"],
             &["bench", "engine", "--json", "b.json"],
             &["bench", "sim"],
             &["bench", "sim", "--json", "b.json", "--seeds", "200", "--jobs", "2", "--waiting-runs", "1000"],
@@ -435,6 +546,9 @@ mod tests {
             &["fork", "a.json", "--at", "1", "--seeds", "5", "--plan", "p.json"],
             &["debug", "a.json", "--at", "-1"],
             &["serve", "--listen", "not-an-address"],
+            &["serve", "--llm", "gpt"],
+            &["start", "hello_llm"],
+            &["signal", "h1"],
             &["bench", "everything"],
         ];
         for line in lines {
@@ -451,13 +565,5 @@ mod tests {
         assert_eq!(parse_hex("0xff"), Ok(255));
         assert_eq!(parse_seed("1234"), Ok(1234));
         assert_eq!(parse_seed("0x10"), Ok(16));
-    }
-
-    #[test]
-    fn commands_not_landed_exit_2() {
-        for line in [&["serve"][..], &["bench", "runtime"]] {
-            let cli = parse(line).expect("parses");
-            assert_eq!(run(cli).unwrap(), Outcome::BadInput, "{line:?}");
-        }
     }
 }
