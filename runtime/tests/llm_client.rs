@@ -38,12 +38,9 @@ async fn start(replies: Vec<Reply>) -> (MockLlm, SocketAddr) {
 
 #[tokio::test]
 async fn answer_arrives_with_configured_model_key_and_token_usage() {
-    let (mock, address) = start(vec![Reply::Answer {
-        content: r#"{"answer": 42}"#.to_owned(),
-        tool_calls: Vec::new(),
-        token_count: 57,
-    }])
-    .await;
+    let (mock, address) =
+        start(vec![Reply::Answer { content: r#"{"answer": 42}"#.to_owned(), tool_calls: Vec::new(), token_count: 57 }])
+            .await;
     let client = LlmClient::new(config(address)).unwrap();
     let response = client.llm(request(true)).await.unwrap();
     assert_eq!(response.content, r#"{"answer": 42}"#);
@@ -143,7 +140,8 @@ async fn garbage_body_is_invalid_output() {
 
 #[tokio::test]
 async fn answer_that_is_not_the_json_asked_for_is_invalid_output() {
-    let (_mock, address) = start(vec![Reply::answer("Sure! The answer is 42."), Reply::answer("plain text is fine")]).await;
+    let (_mock, address) =
+        start(vec![Reply::answer("Sure! The answer is 42."), Reply::answer("plain text is fine")]).await;
     let client = LlmClient::new(config(address)).unwrap();
     let failure = client.chat(&request(true)).await.unwrap_err();
     let Failure::InvalidOutput { message } = &failure else { panic!("expected invalid output, got {failure:?}") };

@@ -168,7 +168,9 @@ fn chromium() -> Option<PathBuf> {
     let found = Command::new("chromium").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
     match found {
         Ok(status) if status.success() => Some(PathBuf::from("chromium")),
-        _ if tools_required() => panic!("chromium is not installed and TEMPEST_REQUIRE_TOOLS=1 (apt-get install -y chromium)"),
+        _ if tools_required() => {
+            panic!("chromium is not installed and TEMPEST_REQUIRE_TOOLS=1 (apt-get install -y chromium)")
+        }
         _ => {
             eprintln!("\n!!!! skipped: chromium not installed; the browser checks of the web page did not run !!!!\n");
             None
@@ -270,9 +272,10 @@ fn browser_screenshot_is_not_blank() {
         &[&screenshot_arg, "--window-size=1280,1000", "--hide-scrollbars"],
         &format!("http://{address}/#run=agent-7"),
     );
-    let decoder = png::Decoder::new(std::fs::File::open(&shot).expect("chromium wrote the screenshot"));
+    let decoder =
+        png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).expect("chromium wrote the screenshot")));
     let mut reader = decoder.read_info().unwrap();
-    let mut pixels = vec![0; reader.output_buffer_size()];
+    let mut pixels = vec![0; reader.output_buffer_size().expect("a screenshot fits in memory")];
     let frame = reader.next_frame(&mut pixels).unwrap();
     // To look at the page yourself: TEMPEST_KEEP_SCREENSHOT=/tmp/page.png cargo test ...
     if let Ok(keep) = std::env::var("TEMPEST_KEEP_SCREENSHOT") {

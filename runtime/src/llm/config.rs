@@ -131,7 +131,8 @@ impl Config {
 }
 
 fn parse_base_url(value: &str) -> Result<Uri, Error> {
-    let invalid = |reason: &str| Error::Invalid { var: VAR_BASE_URL, value: value.to_owned(), reason: reason.to_owned() };
+    let invalid =
+        |reason: &str| Error::Invalid { var: VAR_BASE_URL, value: value.to_owned(), reason: reason.to_owned() };
     let uri: Uri = value.trim().parse().map_err(|e| invalid(&format!("not a URL: {e}")))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}

@@ -131,8 +131,8 @@ async fn complete(State(mock): State<MockLlm>, headers: HeaderMap, body: Bytes) 
             axum::Json(completion(&request, index, content, &tool_calls, token_count)).into_response()
         }
         Reply::Status { status, headers, body } => {
-            let mut response = (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body)
-                .into_response();
+            let mut response =
+                (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body).into_response();
             for (name, value) in headers {
                 if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
                     response.headers_mut().insert(name, value);
@@ -152,11 +152,8 @@ fn echo(request: &Value) -> Reply {
         .and_then(|m| m["content"].as_str())
         .unwrap_or("");
     let text = format!("mock answer to: {last_user}");
-    let content = if request["response_format"]["type"] == "json_object" {
-        json!({ "answer": text }).to_string()
-    } else {
-        text
-    };
+    let content =
+        if request["response_format"]["type"] == "json_object" { json!({ "answer": text }).to_string() } else { text };
     let token_count = 16 + request.to_string().len() as u64 / 4;
     Reply::Answer { content, tool_calls: Vec::new(), token_count }
 }

@@ -105,7 +105,10 @@ pub fn parse_success(body: &[u8], request: &LlmRequest) -> Result<LlmResponse, F
     let mut tool_calls = Vec::with_capacity(choice.message.tool_calls.len());
     for call in choice.message.tool_calls {
         let arguments: Value = serde_json::from_str(&call.function.arguments).map_err(|e| Failure::InvalidOutput {
-            message: format!("tool call {} has arguments that are not JSON ({e}): {:?}", call.function.name, call.function.arguments),
+            message: format!(
+                "tool call {} has arguments that are not JSON ({e}): {:?}",
+                call.function.name, call.function.arguments
+            ),
         })?;
         tool_calls.push(ToolCall { name: call.function.name, arguments });
     }
@@ -138,7 +141,9 @@ pub fn failure_for_status(status: u16, retry_after: Option<Duration>, body: &[u8
 /// The provider's suggested delay: `retry-after-ms` (OpenAI's), else `Retry-After` in seconds
 /// or as an HTTP date (a date in the past means "now").
 pub fn retry_after(retry_after_ms: Option<&str>, retry_after: Option<&str>, now: SystemTime) -> Option<Duration> {
-    if let Some(ms) = retry_after_ms.and_then(|v| v.trim().parse::<f64>().ok()).filter(|ms| ms.is_finite() && *ms >= 0.0) {
+    if let Some(ms) =
+        retry_after_ms.and_then(|v| v.trim().parse::<f64>().ok()).filter(|ms| ms.is_finite() && *ms >= 0.0)
+    {
         return Some(Duration::from_millis(ms.ceil() as u64));
     }
     let value = retry_after?.trim();
