@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use tempest_engine::ratelimit::Limit;
 use tempest_engine::services::{LlmRequest, Message};
 use tempest_engine::Failure;
-use tempest_runtime::llm::mock_server::{MockLlm, Reply};
+use tempest_runtime::llm::mock_server::{MockServer, Reply};
 use tempest_runtime::llm::{Config, LlmClient};
 
 fn config(address: SocketAddr) -> Config {
@@ -27,8 +27,8 @@ fn request(json_output: bool) -> LlmRequest {
     }
 }
 
-async fn start(replies: Vec<Reply>) -> (MockLlm, SocketAddr) {
-    let mock = MockLlm::new();
+async fn start(replies: Vec<Reply>) -> (MockServer, SocketAddr) {
+    let mock = MockServer::new();
     for reply in replies {
         mock.push(reply);
     }
@@ -59,8 +59,8 @@ async fn answer_arrives_with_configured_model_key_and_token_usage() {
 async fn unscripted_mock_echoes_deterministically() {
     let (_mock, address) = start(Vec::new()).await;
     let client = LlmClient::new(config(address)).unwrap();
-    let first = client.chat(&request(true)).await.unwrap();
-    let second = client.chat(&request(true)).await.unwrap();
+    let first = client.complete(&request(true)).await.unwrap();
+    let second = client.complete(&request(true)).await.unwrap();
     assert_eq!(first, second);
     assert_eq!(first.content, r#"{"answer":"mock answer to: What is 6 x 7?"}"#);
 }
@@ -73,7 +73,7 @@ async fn tool_calls_are_offered_and_decoded() {
     with_tools.tools = vec!["search".to_owned(), "calculator".to_owned()];
     with_tools.messages.push(Message::assistant("call search {}"));
     with_tools.messages.push(Message::tool(r#"{"hits": 3}"#));
-    let response = client.chat(&with_tools).await.unwrap();
+    let response = client.complete(&with_tools).await.unwrap();
     assert_eq!(response.tool_calls.len(), 1);
     assert_eq!(response.tool_calls[0].name, "search");
     assert_eq!(response.tool_calls[0].arguments, json!({"query": "tempest"}));
@@ -89,7 +89,7 @@ async fn tool_calls_are_offered_and_decoded() {
 async fn rate_limited_with_retry_after_seconds() {
     let busy = r#"{"error": {"message": "Rate limit reached", "type": "requests"}}"#;
     let (_mock, address) = start(vec![Reply::status(429, busy).with_header("retry-after", "7")]).await;
-    let failure = LlmClient::new(config(address)).unwrap().chat(&request(false)).await.unwrap_err();
+    let failure = LlmClient::new(config(address)).unwrap().complete(&request(false)).await.unwrap_err();
     assert_eq!(failure, Failure::RateLimited { retry_after_ms: Some(7_000) });
     assert!(failure.is_retryable());
 }
@@ -99,7 +99,7 @@ async fn rate_limited_with_retry_after_http_date() {
     let at = SystemTime::now() + Duration::from_secs(3_600);
     let date = httpdate::fmt_http_date(at);
     let (_mock, address) = start(vec![Reply::status(429, "slow down").with_header("retry-after", &date)]).await;
-    let failure = LlmClient::new(config(address)).unwrap().chat(&request(false)).await.unwrap_err();
+    let failure = LlmClient::new(config(address)).unwrap().complete(&request(false)).await.unwrap_err();
     let Failure::RateLimited { retry_after_ms: Some(ms) } = failure else {
         panic!("expected rate limited with a delay, got {failure:?}");
     };
@@ -115,8 +115,11 @@ async fn server_errors_are_overloaded_and_keep_their_delay() {
     ])
     .await;
     let client = LlmClient::new(config(address)).unwrap();
-    assert_eq!(client.chat(&request(false)).await.unwrap_err(), Failure::Overloaded { retry_after_ms: None });
-    assert_eq!(client.chat(&request(false)).await.unwrap_err(), Failure::Overloaded { retry_after_ms: Some(3_000) });
+    assert_eq!(client.complete(&request(false)).await.unwrap_err(), Failure::Overloaded { retry_after_ms: None });
+    assert_eq!(
+        client.complete(&request(false)).await.unwrap_err(),
+        Failure::Overloaded { retry_after_ms: Some(3_000) }
+    );
 }
 
 #[tokio::test]
@@ -124,7 +127,7 @@ async fn silent_provider_times_out() {
     let (mock, address) = start(vec![Reply::Hang]).await;
     let mut config = config(address);
     config.timeout = Duration::from_millis(300);
-    let failure = LlmClient::new(config).unwrap().chat(&request(false)).await.unwrap_err();
+    let failure = LlmClient::new(config).unwrap().complete(&request(false)).await.unwrap_err();
     assert_eq!(failure, Failure::TimedOut);
     assert_eq!(mock.received().len(), 1, "the request reached the provider");
 }
@@ -132,7 +135,7 @@ async fn silent_provider_times_out() {
 #[tokio::test]
 async fn garbage_body_is_invalid_output() {
     let (_mock, address) = start(vec![Reply::status(200, "<html>502 Bad Gateway</html>")]).await;
-    let failure = LlmClient::new(config(address)).unwrap().chat(&request(false)).await.unwrap_err();
+    let failure = LlmClient::new(config(address)).unwrap().complete(&request(false)).await.unwrap_err();
     let Failure::InvalidOutput { message } = &failure else { panic!("expected invalid output, got {failure:?}") };
     assert!(message.contains("not chat-completions JSON"), "{message}");
     assert!(message.contains("502 Bad Gateway"), "{message}");
@@ -143,18 +146,18 @@ async fn answer_that_is_not_the_json_asked_for_is_invalid_output() {
     let (_mock, address) =
         start(vec![Reply::answer("Sure! The answer is 42."), Reply::answer("plain text is fine")]).await;
     let client = LlmClient::new(config(address)).unwrap();
-    let failure = client.chat(&request(true)).await.unwrap_err();
+    let failure = client.complete(&request(true)).await.unwrap_err();
     let Failure::InvalidOutput { message } = &failure else { panic!("expected invalid output, got {failure:?}") };
     assert!(message.contains("not valid JSON") && message.contains("Sure!"), "{message}");
     // Without JSON mode the same kind of answer is fine.
-    assert_eq!(client.chat(&request(false)).await.unwrap().content, "plain text is fine");
+    assert_eq!(client.complete(&request(false)).await.unwrap().content, "plain text is fine");
 }
 
 #[tokio::test]
 async fn bad_request_is_refused_and_not_retried() {
     let body = r#"{"error": {"message": "model `x` does not exist", "type": "invalid_request_error"}}"#;
     let (_mock, address) = start(vec![Reply::status(404, body)]).await;
-    let failure = LlmClient::new(config(address)).unwrap().chat(&request(false)).await.unwrap_err();
+    let failure = LlmClient::new(config(address)).unwrap().complete(&request(false)).await.unwrap_err();
     assert!(!failure.is_retryable());
     assert!(failure.to_string().contains("model `x` does not exist"), "{failure}");
 }
@@ -164,7 +167,7 @@ async fn unreachable_provider_is_a_retryable_failure_naming_the_cause() {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let address = listener.local_addr().unwrap();
     drop(listener);
-    let failure = LlmClient::new(config(address)).unwrap().chat(&request(false)).await.unwrap_err();
+    let failure = LlmClient::new(config(address)).unwrap().complete(&request(false)).await.unwrap_err();
     let Failure::Application { kind, message } = &failure else { panic!("expected application, got {failure:?}") };
     assert_eq!(kind, "llm_unreachable");
     assert!(message.to_lowercase().contains("refused"), "{message}");
@@ -178,8 +181,8 @@ async fn requests_per_minute_are_counted_before_sending() {
     config.limit = Limit { requests_per_minute: Some(1), ..Limit::default() };
     config.limiter_wait_max = Duration::ZERO;
     let client = LlmClient::new(config).unwrap();
-    client.chat(&request(false)).await.unwrap();
-    let failure = client.clone().chat(&request(false)).await.unwrap_err();
+    client.complete(&request(false)).await.unwrap();
+    let failure = client.clone().complete(&request(false)).await.unwrap_err();
     let Failure::RateLimited { retry_after_ms: Some(ms) } = failure else {
         panic!("expected a local rate limit with a delay, got {failure:?}");
     };
@@ -194,11 +197,11 @@ async fn tokens_per_minute_are_counted_before_sending() {
     config.limit = Limit { tokens_per_minute: Some(150), ..Limit::default() };
     config.limiter_wait_max = Duration::ZERO;
     let client = LlmClient::new(config).unwrap();
-    client.chat(&request(false)).await.unwrap();
-    assert!(matches!(client.chat(&request(false)).await, Err(Failure::RateLimited { retry_after_ms: Some(_) })));
+    client.complete(&request(false)).await.unwrap();
+    assert!(matches!(client.complete(&request(false)).await, Err(Failure::RateLimited { retry_after_ms: Some(_) })));
     let mut huge = request(false);
     huge.token_count = 151;
-    assert!(matches!(client.chat(&huge).await, Err(Failure::Refused { .. })), "one request over the whole limit");
+    assert!(matches!(client.complete(&huge).await, Err(Failure::Refused { .. })), "one request over the whole limit");
     assert_eq!(mock.received().len(), 1);
 }
 
@@ -235,4 +238,60 @@ fn https_without_a_tls_connector_is_a_clear_error() {
     let config = Config::new("https://api.example.com/v1", "m").unwrap();
     let error = LlmClient::new(config).err().expect("https refused");
     assert!(error.to_string().contains("OPENAI_BASE_URL") && error.to_string().contains("TLS"), "{error}");
+}
+
+/// Activity code as the engine runs it: `ActivityCtx::llm` through a host's `Services`
+/// (held in an `Rc`, its futures not `Send`) reaches the provider over HTTP.
+#[tokio::test]
+async fn activity_code_reaches_the_provider_through_services() {
+    use std::rc::Rc;
+    use tempest_engine::activity::Options;
+    use tempest_engine::services::{Activities, ActivityCtx, LlmResponse, ServiceFuture, Services};
+    use tempest_engine::{ActivityTask, Time};
+
+    struct HttpServices {
+        llm: LlmClient,
+    }
+
+    impl Services for HttpServices {
+        fn llm(&self, request: LlmRequest) -> ServiceFuture<LlmResponse> {
+            self.llm.llm(request)
+        }
+
+        fn tool(
+            &self,
+            name: &str,
+            _arguments: serde_json::Value,
+            _key: Option<String>,
+        ) -> ServiceFuture<serde_json::Value> {
+            let message = format!("no tool {name} in this test");
+            Box::pin(async move { Err(Failure::Refused { message }) })
+        }
+    }
+
+    let (mock, address) = start(vec![Reply::status(503, "busy"), Reply::answer(r#"{"answer": "a haiku"}"#)]).await;
+    let services: Rc<dyn Services> = Rc::new(HttpServices { llm: LlmClient::new(config(address)).unwrap() });
+    let mut activities = Activities::new();
+    activities.register("write", |ctx: ActivityCtx, topic: String| async move {
+        let mut request = request(true);
+        request.messages = vec![Message::user(format!("write about {topic}"))];
+        ctx.llm(request).await.map(|response| response.content)
+    });
+    let task = |attempt| ActivityTask {
+        workflow_id: "w".to_owned(),
+        run_id: "r1".to_owned(),
+        seq: 1,
+        attempt,
+        activity_type: "write".to_owned(),
+        input: json!("rain"),
+        idempotency_key: "r1:1".to_owned(),
+        not_before: Time::ZERO,
+        options: Options::default(),
+        previous_failure: None,
+    };
+    let first = activities.start(ActivityCtx::new(task(1), services.clone()), json!("rain")).await;
+    assert_eq!(first, Err(Failure::Overloaded { retry_after_ms: None }));
+    let second = activities.start(ActivityCtx::new(task(2), services), json!("rain")).await;
+    assert_eq!(second, Ok(json!(r#"{"answer": "a haiku"}"#)));
+    assert_eq!(mock.received()[1].body["messages"][0]["content"], "write about rain");
 }

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tempest_engine::services::{LlmRequest, Message};
 use tempest_engine::Failure;
-use tempest_runtime::llm::mock_server::{MockLlm, Reply};
+use tempest_runtime::llm::mock_server::{MockServer, Reply};
 use tempest_runtime::llm::{Config, LlmClient};
 
 const LLM_HOST: &str = "llm";
@@ -117,7 +117,7 @@ fn llm_client_over_turmoil_survives_a_partition() -> turmoil::Result {
         .max_message_latency(Duration::from_millis(50))
         .build();
 
-    let mock = MockLlm::new();
+    let mock = MockServer::new();
     mock.push(Reply::tool_call("search", json!({"query": "turmoil"})));
     let served = mock.clone();
     sim.host(LLM_HOST, move || {
@@ -134,7 +134,7 @@ fn llm_client_over_turmoil_survives_a_partition() -> turmoil::Result {
         config.timeout = Duration::from_secs(5);
         let client = LlmClient::with_connector(config, TurmoilConnector);
 
-        let first = client.chat(&request("first")).await;
+        let first = client.complete(&request("first")).await;
         let first = first.map_err(|f| format!("before the partition: {f}"))?;
         assert_eq!(first.tool_calls.len(), 1);
         assert_eq!(first.tool_calls[0].name, "search");
@@ -142,11 +142,11 @@ fn llm_client_over_turmoil_survives_a_partition() -> turmoil::Result {
         // The pooled connection and any new one are cut: the request is lost on the way,
         // and the client's timeout (virtual time, so no wall-clock wait) ends it.
         turmoil::partition("worker", LLM_HOST);
-        let during = client.chat(&request("during")).await;
+        let during = client.complete(&request("during")).await;
         assert_eq!(during.unwrap_err(), Failure::TimedOut);
 
         turmoil::repair("worker", LLM_HOST);
-        let after = client.chat(&request("after")).await.map_err(|f| format!("after the repair: {f}"))?;
+        let after = client.complete(&request("after")).await.map_err(|f| format!("after the repair: {f}"))?;
         assert_eq!(after.content, r#"{"answer":"mock answer to: after"}"#);
         Ok(())
     });
@@ -170,7 +170,7 @@ fn llm_client_over_turmoil_sees_a_crashed_provider_as_unreachable() -> turmoil::
         let mut config = Config::new(&format!("http://{LLM_HOST}:{LLM_PORT}/v1"), "mock-model")?;
         config.timeout = Duration::from_secs(5);
         let client = LlmClient::with_connector(config, TurmoilConnector);
-        let failure = client.chat(&request("anyone?")).await.unwrap_err();
+        let failure = client.complete(&request("anyone?")).await.unwrap_err();
         assert!(
             matches!(&failure, Failure::Application { kind, .. } if kind == "llm_unreachable"),
             "expected unreachable, got {failure:?}"

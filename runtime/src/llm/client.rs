@@ -86,11 +86,11 @@ where
     /// this.
     pub fn llm(&self, request: LlmRequest) -> ServiceFuture<LlmResponse> {
         let client = self.clone();
-        Box::pin(async move { client.chat(&request).await })
+        Box::pin(async move { client.complete(&request).await })
     }
 
     /// Sends one request once, after the rate limiter lets it go.
-    pub async fn chat(&self, request: &LlmRequest) -> Result<LlmResponse, Failure> {
+    pub async fn complete(&self, request: &LlmRequest) -> Result<LlmResponse, Failure> {
         let _permit = self.limiter.acquire(request.token_count, &self.config).await?;
         let body = serde_json::to_vec(&wire::request_body(request, &self.config.model)).expect("JSON values serialize");
         let mut builder = hyper::Request::post(self.config.endpoint()).header(CONTENT_TYPE, "application/json");

@@ -72,17 +72,17 @@ struct State_ {
 
 /// The mock provider; clones share one script and one record.
 #[derive(Clone, Default)]
-pub struct MockLlm {
+pub struct MockServer {
     state: Arc<Mutex<State_>>,
 }
 
-impl MockLlm {
-    pub fn new() -> MockLlm {
-        MockLlm::default()
+impl MockServer {
+    pub fn new() -> MockServer {
+        MockServer::default()
     }
 
     /// Queues a reply for the next request that finds the queue non-empty.
-    pub fn push(&self, reply: Reply) -> &MockLlm {
+    pub fn push(&self, reply: Reply) -> &MockServer {
         self.state.lock().expect("mock lock").script.push_back(reply);
         self
     }
@@ -114,7 +114,7 @@ impl MockLlm {
     }
 }
 
-async fn complete(State(mock): State<MockLlm>, headers: HeaderMap, body: Bytes) -> Response {
+async fn complete(State(mock): State<MockServer>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         let error = json!({ "error": { "message": "request body is not JSON", "type": "invalid_request_error" } });
         return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
