@@ -172,7 +172,11 @@ fn chromium() -> Option<PathBuf> {
             panic!("chromium is not installed and TEMPEST_REQUIRE_TOOLS=1 (apt-get install -y chromium)")
         }
         _ => {
-            eprintln!("\n!!!! skipped: chromium not installed; the browser checks of the web page did not run !!!!\n");
+            // Straight to stderr, past the test harness's capture, so the skip is seen.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!!! skipped: chromium not installed; the browser checks of the web page did not run !!!!\n"
+            );
             None
         }
     }

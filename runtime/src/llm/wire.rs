@@ -128,6 +128,10 @@ pub fn failure_for_status(status: u16, retry_after: Option<Duration>, body: &[u8
     let retry_after_ms = retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let detail = error_message(body);
     match status {
+        // OpenAI answers 429 for an exhausted billing quota too; waiting does not refill it.
+        429 if error_code(body).as_deref() == Some("insufficient_quota") => {
+            Failure::Refused { message: format!("the LLM provider's quota is exhausted: {detail}") }
+        }
         429 => Failure::RateLimited { retry_after_ms },
         408 => Failure::TimedOut,
         500..=599 => Failure::Overloaded { retry_after_ms },
@@ -152,6 +156,11 @@ pub fn retry_after(retry_after_ms: Option<&str>, retry_after: Option<&str>, now:
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// `error.code` of an OpenAI error body.
+fn error_code(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(body).ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
 }
 
 /// `error.message` of an OpenAI error body, else the start of the body.
@@ -220,6 +229,8 @@ mod tests {
             failure_for_status(429, Some(Duration::from_secs(2)), b""),
             Failure::RateLimited { retry_after_ms: Some(2000) }
         );
+        let quota = br#"{"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}"#;
+        assert!(matches!(failure_for_status(429, None, quota), Failure::Refused { .. }));
         assert_eq!(failure_for_status(503, None, b""), Failure::Overloaded { retry_after_ms: None });
         assert_eq!(failure_for_status(408, None, b""), Failure::TimedOut);
         let refused = failure_for_status(401, None, body);
