@@ -70,7 +70,7 @@ fn recorded_runs() -> Runs {
         }
         runs.insert(history.workflow_id.clone(), Run { view: view_of(&history), history });
     }
-    assert!(runs.len() >= 5, "fixtures in {}", dir.display());
+    assert_eq!(runs.len(), 6, "fixtures in {}", dir.display());
     Arc::new(runs)
 }
 
@@ -228,12 +228,12 @@ fn browser_lists_runs_and_shows_an_agent_timeline() {
     let dom = run_chromium(&browser, &profile, &["--dump-dom"], &format!("http://{address}/#run=agent-7"));
     let _ = std::fs::remove_dir_all(&profile);
 
-    for workflow_id in ["agent-6", "agent-7", "agent-9", "approval-3", "hello-5"] {
+    for workflow_id in ["agent-6", "agent-7", "agent-9", "approval-2", "approval-3", "hello-5"] {
         assert!(dom.contains(&format!("data-workflow-id=\"{workflow_id}\"")), "run {workflow_id} listed:\n{dom}");
     }
     assert!(dom.contains("data-workflow-id=\"agent-6\" data-status=\"running\""), "the cut history runs:\n{dom}");
     assert!(dom.contains("data-workflow-id=\"agent-7\" data-status=\"completed\""), "{dom}");
-    assert!(dom.contains("(5)"), "run count shown:\n{dom}");
+    assert!(dom.contains("(6)"), "run count shown:\n{dom}");
     // The selected run's timeline: LLM turns with prompts and answers, tool activities,
     // attempts that failed and the ones that completed.
     assert!(dom.contains("class=\"item activity llm\""), "LLM activities marked:\n{dom}");
@@ -299,4 +299,22 @@ fn browser_screenshot_is_not_blank() {
     // and bars in many colours over a good part of the window.
     assert!(counts.len() >= 50, "only {} distinct colours", counts.len());
     assert!(most_common * 100 < total * 90, "{most_common} of {total} pixels share one colour");
+}
+
+#[test]
+fn browser_shows_invalid_output_and_a_timer_the_run_outlived() {
+    let Some(browser) = chromium() else { return };
+    let address = serve();
+    let profile = profile_dir("outlived");
+    let dom = run_chromium(&browser, &profile, &["--dump-dom"], &format!("http://{address}/#run=approval-2"));
+    let _ = std::fs::remove_dir_all(&profile);
+
+    assert!(
+        dom.contains("invalid output: answer is not valid JSON: \"{\\\"truncated\""),
+        "failure message shown:\n{dom}"
+    );
+    assert!(dom.contains("attempt 2 failed at +1m 43s on worker-3: timed out"), "{dom}");
+    // The human answered before the three-day reminder, so the run ended with it pending.
+    assert!(dom.contains("sleep 3d 0h #3") && dom.contains("not fired: the run ended first"), "{dom}");
+    assert!(!dom.contains("· waiting until"), "a closed run waits for nothing:\n{dom}");
 }
