@@ -318,3 +318,16 @@ fn browser_shows_invalid_output_and_a_timer_the_run_outlived() {
     assert!(dom.contains("sleep 3d 0h #3") && dom.contains("not fired: the run ended first"), "{dom}");
     assert!(!dom.contains("· waiting until"), "a closed run waits for nothing:\n{dom}");
 }
+
+#[test]
+fn browser_filters_runs_by_status() {
+    let Some(browser) = chromium() else { return };
+    let address = serve();
+    let profile = profile_dir("filter");
+    let dom = run_chromium(&browser, &profile, &["--dump-dom"], &format!("http://{address}/?status=running"));
+    let _ = std::fs::remove_dir_all(&profile);
+
+    assert!(dom.contains("data-workflow-id=\"agent-6\" data-status=\"running\""), "{dom}");
+    assert!(!dom.contains("data-status=\"completed\""), "only running runs listed:\n{dom}");
+    assert!(dom.contains("(1)"), "{dom}");
+}
