@@ -13,6 +13,8 @@ use serde_json::json;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tempest_engine::services::{LlmRequest, Message};
@@ -155,6 +157,65 @@ fn llm_client_over_turmoil_survives_a_partition() -> turmoil::Result {
     let questions: Vec<String> =
         mock.received().iter().map(|r| r.body["messages"][0]["content"].as_str().unwrap_or("").to_owned()).collect();
     assert_eq!(questions, ["first", "after"], "the partitioned request never reached the provider");
+    Ok(())
+}
+
+/// Phases of the restart test, shared by the client host and the driver loop.
+const PHASE_ANSWERED: u8 = 1;
+const PHASE_RESTARTED: u8 = 2;
+
+#[test]
+fn llm_client_over_turmoil_recovers_when_the_provider_restarts() -> turmoil::Result {
+    let mut sim = turmoil::Builder::new().simulation_duration(Duration::from_secs(300)).build();
+    let mock = MockServer::new();
+    let served = mock.clone();
+    sim.host(LLM_HOST, move || {
+        let router = served.router();
+        async move {
+            let listener = turmoil::net::TcpListener::bind(("0.0.0.0", LLM_PORT)).await?;
+            axum::serve(TurmoilListener(listener), router).await?;
+            Ok(())
+        }
+    });
+
+    let phase = Arc::new(AtomicU8::new(0));
+    let client_phase = phase.clone();
+    sim.client("worker", async move {
+        let mut config = Config::new(&format!("http://{LLM_HOST}:{LLM_PORT}/v1"), "mock-model")?;
+        config.timeout = Duration::from_secs(5);
+        let client = LlmClient::with_connector(config, TurmoilConnector);
+        client.complete(&request("before")).await.map_err(|f| format!("before the restart: {f}"))?;
+        client_phase.store(PHASE_ANSWERED, Ordering::SeqCst);
+        while client_phase.load(Ordering::SeqCst) != PHASE_RESTARTED {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The pooled connection died with the provider's process. What the engine would
+        // see, attempt by attempt: retryable failures at most, then answers again, from the
+        // same client.
+        let mut outcomes = Vec::new();
+        for attempt in 1..=4 {
+            outcomes.push(client.complete(&request(&format!("after {attempt}"))).await);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        for outcome in &outcomes {
+            if let Err(failure) = outcome {
+                assert!(failure.is_retryable(), "{failure:?} in {outcomes:?}");
+            }
+        }
+        // Only the request that found the dead connection fails; the pool then reconnects.
+        assert!(outcomes[1..].iter().all(Result::is_ok), "{outcomes:?}");
+        Ok(())
+    });
+
+    while !sim.step()? {
+        if phase.load(Ordering::SeqCst) == PHASE_ANSWERED {
+            sim.bounce(LLM_HOST);
+            phase.store(PHASE_RESTARTED, Ordering::SeqCst);
+        }
+    }
+    assert_eq!(phase.load(Ordering::SeqCst), PHASE_RESTARTED, "the provider was restarted");
+    let answered = mock.received().len();
+    assert!(answered >= 2, "{answered} requests reached the provider");
     Ok(())
 }
 
