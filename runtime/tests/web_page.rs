@@ -70,7 +70,7 @@ fn recorded_runs() -> Runs {
         }
         runs.insert(history.workflow_id.clone(), Run { view: view_of(&history), history });
     }
-    assert_eq!(runs.len(), 6, "fixtures in {}", dir.display());
+    assert_eq!(runs.len(), 7, "fixtures in {}", dir.display());
     Arc::new(runs)
 }
 
@@ -228,12 +228,13 @@ fn browser_lists_runs_and_shows_an_agent_timeline() {
     let dom = run_chromium(&browser, &profile, &["--dump-dom"], &format!("http://{address}/#run=agent-7"));
     let _ = std::fs::remove_dir_all(&profile);
 
-    for workflow_id in ["agent-6", "agent-7", "agent-9", "approval-2", "approval-3", "hello-5"] {
+    for workflow_id in ["agent-3", "agent-6", "agent-7", "agent-9", "approval-2", "approval-3", "hello-5"] {
         assert!(dom.contains(&format!("data-workflow-id=\"{workflow_id}\"")), "run {workflow_id} listed:\n{dom}");
     }
     assert!(dom.contains("data-workflow-id=\"agent-6\" data-status=\"running\""), "the cut history runs:\n{dom}");
     assert!(dom.contains("data-workflow-id=\"agent-7\" data-status=\"completed\""), "{dom}");
-    assert!(dom.contains("(6)"), "run count shown:\n{dom}");
+    assert!(dom.contains("data-workflow-id=\"agent-3\" data-status=\"failed\""), "{dom}");
+    assert!(dom.contains("(7)"), "run count shown:\n{dom}");
     // The selected run's timeline: LLM turns with prompts and answers, tool activities,
     // attempts that failed and the ones that completed.
     assert!(dom.contains("class=\"item activity llm\""), "LLM activities marked:\n{dom}");
@@ -330,4 +331,21 @@ fn browser_filters_runs_by_status() {
     assert!(dom.contains("data-workflow-id=\"agent-6\" data-status=\"running\""), "{dom}");
     assert!(!dom.contains("data-status=\"completed\""), "only running runs listed:\n{dom}");
     assert!(dom.contains("(1)"), "{dom}");
+}
+
+#[test]
+fn browser_shows_a_failed_run_and_its_exhausted_activity() {
+    let Some(browser) = chromium() else { return };
+    let address = serve();
+    let profile = profile_dir("failed");
+    let dom = run_chromium(&browser, &profile, &["--dump-dom"], &format!("http://{address}/#run=agent-3"));
+    let _ = std::fs::remove_dir_all(&profile);
+
+    assert!(dom.contains("class=\"badge status-failed\">failed"), "failed badge:\n{dom}");
+    assert!(dom.contains("class=\"item activity llm failed\""), "the failed activity is marked:\n{dom}");
+    assert!(dom.contains("attempt 10 failed at +") && dom.contains("overloaded (attempts exhausted)"), "{dom}");
+    assert!(
+        dom.contains("failed: activity llm_turn (seq 5) failed after 10 attempts (AttemptsExhausted): overloaded"),
+        "{dom}"
+    );
 }
