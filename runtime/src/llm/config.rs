@@ -5,6 +5,7 @@
 //! reported here, naming the variable, before any request is made.
 
 use hyper::Uri;
+use std::fmt;
 use std::time::Duration;
 use tempest_engine::ratelimit::Limit;
 
@@ -26,7 +27,7 @@ pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(120);
 pub const LIMITER_WAIT_MAX_DEFAULT: Duration = Duration::from_secs(10);
 
 /// Where and how the client talks to an OpenAI-compatible chat-completions endpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     /// The API root, e.g. `http://127.0.0.1:8080/v1`; requests go to `{base}/chat/completions`.
     pub base_url: Uri,
@@ -41,6 +42,20 @@ pub struct Config {
     pub limit: Limit,
     /// See `LIMITER_WAIT_MAX_DEFAULT`.
     pub limiter_wait_max: Duration,
+}
+
+/// Shows everything but the key, so a logged configuration leaks no secret.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<hidden>"))
+            .field("model", &self.model)
+            .field("timeout", &self.timeout)
+            .field("limit", &self.limit)
+            .field("limiter_wait_max", &self.limiter_wait_max)
+            .finish()
+    }
 }
 
 /// A variable is missing or malformed; the message names it and the value at fault.
@@ -194,6 +209,14 @@ mod tests {
         assert_eq!(config.limit.tokens_per_minute, None);
         assert_eq!(config.limit.concurrency_max, Some(4));
         assert_eq!(config.limiter_key(), "llm:gpt-4o-mini");
+    }
+
+    #[test]
+    fn debug_output_hides_the_key() {
+        let mut config = Config::new("http://localhost:1/v1", "m").unwrap();
+        config.api_key = Some("sk-secret".to_owned());
+        let text = format!("{config:?}");
+        assert!(!text.contains("sk-secret") && text.contains("<hidden>"), "{text}");
     }
 
     #[test]
