@@ -179,6 +179,9 @@ impl SharedLimiter {
                 message: format!("request needs {token_count} tokens, over the limit of {tpm} per minute"),
             });
         }
+        if config.limit.requests_per_minute == Some(0) {
+            return Err(Failure::Refused { message: "the LLM client's requests_per_minute limit is 0".to_owned() });
+        }
         let deadline = Instant::now() + config.limiter_wait_max;
         loop {
             // Registered before looking, so a release between the look and the wait is not missed.
