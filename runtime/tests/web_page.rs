@@ -63,6 +63,9 @@ fn recorded_runs() -> Runs {
     let mut runs = BTreeMap::new();
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         let mut history = History::from_json(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         if history.workflow_id == RUNNING_WORKFLOW_ID {
