@@ -118,10 +118,30 @@ fn fake_app(runs: Runs) -> Router {
 
 /// Serves the fake app on 127.0.0.1 from a thread of its own, for the rest of the process.
 fn serve() -> SocketAddr {
+    serve_app(fake_app(recorded_runs()))
+}
+
+/// The fake API behind a bearer token, as `tempest serve` answers with `TEMPEST_TOKEN` set
+/// (the page itself stays public: it holds no run data).
+fn serve_with_token(token: &'static str) -> SocketAddr {
+    let api = fake_app(recorded_runs()).route_layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            let expected = format!("Bearer {token}");
+            let given = request.headers().get("authorization").and_then(|v| v.to_str().ok());
+            if request.uri().path().starts_with("/api/") && given != Some(expected.as_str()) {
+                return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "missing or wrong bearer token" })))
+                    .into_response();
+            }
+            next.run(request).await
+        },
+    ));
+    serve_app(api)
+}
+
+fn serve_app(app: Router) -> SocketAddr {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     listener.set_nonblocking(true).unwrap();
     let address = listener.local_addr().unwrap();
-    let app = fake_app(recorded_runs());
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async move {
@@ -351,4 +371,19 @@ fn browser_shows_a_failed_run_and_its_exhausted_activity() {
         dom.contains("failed: activity llm_turn (seq 5) failed after 10 attempts (AttemptsExhausted): overloaded"),
         "{dom}"
     );
+}
+
+#[test]
+fn browser_asks_for_the_token_when_the_api_wants_one() {
+    let Some(browser) = chromium() else { return };
+    let address = serve_with_token("s3cret");
+    let (status, _, _) = http_get(address, "/api/runs");
+    assert!(status.contains("401"), "{status}");
+    let profile = profile_dir("token");
+    let dom = run_chromium(&browser, &profile, &["--dump-dom"], &format!("http://{address}/"));
+    let _ = std::fs::remove_dir_all(&profile);
+
+    assert!(dom.contains("<form id=\"token-form\" class=\"banner\">"), "token form shown:\n{dom}");
+    assert!(dom.contains("the server needs a bearer token (401)"), "{dom}");
+    assert!(!dom.contains("data-workflow-id="), "no runs without the token:\n{dom}");
 }
