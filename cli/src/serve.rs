@@ -17,6 +17,7 @@ use tempest_engine::services::Activities;
 use tempest_engine::Registry;
 use tempest_runtime::client::{Answer, ApiClient};
 use tempest_runtime::http::{self, ApiState};
+use tempest_runtime::llm::{Config, LlmClient};
 use tempest_runtime::services::{LlmBackend, LlmFactory, MockLlm};
 use tempest_runtime::{builtin, host, sqlite, Host, Http, RunStore};
 
@@ -81,10 +82,14 @@ pub(crate) fn serve(request: ServeRequest<'_>, out: &mut impl Write) -> anyhow::
             Box::new(move || Rc::new(MockLlm::new(failure_percent)) as Rc<dyn LlmBackend>)
         }
         LlmChoice::Openai => {
-            eprintln!(
-                "tempest serve: --llm openai: the OpenAI-compatible client is not in this build yet; use --llm mock"
-            );
-            return Ok(Outcome::BadInput);
+            let client = match Config::from_env().and_then(LlmClient::new) {
+                Ok(client) => client,
+                Err(error) => {
+                    eprintln!("tempest serve: --llm openai: {error}");
+                    return Ok(Outcome::BadInput);
+                }
+            };
+            Box::new(move || Rc::new(client) as Rc<dyn LlmBackend>)
         }
     };
     let token = token();
@@ -103,8 +108,7 @@ pub(crate) fn serve(request: ServeRequest<'_>, out: &mut impl Write) -> anyhow::
     let store: Arc<dyn RunStore> = Arc::new(store);
     let (registry, activities) = workflows();
     let state = ApiState { store: store.clone(), registry: registry.clone(), token };
-    // The web page (issue 6, branch llm-web) is nested here at `/` once it lands.
-    let router = http::app(state, None);
+    let router = http::app(state, Some(tempest_runtime::web::router()));
     let host = Host::start(store, host::Config::new(registry, activities, llm), Some(Http { listener, router }))?;
     writeln!(out, "tempest serve: listening on http://{address} (store {})", request.db.display())?;
     out.flush()?;

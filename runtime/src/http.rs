@@ -57,11 +57,13 @@ pub fn app(state: ApiState, page: Option<Router>) -> Router {
         .route("/api/runs/{workflow_id}/history", get(history_of_run))
         .fallback(not_found)
         .with_state(state.clone());
-    let app = match page {
+    // The page itself holds no data and asks for the token when the API answers 401, so it is
+    // served without one; every API route needs it.
+    let api = api.layer(middleware::from_fn_with_state(state, authorize));
+    match page {
         Some(page) => api.merge(page),
         None => api.route("/", get(index)),
-    };
-    app.layer(middleware::from_fn_with_state(state, authorize))
+    }
 }
 
 async fn authorize(State(state): State<ApiState>, request: Request, next: Next) -> Response {

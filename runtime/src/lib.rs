@@ -5,7 +5,8 @@
 //! `store` (the `RunStore` seam and `DurableStore`), `sqlite` (the journal with group
 //! commit), `host` (the worker thread that drives the protocol), `services` (the LLM seam and
 //! built-in tools), `http` (the API), `client` (its HTTP client), `builtin` (the `steps`
-//! workflow of the benchmark and crash test). It never decides anything about a run: every
+//! workflow of the benchmark and crash test), `llm` (the OpenAI-compatible client and a mock
+//! provider), `web` (the page at `/`). It never decides anything about a run: every
 //! decision is the engine's, exactly as in the simulator.
 //!
 //! Embedding: build a `Registry` and `Activities` of your own, open a store
@@ -16,9 +17,11 @@ pub mod client;
 pub mod conformance;
 pub mod host;
 pub mod http;
+pub mod llm;
 pub mod services;
 pub mod sqlite;
 pub mod store;
+pub mod web;
 
 pub use host::{Config, Host, Http};
 pub use store::{DurableStore, RunStore, RunView};
