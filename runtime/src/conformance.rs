@@ -184,8 +184,14 @@ pub async fn restart_makes_old_tokens_stale(subject: &mut dyn Subject) {
     let report = AttemptReport::Completed { output: json!("step0") };
     let ack = store.complete_activity_task(T0, &run_id, seq, old.token, report, WORKER).await.expect("complete");
     assert!(matches!(ack, Ack::Rejected(_)), "restart_makes_old_tokens_stale: an old epoch's report");
+    // In-process workers' appends are not awaited for durability (they die with the store),
+    // so the crash may have taken the append that scheduled the step: the workflow task is
+    // then redone and schedules the same step again.
+    let mut worker = WorkflowWorker::new(registry(), 8);
+    while workflow_step(store, &mut worker, T0).await.is_some() {}
     let new = store.poll_activity_task(T0, WORKER, &BTreeSet::new()).await.expect("poll");
     let new = new.expect("restart_makes_old_tokens_stale: the unfinished attempt is claimable again");
+    assert_eq!((&new.task.run_id, new.task.seq), (&run_id, seq), "restart_makes_old_tokens_stale: the same step");
     assert_ne!(new.token >> 32, old.token >> 32, "restart_makes_old_tokens_stale: tokens carry the new epoch");
     let report = AttemptReport::Completed { output: json!("step0") };
     let ack = store.complete_activity_task(T0, &run_id, seq, new.token, report, WORKER).await.expect("complete");

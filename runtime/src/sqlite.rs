@@ -44,10 +44,28 @@ pub struct Stats {
     pub commit_us_total: AtomicU64,
 }
 
+/// Batches of records on their way to the committer, each with its sequence number.
+type Queue = mpsc::Sender<(u64, Vec<Record>)>;
+
 pub struct SqliteJournal {
-    queue: Mutex<mpsc::Sender<(u64, Vec<Record>)>>,
+    /// None once the journal is dropped.
+    queue: Mutex<Option<Queue>>,
     durable: watch::Receiver<u64>,
     stats: Arc<Stats>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Dropping the journal waits for its committer to write what was queued and stop, so no
+/// write of this journal can land after another opens the same database (a host restarted in
+/// the same process, or a test's simulated restart).
+impl Drop for SqliteJournal {
+    fn drop(&mut self) {
+        drop(self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+        let committer = self.committer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(committer) = committer {
+            let _ = committer.join();
+        }
+    }
 }
 
 impl SqliteJournal {
@@ -78,11 +96,13 @@ impl SqliteJournal {
         let stats = Arc::new(Stats::default());
         let committer_stats = stats.clone();
         let committer_path = path.to_owned();
-        std::thread::Builder::new()
+        let committer = std::thread::Builder::new()
             .name("tempest-sqlite".to_owned())
             .spawn(move || commit_loop(connection, &committer_path, receiver, durable_tx, &committer_stats))
             .expect("the committer thread starts");
-        Ok((Arc::new(SqliteJournal { queue: Mutex::new(sender), durable, stats }), records))
+        let journal =
+            SqliteJournal { queue: Mutex::new(Some(sender)), durable, stats, committer: Mutex::new(Some(committer)) };
+        Ok((Arc::new(journal), records))
     }
 
     pub fn stats(&self) -> &Stats {
@@ -167,7 +187,9 @@ impl Journal for SqliteJournal {
     fn submit(&self, seq: u64, records: Vec<Record>) {
         // A send fails only once the committer stopped after a failed commit; the waiters of
         // these records then see the closed durable channel.
-        let _ = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).send((seq, records));
+        if let Some(queue) = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+            let _ = queue.send((seq, records));
+        }
     }
 
     fn durable(&self) -> watch::Receiver<u64> {

@@ -24,7 +24,8 @@ impl Subject for SqliteSubject {
 
     fn restart(&mut self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
         Box::pin(async move {
-            // Dropping the store drops its queue; only what was acknowledged is relied on.
+            // Dropping the store stops its journal once the queued writes are done, so the
+            // reopened store is the only writer; the tests rely only on what was acknowledged.
             self.store = None;
             let (store, _) = tempest_runtime::sqlite::open_store(&self.path, Config::default()).await.expect("reopen");
             self.store = Some(store);
