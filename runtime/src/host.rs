@@ -294,8 +294,10 @@ async fn run_activity(worker: Rc<Worker>, lease: ActivityLease, _slot: OwnedSema
     };
     // Heartbeats at a third of the lease, so one can be late without losing it.
     let lease_ms = lease.expires_at.0.saturating_sub(now().0).max(300);
-    let mut heartbeats = tokio::time::interval(Duration::from_millis(lease_ms / 3));
-    heartbeats.tick().await;
+    // The first heartbeat is a period from now; awaiting an interval's immediate first tick
+    // would cost a timer-wheel turn (about a millisecond) on every attempt.
+    let period = Duration::from_millis(lease_ms / 3);
+    let mut heartbeats = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let result = loop {
         tokio::select! {
             result = &mut attempt => break Some(result),
