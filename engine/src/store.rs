@@ -199,6 +199,10 @@ pub struct Store {
     /// Open runs with inputs waiting, open activities or open timers: the only runs polls,
     /// ticks and wake-ups look at, so runs idling on a signal cost nothing per operation.
     active: BTreeSet<String>,
+    /// The active runs with inputs in their inbox: the only runs a workflow-task poll can
+    /// hand out, in the same (run id) order as `active`, so a poll under load does not look
+    /// at every run that merely waits on an activity or a timer.
+    with_inbox: BTreeSet<String>,
     /// Everything that falls due with time, ordered by when: unleased activity attempts (when
     /// they may start), schedule-to-close deadlines, timers, and tasks kept for a sticky
     /// worker (when every worker may take them). Polls, ticks and wake-ups read it in time
@@ -230,14 +234,10 @@ impl Store {
             sticky: BTreeMap::new(),
             version: 0,
             active: BTreeSet::new(),
+            with_inbox: BTreeSet::new(),
             due: BTreeSet::new(),
             due_of: BTreeMap::new(),
         }
-    }
-
-    /// The active runs, with their state.
-    fn active_runs(&self) -> impl Iterator<Item = (&String, &StoredRun)> {
-        self.active.iter().map(|run_id| (run_id, &self.runs[run_id]))
     }
 
     /// Puts a run into, or takes it out of, the active set after its state changed.
@@ -263,6 +263,11 @@ impl Store {
             self.active.insert(run_id.to_owned());
         } else {
             self.active.remove(run_id);
+        }
+        if active && !run.inbox.is_empty() {
+            self.with_inbox.insert(run_id.to_owned());
+        } else {
+            self.with_inbox.remove(run_id);
         }
         for (time, due) in self.due_of.remove(run_id).unwrap_or_default() {
             self.due.remove(&(time, run_id.to_owned(), due));
@@ -416,7 +421,8 @@ impl Store {
                 && now < waiting_since.plus(Duration::from_millis(self.config.sticky_ms));
             (!leased && !sticky_elsewhere).then_some((*run_id).clone())
         };
-        let run_id = self.active_runs().find_map(|entry| claimable(&entry))?;
+        let run_id =
+            self.with_inbox.iter().map(|run_id| (run_id, &self.runs[run_id])).find_map(|entry| claimable(&entry))?;
         let token = self.next_token();
         let expires_at = now.plus(Duration::from_millis(self.config.workflow_lease_ms));
         self.workflow_leases.insert(

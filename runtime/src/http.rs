@@ -48,6 +48,9 @@ pub fn check_bind(addr: SocketAddr, token: Option<&str>) -> Result<(), String> {
 
 /// The whole app: the API, and `page` (the web page's router) at `/`.
 pub fn app(state: ApiState, page: Option<Router>) -> Router {
+    // axum clones the state for every request: share it, so a request does not copy the
+    // registry's map.
+    let state = Arc::new(state);
     let api = Router::new()
         .route("/api/runs", post(start_run).get(list_runs))
         .route("/api/runs/{workflow_id}", get(show_run))
@@ -66,7 +69,7 @@ pub fn app(state: ApiState, page: Option<Router>) -> Router {
     }
 }
 
-async fn authorize(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+async fn authorize(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
         let expected = format!("Bearer {token}");
         let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
@@ -113,7 +116,7 @@ struct StartRequest {
     input: Value,
 }
 
-async fn start_run(State(state): State<ApiState>, bytes: Bytes) -> Response {
+async fn start_run(State(state): State<Arc<ApiState>>, bytes: Bytes) -> Response {
     let request: StartRequest = match body(&bytes) {
         Ok(request) => request,
         Err(response) => return *response,
@@ -154,7 +157,7 @@ struct ShowQuery {
 const WAIT_MS_MAX: u64 = 300_000;
 
 async fn show_run(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     Path(workflow_id): Path<String>,
     Query(query): Query<ShowQuery>,
 ) -> Response {
@@ -179,7 +182,7 @@ struct ListQuery {
     status: Option<String>,
 }
 
-async fn list_runs(State(state): State<ApiState>, Query(query): Query<ListQuery>) -> Response {
+async fn list_runs(State(state): State<Arc<ApiState>>, Query(query): Query<ListQuery>) -> Response {
     if let Some(status) = &query.status {
         if !STATUSES.contains(&status.as_str()) {
             return error(
@@ -203,7 +206,7 @@ struct SignalRequest {
 }
 
 async fn signal_run(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     Path((workflow_id, name)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Response {
@@ -236,7 +239,7 @@ struct QueryArgs {
 }
 
 async fn query_run(
-    State(state): State<ApiState>,
+    State(state): State<Arc<ApiState>>,
     Path((workflow_id, name)): Path<(String, String)>,
     Query(query): Query<QueryArgs>,
 ) -> Response {
@@ -274,7 +277,7 @@ struct CancelRequest {
     reason: Option<String>,
 }
 
-async fn cancel_run(State(state): State<ApiState>, Path(workflow_id): Path<String>, bytes: Bytes) -> Response {
+async fn cancel_run(State(state): State<Arc<ApiState>>, Path(workflow_id): Path<String>, bytes: Bytes) -> Response {
     let request: CancelRequest = if bytes.is_empty() {
         CancelRequest::default()
     } else {
@@ -297,7 +300,7 @@ async fn cancel_run(State(state): State<ApiState>, Path(workflow_id): Path<Strin
     }
 }
 
-async fn history_of_run(State(state): State<ApiState>, Path(workflow_id): Path<String>) -> Response {
+async fn history_of_run(State(state): State<Arc<ApiState>>, Path(workflow_id): Path<String>) -> Response {
     match state.store.history(&workflow_id).await {
         Ok(Some(history)) => ([(header::CONTENT_TYPE, "application/json")], history.to_json()).into_response(),
         Ok(None) => unknown_run(&workflow_id),
