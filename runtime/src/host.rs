@@ -1,7 +1,7 @@
 //! The host: one thread with a current-thread tokio runtime that claims tasks from a
 //! `RunStore`, runs workflow code through the engine's `WorkflowWorker` and activities
-//! through `Activities`, fires timers and expires leases on the wall clock, and (when asked)
-//! serves HTTP on the same thread.
+//! through `Activities`, fires timers and expires leases on the wall clock; and (when asked)
+//! a second thread that serves HTTP.
 //!
 //! Owns the loops that drive the store protocol, the same protocol the simulator drives in
 //! virtual time: a workflow-task dispatcher, an activity dispatcher (within the engine's rate
@@ -69,6 +69,7 @@ pub struct Host {
     store: Arc<dyn RunStore>,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    http_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The HTTP server the host thread also runs: a bound listener and the app to serve.
@@ -78,34 +79,47 @@ pub struct Http {
 }
 
 impl Host {
-    /// Starts the host thread on `store`.
+    /// Starts the host thread on `store`, and the HTTP thread when `http` is given.
     pub fn start(store: Arc<dyn RunStore>, config: Config, http: Option<Http>) -> std::io::Result<Host> {
         let (stop, stopped) = watch::channel(false);
         let thread_store = store.clone();
+        let worker_stopped = stopped.clone();
         let thread = std::thread::Builder::new().name("tempest-host".to_owned()).spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a current-thread tokio runtime builds");
             let local = LocalSet::new();
-            local.block_on(&runtime, run(thread_store, config, http, stopped));
+            local.block_on(&runtime, run(thread_store, config, worker_stopped));
         })?;
-        Ok(Host { store, stop, thread: Some(thread) })
+        // HTTP gets a thread of its own: parsing and answering requests then runs next to the
+        // workers instead of taking turns with them, and the store's lock is all they share.
+        let http_thread = match http {
+            Some(http) => Some(std::thread::Builder::new().name("tempest-http".to_owned()).spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a current-thread tokio runtime builds");
+                runtime.block_on(serve_http(http, stopped));
+            })?),
+            None => None,
+        };
+        Ok(Host { store, stop, thread: Some(thread), http_thread })
     }
 
     pub fn store(&self) -> &Arc<dyn RunStore> {
         &self.store
     }
 
-    /// Stops the loops and waits for the thread.
+    /// Stops the loops and the HTTP server and waits for their threads.
     pub fn stop(mut self) {
         self.stop.send_replace(true);
-        if let Some(thread) = self.thread.take() {
+        for thread in [self.thread.take(), self.http_thread.take()].into_iter().flatten() {
             let _ = thread.join();
         }
     }
 
-    /// Waits for the thread, which ends only when `stop` is called from elsewhere or it
+    /// Waits for the host thread, which ends only when `stop` is called from elsewhere or it
     /// panicked; `false` when it panicked.
     pub fn join(mut self) -> bool {
         self.thread.take().is_none_or(|thread| thread.join().is_ok())
@@ -124,7 +138,7 @@ struct Worker {
     awaiting_ack: RefCell<BTreeMap<String, Rc<Notify>>>,
 }
 
-async fn run(store: Arc<dyn RunStore>, config: Config, http: Option<Http>, mut stopped: watch::Receiver<bool>) {
+async fn run(store: Arc<dyn RunStore>, config: Config, mut stopped: watch::Receiver<bool>) {
     let services: Rc<dyn Services> =
         Rc::new(HostServices { llm: (config.llm)(), tools: Rc::new(MockTools::default()) });
     let worker = Rc::new(Worker {
@@ -144,29 +158,28 @@ async fn run(store: Arc<dyn RunStore>, config: Config, http: Option<Http>, mut s
     tokio::task::spawn_local(workflow_dispatcher(worker.clone(), config.workflow_task_count_max.max(1)));
     tokio::task::spawn_local(activity_dispatcher(worker.clone(), config.activity_task_count_max.max(1)));
     tokio::task::spawn_local(ticker(worker.store.clone()));
-    if let Some(Http { listener, router }) = http {
-        let mut stopped = stopped.clone();
-        tokio::task::spawn_local(async move {
-            if let Err(error) = listener.set_nonblocking(true) {
-                tracing::error!(%error, "cannot serve HTTP");
-                return;
-            }
-            let listener = match tokio::net::TcpListener::from_std(listener) {
-                Ok(listener) => listener,
-                Err(error) => {
-                    tracing::error!(%error, "cannot serve HTTP");
-                    return;
-                }
-            };
-            let shutdown = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
-            if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
-                tracing::error!(%error, "HTTP server stopped");
-            }
-        });
-    }
     let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Serves the HTTP app until `stopped`, letting requests in flight finish.
+async fn serve_http(Http { listener, router }: Http, mut stopped: watch::Receiver<bool>) {
+    if let Err(error) = listener.set_nonblocking(true) {
+        tracing::error!(%error, "cannot serve HTTP");
+        return;
+    }
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "cannot serve HTTP");
+            return;
+        }
+    };
+    let shutdown = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+        tracing::error!(%error, "HTTP server stopped");
+    }
 }
 
 /// Waits for a change in the store, or until `wakeup`, or at most a second.
@@ -184,6 +197,9 @@ async fn workflow_dispatcher(worker: Rc<Worker>, task_count_max: usize) {
         match worker.store.poll_workflow_task(now(), &worker.name).await {
             Ok(Some(task)) => {
                 tokio::task::spawn_local(run_workflow_task(worker.clone(), task, permit));
+                // Let the task run (and release its run) before the next poll, which would
+                // otherwise look past every run claimed in this burst.
+                tokio::task::yield_now().await;
             }
             Ok(None) => {
                 drop(permit);
@@ -253,6 +269,7 @@ async fn activity_dispatcher(worker: Rc<Worker>, task_count_max: usize) {
         match worker.store.poll_activity_task(now, &worker.name, &blocked).await {
             Ok(Some(lease)) => {
                 tokio::task::spawn_local(run_activity(worker.clone(), lease, permit));
+                tokio::task::yield_now().await;
             }
             Ok(None) => {
                 drop(permit);
