@@ -68,6 +68,12 @@ pub(crate) struct Report {
     server_cpu_ms_per_run_concurrent: Option<f64>,
     server_cpu_ms_per_run_sequential: Option<f64>,
     server_peak_rss_mib: Option<f64>,
+    /// CPU time of the bench's own HTTP client per run: it shares the machine's cores with
+    /// the server, so the server's share of them is what is left.
+    client_cpu_ms_per_run_concurrent: Option<f64>,
+    /// The 1-minute load average when the bench started: figures taken on a busy machine
+    /// are not comparable with the goals.
+    load_average_at_start: Option<f64>,
     /// RSS of the server process after it started, before any request.
     idle_rss_mib: Option<f64>,
     idle_rss_mib_goal: f64,
@@ -97,6 +103,8 @@ struct Phase {
     seconds: f64,
     latencies_ms: Vec<f64>,
     cpu_seconds: Option<f64>,
+    /// CPU time of this process (the client) in the phase.
+    client_cpu_seconds: Option<f64>,
 }
 
 fn percentile(sorted: &[f64], fraction: f64) -> f64 {
@@ -178,6 +186,7 @@ where
     let next = Arc::new(AtomicUsize::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(run_count)));
     let cpu_before = cpu_seconds(pid);
+    let client_cpu_before = cpu_seconds("self");
     let started = Instant::now();
     let mut drivers = tokio::task::JoinSet::new();
     for _ in 0..in_flight {
@@ -201,10 +210,11 @@ where
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let client_cpu_seconds = client_cpu_before.zip(cpu_seconds("self")).map(|(before, after)| after - before);
     let cpu_seconds = cpu_before.zip(cpu_seconds(pid)).map(|(before, after)| after - before);
     let mut latencies_ms = std::mem::take(&mut *latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     latencies_ms.sort_by(f64::total_cmp);
-    Phase { seconds, latencies_ms, cpu_seconds }
+    Phase { seconds, latencies_ms, cpu_seconds, client_cpu_seconds }
 }
 
 fn in_process_run(store: Arc<dyn RunStore>) -> impl Fn(String) -> BoxedRun + Clone + Send + 'static {
@@ -252,6 +262,9 @@ pub(crate) fn run(config: &Config) -> anyhow::Result<Report> {
 }
 
 fn measure(config: &Config, dir: &Path) -> anyhow::Result<Report> {
+    let load_average_at_start = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|loadavg| loadavg.split_whitespace().next().and_then(|load| load.parse().ok()));
     let io = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
     // Over HTTP, against a `tempest serve` process, as a user's client would run them.
@@ -313,6 +326,10 @@ fn measure(config: &Config, dir: &Path) -> anyhow::Result<Report> {
         server_cpu_ms_per_run_concurrent: per_run(&http_concurrent, config.concurrent_run_count),
         server_cpu_ms_per_run_sequential: per_run(&http_sequential, config.sequential_run_count),
         server_peak_rss_mib,
+        client_cpu_ms_per_run_concurrent: http_concurrent
+            .client_cpu_seconds
+            .map(|s| s * 1000.0 / config.concurrent_run_count as f64),
+        load_average_at_start,
         idle_rss_mib,
         idle_rss_mib_goal: IDLE_RSS_MIB_GOAL,
         inprocess_runs_per_second_concurrent: config.concurrent_run_count as f64 / concurrent.seconds,
@@ -338,16 +355,21 @@ impl Report {
         let optional =
             |value: Option<f64>, unit: &str| value.map_or("not measured".to_owned(), |v| format!("{v:.2} {unit}"));
         writeln!(out, "bench runtime ({} build): {}", self.build, self.workflow)?;
+        if let Some(load) = self.load_average_at_start {
+            writeln!(out, "  load average at start: {load:.2} on {} cores", cores())?;
+        }
         writeln!(out, "  over HTTP against a tempest serve process (SQLite on disk, WAL, synchronous=FULL):")?;
         writeln!(
             out,
-            "    {} in flight: {:.0} runs/s (goal {:.0}), p50 {:.2} ms, p99 {:.2} ms, server CPU {} per run",
+            "    {} in flight: {:.0} runs/s (goal {:.0}), p50 {:.2} ms, p99 {:.2} ms, server CPU {} per run \
+             (client CPU {} per run)",
             self.in_flight,
             self.runs_per_second_concurrent,
             self.runs_per_second_concurrent_goal,
             self.p50_ms_concurrent,
             self.p99_ms_concurrent,
             optional(self.server_cpu_ms_per_run_concurrent, "ms"),
+            optional(self.client_cpu_ms_per_run_concurrent, "ms"),
         )?;
         writeln!(
             out,
@@ -398,4 +420,8 @@ impl Report {
         )?;
         writeln!(out, "  fast_over_full_stack: not measured (the turmoil full-stack mode is not built yet)")
     }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }

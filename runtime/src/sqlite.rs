@@ -16,8 +16,11 @@ use std::sync::{Arc, Mutex};
 use tempest_engine::store::Record;
 use tokio::sync::watch;
 
-/// The schema version written into the file, checked on open.
-const FORMAT: &str = "tempest-sqlite/1";
+/// The schema version written into the file, checked on open. Format 2 writes one row per
+/// commit (a JSON array of records); format 1 wrote one row per record and is still read, and
+/// upgraded in place on open.
+const FORMAT: &str = "tempest-sqlite/2";
+const FORMAT_ONE_ROW_PER_RECORD: &str = "tempest-sqlite/1";
 /// Records per transaction at most, so one huge burst does not hold every reply.
 const BATCH_RECORD_COUNT_MAX: usize = 20_000;
 /// Tests set this to delay every commit by so many ms: it widens the window between a record
@@ -29,7 +32,7 @@ pub const COMMIT_DELAY_VAR: &str = "TEMPEST_TEST_COMMIT_DELAY_MS";
 pub enum Error {
     #[error("database {path}: {source}")]
     Sqlite { path: PathBuf, source: rusqlite::Error },
-    #[error("database {path}: record {id} does not decode: {detail}")]
+    #[error("database {path}: row {id} of the records table does not decode: {detail}")]
     BadRecord { path: PathBuf, id: i64, detail: String },
     #[error("database {path}: format {found:?}, this build reads {FORMAT:?}")]
     Format { path: PathBuf, found: String },
@@ -87,7 +90,9 @@ impl SqliteJournal {
         let found: String = connection
             .query_row("SELECT value FROM meta WHERE key = 'format'", [], |row| row.get(0))
             .map_err(sqlite)?;
-        if found != FORMAT {
+        if found == FORMAT_ONE_ROW_PER_RECORD {
+            connection.execute("UPDATE meta SET value = ?1 WHERE key = 'format'", params![FORMAT]).map_err(sqlite)?;
+        } else if found != FORMAT {
             return Err(Error::Format { path: path.to_owned(), found });
         }
         let records = read_records(&connection, path)?;
@@ -117,12 +122,14 @@ fn read_records(connection: &Connection, path: &Path) -> Result<Vec<Record>, Err
     let mut records = Vec::new();
     for row in rows {
         let (id, body) = row.map_err(sqlite)?;
-        let record = serde_json::from_str(&body).map_err(|e| Error::BadRecord {
-            path: path.to_owned(),
-            id,
-            detail: e.to_string(),
-        })?;
-        records.push(record);
+        let bad_record = |e: serde_json::Error| Error::BadRecord { path: path.to_owned(), id, detail: e.to_string() };
+        // A row is one commit's records as an array; files written by format 1 hold one
+        // record per row.
+        if body.starts_with('[') {
+            records.extend(serde_json::from_str::<Vec<Record>>(&body).map_err(bad_record)?);
+        } else {
+            records.push(serde_json::from_str(&body).map_err(bad_record)?);
+        }
     }
     Ok(records)
 }
@@ -169,17 +176,13 @@ fn commit_loop(
     }
 }
 
+/// Writes a batch as one row holding the JSON array of its records: one insert per commit
+/// instead of one per record.
 fn commit(connection: &mut Connection, batch: &[(u64, Vec<Record>)]) -> Result<(), rusqlite::Error> {
+    let records: Vec<&Record> = batch.iter().flat_map(|(_, records)| records).collect();
+    let body = serde_json::to_string(&records).expect("records serialize");
     let transaction = connection.transaction()?;
-    {
-        let mut insert = transaction.prepare_cached("INSERT INTO records (body) VALUES (?1)")?;
-        for (_, records) in batch {
-            for record in records {
-                let body = serde_json::to_string(record).expect("records serialize");
-                insert.execute(params![body])?;
-            }
-        }
-    }
+    transaction.prepare_cached("INSERT INTO records (body) VALUES (?1)")?.execute(params![body])?;
     transaction.commit()
 }
 
@@ -215,4 +218,66 @@ pub enum OpenError {
     Sqlite(#[from] Error),
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(epoch: u32) -> Record {
+        Record::Epoch { epoch }
+    }
+
+    /// A database as format 1 wrote it: one record per row.
+    fn write_format_one(path: &Path, records: &[Record]) {
+        let connection = Connection::open(path).expect("create");
+        connection
+            .execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE records (id INTEGER PRIMARY KEY, body TEXT NOT NULL);
+                 INSERT INTO meta (key, value) VALUES ('format', 'tempest-sqlite/1');",
+            )
+            .expect("schema");
+        for record in records {
+            let body = serde_json::to_string(record).expect("serialize");
+            connection.execute("INSERT INTO records (body) VALUES (?1)", params![body]).expect("insert");
+        }
+    }
+
+    #[test]
+    fn batches_written_as_one_row_read_back_in_order_after_format_one_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        write_format_one(&path, &[epoch(1), epoch(2)]);
+        let (journal, records) = SqliteJournal::open(&path).expect("open a format 1 file");
+        assert_eq!(records, vec![epoch(1), epoch(2)]);
+        journal.submit(1, vec![epoch(3), epoch(4)]);
+        journal.submit(2, vec![epoch(5)]);
+        drop(journal);
+        let (_, records) = SqliteJournal::open(&path).expect("reopen");
+        assert_eq!(records, (1..=5).map(epoch).collect::<Vec<_>>());
+        let connection = Connection::open(&path).expect("open");
+        let format: String =
+            connection.query_row("SELECT value FROM meta WHERE key = 'format'", [], |row| row.get(0)).expect("format");
+        assert_eq!(format, FORMAT);
+        let row_count: i64 = connection.query_row("SELECT COUNT(*) FROM records", [], |row| row.get(0)).expect("count");
+        assert!(row_count <= 4, "{row_count} rows: the 3 records written in 2 batches took more than 2 rows");
+    }
+
+    #[test]
+    fn an_unknown_format_and_a_bad_row_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        write_format_one(&path, &[epoch(1)]);
+        let connection = Connection::open(&path).expect("open");
+        connection.execute("INSERT INTO records (body) VALUES ('[{\"Nope\": 1}]')", []).expect("insert");
+        drop(connection);
+        let error = SqliteJournal::open(&path).err().expect("a bad row fails the open").to_string();
+        assert!(error.contains("row 2 of the records table does not decode"), "{error}");
+        let connection = Connection::open(&path).expect("open");
+        connection.execute("UPDATE meta SET value = 'tempest-sqlite/9' WHERE key = 'format'", []).expect("update");
+        drop(connection);
+        let error = SqliteJournal::open(&path).err().expect("an unknown format fails the open").to_string();
+        assert!(error.contains("tempest-sqlite/9"), "{error}");
+    }
 }
