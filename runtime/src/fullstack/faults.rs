@@ -68,7 +68,13 @@ pub enum Action {
 impl FaultPlan {
     /// No faults at all: 1 ms links, nothing else.
     pub fn none() -> FaultPlan {
-        FaultPlan { latency_min_ms: 1, latency_max_ms: 1, partitions: Vec::new(), crashes: Vec::new(), llm_errors: Vec::new() }
+        FaultPlan {
+            latency_min_ms: 1,
+            latency_max_ms: 1,
+            partitions: Vec::new(),
+            crashes: Vec::new(),
+            llm_errors: Vec::new(),
+        }
     }
 
     /// The faults of `seed`.

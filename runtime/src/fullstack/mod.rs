@@ -31,7 +31,7 @@ use crate::services::{LlmBackend, LlmFactory};
 use crate::store::{DurableStore, Journal, MemoryJournal, RunStore, RunView, StoreFuture};
 use check::Evidence;
 use faults::{Action, FaultPlan, LlmError, CLIENT, FAULT_PHASE_MS, LLM, SERVER};
-use net::{TurmoilConnector, TurmoilListener};
+use net::{LocalExecutor, TurmoilConnector, TurmoilListener};
 use serde_json::Value;
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,6 +85,7 @@ pub struct Outcome {
     pub seed: u64,
     pub scenario: String,
     pub failure: Option<CheckFailure>,
+    /// Faults by kind, as injected before the world ended.
     pub faults: BTreeMap<String, u64>,
     pub workflows_accepted: u64,
     pub runs_completed: u64,
@@ -114,7 +115,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Runs one world and its checks. A panic (an engine invariant) is a failure of the check it
 /// names, or of `panic`.
 pub fn run(workload: &Workload, options: &Options) -> Outcome {
-    let world = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| with_clock(simulated_clock, || run_world(workload, options))));
+    let world = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        with_clock(simulated_clock, || run_world(workload, options))
+    }));
     world.unwrap_or_else(|payload| {
         let message = match payload.downcast_ref::<&str>() {
             Some(text) => (*text).to_owned(),
@@ -188,14 +191,25 @@ fn run_world(workload: &Workload, options: &Options) -> Outcome {
     sim.client(CLIENT, drive_client(workload.clone(), evidence.clone(), heal_deadline_ms));
 
     let mut step_count = 0_u64;
+    // Faults by kind as injected: a world that ends early never reaches its later faults.
+    let mut injected = BTreeMap::new();
+    if plan.latency_max_ms > 1 {
+        injected.insert("link_latency".to_owned(), 1);
+    }
     let mut timeline = plan.timeline().into_iter().peekable();
     let stepped = loop {
         let elapsed_ms = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
         while let Some((_, action)) = timeline.next_if(|(at_ms, _)| *at_ms <= elapsed_ms) {
             match action {
-                Action::Partition(a, b) => sim.partition(a, b),
+                Action::Partition(a, b) => {
+                    sim.partition(a, b);
+                    *injected.entry(format!("partition_{a}_{b}")).or_default() += 1;
+                }
                 Action::Repair(a, b) => sim.repair(a, b),
-                Action::Crash => sim.crash(SERVER),
+                Action::Crash => {
+                    sim.crash(SERVER);
+                    *injected.entry("server_crash_restart".to_owned()).or_default() += 1;
+                }
                 Action::Restart => sim.bounce(SERVER),
             }
         }
@@ -208,11 +222,21 @@ fn run_world(workload: &Workload, options: &Options) -> Outcome {
     };
     let simulated_ms = u64::try_from(sim.elapsed().as_millis()).unwrap_or(u64::MAX);
     drop(sim);
+    for error in plan.llm_errors.iter().take(mock.received().len()) {
+        let kind = match error {
+            LlmError::RateLimited => "llm_rate_limited_reply",
+            LlmError::Overloaded => "llm_overloaded_reply",
+        };
+        *injected.entry(kind.to_owned()).or_default() += 1;
+    }
 
     let evidence = lock(&evidence).clone();
     let records = journal.records();
     let failure = match stepped {
-        Err(message) => Some(CheckFailure { check: "check_liveness_after_heal".to_owned(), message: format!("the world did not end: {message}") }),
+        Err(message) => Some(CheckFailure {
+            check: "check_liveness_after_heal".to_owned(),
+            message: format!("the world did not end: {message}"),
+        }),
         Ok(()) => check::run_all(workload, &evidence, &records, heal_deadline_ms).err(),
     };
     let histories: Vec<History> = evidence.histories.values().cloned().collect();
@@ -220,7 +244,7 @@ fn run_world(workload: &Workload, options: &Options) -> Outcome {
         seed: options.seed,
         scenario: workload.scenario.clone(),
         failure,
-        faults: plan.counts(),
+        faults: injected,
         workflows_accepted: evidence.started.len() as u64,
         runs_completed: histories.iter().filter(|h| h.events.last().is_some_and(|e| e.kind.is_terminal())).count()
             as u64,
@@ -265,10 +289,10 @@ async fn serve(life: ServerLife) -> turmoil::Result {
     }
     let store: Arc<dyn RunStore> = Arc::new(Recording { inner: store, evidence });
     let llm: LlmFactory = Box::new(|| {
-        let mut config = crate::llm::Config::new(&format!("http://{LLM}:{LLM_PORT}/v1"), "mock-model")
-            .expect("a valid LLM URL");
+        let mut config =
+            crate::llm::Config::new(&format!("http://{LLM}:{LLM_PORT}/v1"), "mock-model").expect("a valid LLM URL");
         config.timeout = LLM_TIMEOUT;
-        Rc::new(LlmClient::with_connector(config, TurmoilConnector)) as Rc<dyn LlmBackend>
+        Rc::new(LlmClient::with_connector_and_executor(config, TurmoilConnector, LocalExecutor)) as Rc<dyn LlmBackend>
     });
     let mut config = host::Config::new(workload.registry.clone(), workload.activities.clone(), llm);
     config.worker_name = format!("{SERVER}-{life}");
@@ -276,7 +300,7 @@ async fn serve(life: ServerLife) -> turmoil::Result {
     let (_stop, stopped) = watch::channel(false);
     tokio::task::spawn_local(host::run(store.clone(), config, stopped));
     let router = http::app(ApiState { store, registry: workload.registry, token: None }, None);
-    axum::serve(TurmoilListener::bind(API_PORT).await?, router).await?;
+    net::serve_local(TurmoilListener::bind(API_PORT).await?, router).await?;
     Ok(())
 }
 
@@ -373,9 +397,12 @@ async fn drive_workflow(
                 // The run closed before it read the signal: not acknowledged, nothing to check.
                 Tried::Answered(answer) if answer.status == 409 => break,
                 Tried::Answered(answer) => {
-                    lock(&evidence)
-                        .unexpected
-                        .push(format!("signal {id}/{}: {} {}", signal.signal_id, answer.status, answer.error_message()));
+                    lock(&evidence).unexpected.push(format!(
+                        "signal {id}/{}: {} {}",
+                        signal.signal_id,
+                        answer.status,
+                        answer.error_message()
+                    ));
                     break;
                 }
                 Tried::Retry => tokio::time::sleep(RETRY_INTERVAL).await,
@@ -401,7 +428,9 @@ async fn drive_workflow(
     while simulated_clock().0 <= deadline_ms + HISTORY_FETCH_MS {
         match try_once(client.history(&id)).await {
             Tried::Answered(answer) if answer.is_success() => {
-                match History::from_json(&answer.body.to_string()) {
+                // Decoded as is, not validated: a malformed history is for
+                // `check_histories_well_formed` to name.
+                match serde_json::from_value::<History>(answer.body) {
                     Ok(history) => {
                         lock(&evidence).histories.insert(id.clone(), history);
                     }
@@ -409,6 +438,9 @@ async fn drive_workflow(
                 }
                 return;
             }
+            // A run whose first workflow task never completed has no history to serve yet;
+            // if it should have, liveness says so.
+            Tried::Answered(answer) if answer.status == 404 => return,
             Tried::Answered(answer) => {
                 lock(&evidence).unexpected.push(format!("history {id}: {} {}", answer.status, answer.error_message()));
                 return;
@@ -469,7 +501,11 @@ impl RunStore for Recording {
             let lease = polled.await?;
             if let Some(lease) = &lease {
                 let task = &lease.task;
-                lock(&self.evidence).grants.entry((task.run_id.clone(), task.seq, task.attempt)).or_default().insert(worker);
+                lock(&self.evidence)
+                    .grants
+                    .entry((task.run_id.clone(), task.seq, task.attempt))
+                    .or_default()
+                    .insert(worker);
             }
             Ok(lease)
         })

@@ -3,7 +3,8 @@
 //! (the API, the mock provider).
 //!
 //! Owns only the adaptation between turmoil's `TcpStream`/`TcpListener` and hyper's and
-//! axum's traits. It never adds behaviour of its own (no retries, no timeouts, no buffering):
+//! axum's traits, and `LocalExecutor`, which keeps hyper's connection tasks on the host's
+//! `LocalSet`. It never adds behaviour of its own (no retries, no timeouts, no buffering):
 //! whatever the network does reaches the production code unchanged.
 
 use hyper::Uri;
@@ -95,5 +96,41 @@ impl axum::serve::Listener for TurmoilListener {
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.0.local_addr()
+    }
+}
+
+/// Spawns hyper's connection tasks on the current `LocalSet` instead of the runtime.
+///
+/// Why: when turmoil crashes a host it drops the host's runtime, and tokio drops the
+/// runtime's own tasks shard by shard, sharded by task id, a counter global to the process. A
+/// connection dropped sends its FIN over the simulated network, so with runtime tasks the
+/// order of those messages (and of the latency draws behind them) would depend on how many
+/// tasks the process spawned before; a `LocalSet` drops its tasks in the order they were
+/// spawned, so the same seed gives the same world.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalExecutor;
+
+impl<F> hyper::rt::Executor<F> for LocalExecutor
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::task::spawn_local(future);
+    }
+}
+
+/// Serves `router` on `listener`, each connection on its own task of the current
+/// `LocalSet` (see `LocalExecutor` for why not `axum::serve`). Returns only if accepting fails.
+pub async fn serve_local(listener: TurmoilListener, router: axum::Router) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.0.accept().await?;
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::task::spawn_local(async move {
+            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "API connection ended");
+            }
+        });
     }
 }

@@ -86,7 +86,13 @@ pub fn steps(seed: u64) -> Workload {
                 payload: json!({ "approved_by": format!("user-{index}") }),
             });
         }
-        starts.push(Start { at_ms, workflow_id, workflow_type: builtin::WORKFLOW_TYPE.to_owned(), input, repeat: rng.chance(0.3) });
+        starts.push(Start {
+            at_ms,
+            workflow_id,
+            workflow_type: builtin::WORKFLOW_TYPE.to_owned(),
+            input,
+            repeat: rng.chance(0.3),
+        });
     }
     Workload {
         scenario: builtin::WORKFLOW_TYPE.to_owned(),
