@@ -48,9 +48,9 @@ fn full_stack_sweep_passes_and_writes_its_summary() {
         &dir,
         &[
             "sweep",
-            "--all",
+            "hello_llm",
             "--seeds",
-            "3",
+            "4",
             "--seed-base",
             "a1",
             "--mode",
@@ -63,13 +63,13 @@ fn full_stack_sweep_passes_and_writes_its_summary() {
     );
     assert_eq!(output.status.code(), Some(0), "{}{}", stdout(&output), stderr(&output));
     let text = stdout(&output);
-    assert!(text.contains("full-stack sweep of steps, hello_llm"), "{text}");
+    assert!(text.contains("full-stack sweep of hello_llm over seeds 0xa1"), "{text}");
     assert!(text.contains("seeds per second:"), "{text}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("summary written")).expect("summary is JSON");
     assert_eq!(summary["mode"], "full-stack");
-    assert_eq!(summary["seeds"], 6);
-    assert_eq!(summary["passed"], 6);
+    assert_eq!(summary["seeds"], 4);
+    assert_eq!(summary["passed"], 4);
     assert_eq!(summary["failed"], serde_json::json!([]));
 }
 
@@ -93,7 +93,7 @@ fn bad_mode_exits_2_naming_the_value_and_the_modes() {
 fn unsupported_scenarios_and_fast_only_flags_exit_2_naming_them() {
     let dir = Scratch::new("full-stack-unsupported");
     let cases: [(&[&str], &[&str]); 4] = [
-        (&["run", "agent_loop", "--seed", "1", "--mode", "full-stack"], &["agent_loop", "steps", "hello_llm"]),
+        (&["run", "long_sleep", "--seed", "1", "--mode", "full-stack"], &["long_sleep", "steps", "hello_llm"]),
         (&["sweep", "human_approval", "--seeds", "2", "--mode", "full-stack"], &["human_approval", "not supported"]),
         (&["run", "no_such", "--seed", "1", "--mode", "full-stack"], &["no_such", "unknown"]),
         (&["run", "steps", "--seed", "1", "--mode", "full-stack", "--plan", "p.json"], &["--plan"]),

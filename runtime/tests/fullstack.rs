@@ -16,9 +16,13 @@ use tempest_runtime::fullstack::{self, check, workload, Options, Outcome, Worklo
 use tempest_runtime::store::{RunStore, RunView, StoreFuture};
 use tokio::sync::watch;
 
-fn hello_llm(seed: u64) -> Workload {
-    let scenario: Arc<dyn tempest_sim::Scenario> = tempest_scenarios::find("hello_llm").expect("built in").into();
+fn scenario(name: &str, seed: u64) -> Workload {
+    let scenario: Arc<dyn tempest_sim::Scenario> = tempest_scenarios::find(name).expect("built in").into();
     workload::from_scenario(scenario, seed)
+}
+
+fn hello_llm(seed: u64) -> Workload {
+    scenario("hello_llm", seed)
 }
 
 fn assert_passed(outcome: &Outcome) {
@@ -34,7 +38,11 @@ fn assert_passed(outcome: &Outcome) {
 fn full_stack_seeds_pass_every_check_under_faults() {
     let mut faults: BTreeMap<String, u64> = BTreeMap::new();
     let mut runs_completed = 0;
-    let worlds = (0..24).map(|seed| (workload::steps(seed), seed)).chain((0..12).map(|seed| (hello_llm(seed), seed)));
+    let others = ["agent_loop", "rag_ingest", "validated_output"];
+    let worlds = (0..24)
+        .map(|seed| (workload::steps(seed), seed))
+        .chain((0..12).map(|seed| (hello_llm(seed), seed)))
+        .chain(others.iter().flat_map(|name| (0..3).map(move |seed| (scenario(name, seed), seed))));
     for (workload, seed) in worlds {
         let outcome = fullstack::run(&workload, &Options::seeded(seed));
         assert_passed(&outcome);

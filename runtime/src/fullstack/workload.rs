@@ -2,8 +2,8 @@
 //! sends, and how long runs may take after the heal; and the workflow code the server runs.
 //!
 //! Owns the built-in `steps` workload (the runtime's own workflow with flaky activities, a
-//! timer and a signal) and the adapter that turns a simulator scenario (hello_llm) into a
-//! workload, its start times compressed into the fault phase. It never talks to the network.
+//! timer and a signal) and the adapter that turns a simulator scenario (hello_llm, ...) into
+//! a workload, its start times compressed into the fault phase. It never talks to the network.
 
 use super::faults::FAULT_PHASE_MS;
 use crate::builtin;
@@ -107,7 +107,9 @@ pub fn steps(seed: u64) -> Workload {
 
 /// A simulator scenario whose runs need nothing but the LLM and the built-in tools (no
 /// humans): its workload of `seed`, start times compressed into the fault phase, and its
-/// business check over the final histories.
+/// business check over the final histories. The LLM is the mock provider (it echoes, never
+/// calls tools) and the tools are `services::MockTools`, whose side effects the check does not
+/// see: it is given none.
 pub fn from_scenario(scenario: Arc<dyn tempest_sim::Scenario>, seed: u64) -> Workload {
     let mut rng = Rng::new(seed).fork("workload");
     let mut repeats = Rng::new(seed).fork("full-stack-repeats");
