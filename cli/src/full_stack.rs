@@ -30,7 +30,7 @@ pub(crate) enum Mode {
 /// The scenarios the full-stack mode runs: the runtime's `steps` workflow, and the simulator
 /// scenarios whose runs need only the LLM and the runtime's built-in tools. Not
 /// `human_approval` (its signals come from simulated humans) nor `long_sleep` (days of
-/// simulated time at turmoil's 1 ms ticks).
+/// simulated time, a turmoil step per 5 ms of it).
 pub(crate) const SUPPORTED: [&str; 8] =
     ["steps", "hello_llm", "agent_loop", "tool_agent", "rag_ingest", "validated_output", "multi_agent", "saga_booking"];
 
