@@ -62,6 +62,18 @@ fn supported(name: &str) -> Result<&'static str, Error> {
     }
 }
 
+/// Runs one full-stack world. A task of the server that panics (an engine assertion) only
+/// stops that task, and the world then fails on what it caused; the panic's message, caught by
+/// the quiet hook, is added to the failure so it is not lost.
+fn run_world(scenario: &str, seed: u64) -> fullstack::Outcome {
+    crate::simulate::take_last_panic();
+    let mut outcome = fullstack::run(&workload(scenario, seed), &Options::seeded(seed));
+    if let (Some(failure), Some(panic)) = (outcome.failure.as_mut(), crate::simulate::take_last_panic()) {
+        failure.message.push_str(&format!(" (a task panicked: {panic})"));
+    }
+    outcome
+}
+
 /// The workload of a supported scenario for `seed`.
 pub(crate) fn workload(name: &str, seed: u64) -> Workload {
     match name {
@@ -87,7 +99,7 @@ fn faults_line(faults: &BTreeMap<String, u64>) -> String {
 pub(crate) fn run(scenario: &str, seed: u64, record: Option<&Path>, out: &mut impl Write) -> anyhow::Result<Exit> {
     let scenario = supported(scenario)?;
     crate::simulate::install_quiet_panic_hook();
-    let outcome = fullstack::run(&workload(scenario, seed), &Options::seeded(seed));
+    let outcome = run_world(scenario, seed);
     writeln!(out, "scenario {scenario} seed {seed} (full-stack)")?;
     match &outcome.failure {
         None => writeln!(out, "outcome: passed")?,
@@ -186,7 +198,7 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
                 }
                 let scenario = scenarios[(index / request.seed_count) as usize];
                 let seed = request.seed_base.wrapping_add(index % request.seed_count);
-                let outcome = fullstack::run(&workload(scenario, seed), &Options::seeded(seed));
+                let outcome = run_world(scenario, seed);
                 if sender.send(outcome).is_err() {
                     break;
                 }
