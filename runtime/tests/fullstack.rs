@@ -104,6 +104,8 @@ enum Breakage {
     ForeignWorker,
     /// No workflow task is ever handed out.
     StarveWorkflowTasks,
+    /// Every run reads back as a run of another workflow type, so starts are refused (409).
+    WrongTypeOnRead,
 }
 
 /// The server's store with one property broken.
@@ -186,7 +188,25 @@ impl RunStore for Broken {
         self.inner.changes()
     }
     fn run(&self, workflow_id: &str) -> StoreFuture<'_, Option<RunView>> {
-        self.inner.run(workflow_id)
+        let view = self.inner.run(workflow_id);
+        let breakage = self.breakage;
+        Box::pin(async move {
+            let mut view = view.await?;
+            if breakage == Breakage::WrongTypeOnRead {
+                let mut other = view.unwrap_or(RunView {
+                    workflow_id: String::new(),
+                    run_id: String::new(),
+                    workflow_type: String::new(),
+                    status: "running",
+                    result: None,
+                    error: None,
+                    event_count: 0,
+                });
+                other.workflow_type = "another_type".to_owned();
+                view = Some(other);
+            }
+            Ok(view)
+        })
     }
     fn runs(&self, status: Option<&str>) -> StoreFuture<'_, Vec<RunView>> {
         self.inner.runs(status)
@@ -270,6 +290,11 @@ fn check_histories_well_formed_can_fail() {
 #[test]
 fn check_activity_results_recorded_once_can_fail() {
     assert_eq!(failed_check(Breakage::ForeignWorker), "check_activity_results_recorded_once");
+}
+
+#[test]
+fn check_answers_expected_can_fail() {
+    assert_eq!(failed_check(Breakage::WrongTypeOnRead), "check_answers_expected");
 }
 
 #[test]
