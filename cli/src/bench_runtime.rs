@@ -7,8 +7,9 @@
 //! that process's CPU time (`/proc/PID/stat`, user + system, 100 ticks per second), idle and
 //! peak RSS. The same workload then runs in this process through the `RunStore` API, with the
 //! SQLite commit count and records per commit. Also measured in the same run: the disk's
-//! fsync latency (4 KiB appends with `sync_data` next to the database). It prints only what it
-//! measured; `fast_over_full_stack` is `null` until the turmoil full-stack mode exists.
+//! fsync latency (4 KiB appends with `sync_data` next to the database), and seeds per second of
+//! hello_llm in the fast simulator and in the turmoil full-stack mode, one after the other on
+//! one thread (`fast_over_full_stack` is their ratio). It prints only what it measured.
 
 use serde::Serialize;
 use serde_json::json;
@@ -33,6 +34,9 @@ pub(crate) struct Config {
     pub(crate) sequential_run_count: usize,
     pub(crate) warm_up_run_count: usize,
     pub(crate) fsync_sample_count: usize,
+    /// Seeds of hello_llm timed in the fast simulator, then in the full-stack mode.
+    pub(crate) fast_seed_count: u64,
+    pub(crate) full_stack_seed_count: u64,
 }
 
 impl Default for Config {
@@ -43,6 +47,8 @@ impl Default for Config {
             sequential_run_count: 2_000,
             warm_up_run_count: 500,
             fsync_sample_count: 200,
+            fast_seed_count: 500,
+            full_stack_seed_count: 50,
         }
     }
 }
@@ -95,8 +101,10 @@ pub(crate) struct Report {
     sqlite_commit_count_concurrent: u64,
     sqlite_records_per_commit_concurrent: f64,
     sqlite_commit_ms_mean_concurrent: f64,
-    /// Fast-simulator seeds/s over full-stack (turmoil) seeds/s: null, no full-stack mode yet.
+    /// Fast-simulator seeds/s over full-stack (turmoil) seeds/s of the same scenario.
     fast_over_full_stack: Option<f64>,
+    /// The two figures behind the ratio.
+    full_stack: crate::full_stack::Ratio,
 }
 
 struct Phase {
@@ -305,6 +313,8 @@ fn measure(config: &Config, dir: &Path) -> anyhow::Result<Report> {
     host.stop();
 
     let fsync = fsync_latencies_ms(dir, config.fsync_sample_count)?;
+    crate::simulate::install_quiet_panic_hook();
+    let full_stack = crate::full_stack::measure_ratio(config.fast_seed_count, config.full_stack_seed_count)?;
     let per_run = |phase: &Phase, count: usize| phase.cpu_seconds.map(|s| s * 1000.0 / count as f64);
     let (http_concurrent, http_sequential) = http;
     Ok(Report {
@@ -346,7 +356,8 @@ fn measure(config: &Config, dir: &Path) -> anyhow::Result<Report> {
         sqlite_commit_count_concurrent: commit_count,
         sqlite_records_per_commit_concurrent: record_count as f64 / commit_count.max(1) as f64,
         sqlite_commit_ms_mean_concurrent: commit_us as f64 / 1000.0 / commit_count.max(1) as f64,
-        fast_over_full_stack: None,
+        fast_over_full_stack: Some(full_stack.fast_over_full_stack),
+        full_stack,
     })
 }
 
@@ -418,7 +429,18 @@ impl Report {
             "  fsync: p50 {:.3} ms, p99 {:.3} ms (4 KiB append + fdatasync)",
             self.fsync_ms, self.fsync_ms_p99
         )?;
-        writeln!(out, "  fast_over_full_stack: not measured (the turmoil full-stack mode is not built yet)")
+        let ratio = &self.full_stack;
+        writeln!(
+            out,
+            "  {} seeds/s on one thread: fast simulator {:.0} ({} seeds), full-stack over turmoil {:.1} ({} seeds); \
+             fast_over_full_stack {:.0}",
+            ratio.scenario,
+            ratio.fast_seeds_per_second,
+            ratio.fast_seed_count,
+            ratio.full_stack_seeds_per_second,
+            ratio.full_stack_seed_count,
+            ratio.fast_over_full_stack,
+        )
     }
 }
 

@@ -10,6 +10,7 @@ mod bench_runtime;
 mod bench_sim;
 mod debug;
 mod fork;
+mod full_stack;
 mod replay;
 mod report;
 mod serve;
@@ -101,6 +102,9 @@ struct RunArgs {
     /// Run every check after every step, not only at the end (slower; names the step)
     #[arg(long)]
     check_every_step: bool,
+    /// fast: the simulator; full-stack: the runtime's real network code over turmoil
+    #[arg(long, value_enum, default_value = "fast")]
+    mode: full_stack::Mode,
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +127,9 @@ struct SweepArgs {
     /// Also write the summary as JSON to this file
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// fast: the simulator; full-stack: the runtime's real network code over turmoil
+    #[arg(long, value_enum, default_value = "fast")]
+    mode: full_stack::Mode,
 }
 
 #[derive(Debug, Args)]
@@ -314,6 +321,22 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             BenchTarget::Runtime => bench_runtime(&args, &mut out),
         },
         Command::Scenarios => simulate::list(&mut out),
+        Command::Run(args) if args.mode == full_stack::Mode::FullStack => {
+            full_stack::refuse_flag(args.plan.is_some(), "--plan")?;
+            full_stack::refuse_flag(args.trace, "--trace")?;
+            full_stack::refuse_flag(args.check_every_step, "--check-every-step")?;
+            full_stack::run(&args.scenario, args.seed, args.record.as_deref(), &mut out)
+        }
+        Command::Sweep(args) if args.mode == full_stack::Mode::FullStack => full_stack::sweep(
+            full_stack::SweepRequest {
+                scenario: args.scenario.as_deref(),
+                seed_count: args.seeds,
+                seed_base: args.seed_base,
+                jobs: args.jobs,
+                json: args.json.as_deref(),
+            },
+            &mut out,
+        ),
         Command::Run(args) => simulate::run(
             simulate::RunRequest {
                 scenario: &args.scenario,
@@ -520,6 +543,9 @@ mod tests {
             &["bench", "sim"],
             &["bench", "sim", "--json", "b.json", "--seeds", "200", "--jobs", "2", "--waiting-runs", "1000"],
             &["bench", "runtime", "--json", "b.json"],
+            &["run", "steps", "--seed", "3", "--mode", "full-stack"],
+            &["sweep", "--all", "--seeds", "10", "--mode", "full-stack", "--jobs", "2", "--json", "s.json"],
+            &["sweep", "hello_llm", "--seeds", "10", "--mode", "fast"],
         ];
         for line in lines {
             if let Err(error) = parse(line) {
@@ -550,6 +576,8 @@ mod tests {
             &["start", "hello_llm"],
             &["signal", "h1"],
             &["bench", "everything"],
+            &["run", "hello_llm", "--seed", "1", "--mode", "bogus"],
+            &["sweep", "--all", "--seeds", "10", "--mode", "bogus"],
         ];
         for line in lines {
             match parse(line) {

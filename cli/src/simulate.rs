@@ -57,6 +57,11 @@ pub(crate) fn install_quiet_panic_hook() {
     }));
 }
 
+/// The last panic the quiet hook caught on this thread, if any since the last call.
+pub(crate) fn take_last_panic() -> Option<String> {
+    LAST_PANIC.with(|p| p.borrow_mut().take())
+}
+
 /// Runs one world; the quiet hook has stored the panic's location for the message.
 fn run_world(scenario: &dyn Scenario, options: Options) -> tempest_sim::Outcome {
     let mut outcome = tempest_sim::world::run_catching(scenario, options);

@@ -7,10 +7,15 @@
 //! virtual time: a workflow-task dispatcher, an activity dispatcher (within the engine's rate
 //! `Limiter`), and a ticker. Workflow and activity futures use `Rc` and stay on this thread.
 //! It never decides anything about a run: every decision is the store's or the engine's.
+//!
+//! Time: everything in the runtime reads the clock through `now()`, the wall clock in
+//! production. A full-stack world (`fullstack`) runs these same loops inside turmoil's
+//! runtime and installs its simulated clock for its thread with `with_clock`; that is the only
+//! difference between the two.
 
 use crate::services::{HostServices, LlmFactory, MockTools};
 use crate::store::RunStore;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,10 +29,39 @@ use tempest_engine::{Registry, Time};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::LocalSet;
 
-/// The wall clock as engine time: milliseconds since the Unix epoch.
+thread_local! {
+    /// The clock `with_clock` installed on this thread; none in production.
+    static CLOCK: Cell<Option<fn() -> Time>> = const { Cell::new(None) };
+}
+
+/// Engine time: the wall clock, unless a simulated world installed its clock on this thread.
 pub fn now() -> Time {
+    match CLOCK.with(Cell::get) {
+        Some(clock) => clock(),
+        None => wall_clock(),
+    }
+}
+
+/// The wall clock as engine time: milliseconds since the Unix epoch.
+pub fn wall_clock() -> Time {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     Time(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs `body` with `clock` as this thread's `now()`, then puts the previous clock back.
+///
+/// Why per thread and not a field of `Config`: the HTTP handlers read the time too, and a
+/// turmoil simulation runs every host (server, client, LLM) on the one thread that steps it,
+/// all on the one simulated clock. Sweeps run one world per thread, each with its own clock.
+pub fn with_clock<T>(clock: fn() -> Time, body: impl FnOnce() -> T) -> T {
+    struct Restore(Option<fn() -> Time>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CLOCK.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CLOCK.with(|c| c.replace(Some(clock))));
+    body()
 }
 
 /// What the host runs.
@@ -138,7 +172,10 @@ struct Worker {
     awaiting_ack: RefCell<BTreeMap<String, Rc<Notify>>>,
 }
 
-async fn run(store: Arc<dyn RunStore>, config: Config, mut stopped: watch::Receiver<bool>) {
+/// The host's loops as one future, for a caller that already runs a current-thread runtime
+/// and a `LocalSet` (`Host::start` on its own thread; a full-stack world inside turmoil's
+/// host). It spawns the loops with `spawn_local` and returns once `stopped` turns true.
+pub async fn run(store: Arc<dyn RunStore>, config: Config, mut stopped: watch::Receiver<bool>) {
     let services: Rc<dyn Services> =
         Rc::new(HostServices { llm: (config.llm)(), tools: Rc::new(MockTools::default()) });
     let worker = Rc::new(Worker {

@@ -6,8 +6,9 @@
 //! commit), `host` (the worker thread that drives the protocol), `services` (the LLM seam and
 //! built-in tools), `http` (the API), `client` (its HTTP client), `builtin` (the `steps`
 //! workflow of the benchmark and crash test), `llm` (the OpenAI-compatible client and a mock
-//! provider), `web` (the page at `/`). It never decides anything about a run: every
-//! decision is the engine's, exactly as in the simulator.
+//! provider), `web` (the page at `/`), `fullstack` (all of it over turmoil's simulated
+//! network, clock and crashes, with the simulator's checks). It never decides anything about
+//! a run: every decision is the engine's, exactly as in the simulator.
 //!
 //! Embedding: build a `Registry` and `Activities` of your own, open a store
 //! (`sqlite::open_store`), and `host::Host::start` it; `examples/embedded.rs` shows it.
@@ -15,6 +16,7 @@
 pub mod builtin;
 pub mod client;
 pub mod conformance;
+pub mod fullstack;
 pub mod host;
 pub mod http;
 pub mod llm;

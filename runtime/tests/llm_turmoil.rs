@@ -3,103 +3,21 @@
 //! a partition between them turns into the same `Failure` a real network outage gives.
 //!
 //! The only simulation-specific code is the connector (turmoil's `TcpStream` behind hyper's
-//! connector interface) and the listener the mock is served on; everything between them is
-//! the production code.
+//! connector interface) and the listener the mock is served on, both in `fullstack::net`;
+//! everything between them is the production code.
 
-use hyper::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
 use serde_json::json;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tempest_engine::services::{LlmRequest, Message};
 use tempest_engine::Failure;
+use tempest_runtime::fullstack::net::{TurmoilConnector, TurmoilListener};
 use tempest_runtime::llm::mock_server::{MockServer, Reply};
 use tempest_runtime::llm::{Config, LlmClient};
 
 const LLM_HOST: &str = "llm";
 const LLM_PORT: u16 = 8080;
-
-/// Opens connections over turmoil's network, resolving host names through its DNS.
-#[derive(Clone)]
-struct TurmoilConnector;
-
-struct TurmoilStream(TokioIo<turmoil::net::TcpStream>);
-
-impl tower_service::Service<Uri> for TurmoilConnector {
-    type Response = TurmoilStream;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<TurmoilStream>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        Box::pin(async move {
-            let host = uri.host().ok_or_else(|| std::io::Error::other(format!("{uri}: no host")))?.to_owned();
-            let port = uri.port_u16().unwrap_or(80);
-            let stream = turmoil::net::TcpStream::connect((host.as_str(), port)).await?;
-            Ok(TurmoilStream(TokioIo::new(stream)))
-        })
-    }
-}
-
-impl Connection for TurmoilStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl hyper::rt::Read for TurmoilStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for TurmoilStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-/// turmoil's listener, as axum serves from it.
-struct TurmoilListener(turmoil::net::TcpListener);
-
-impl axum::serve::Listener for TurmoilListener {
-    type Io = turmoil::net::TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok(accepted) => return accepted,
-                Err(e) => tracing::warn!(error = %e, "accept failed"),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-}
 
 fn request(question: &str) -> LlmRequest {
     LlmRequest {

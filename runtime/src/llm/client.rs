@@ -15,6 +15,8 @@ use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tempest_engine::ratelimit::Limiter;
@@ -75,7 +77,16 @@ where
     /// A client whose connections come from `connector` (any `tower::Service<Uri>` whose
     /// streams hyper can drive).
     pub fn with_connector(config: Config, connector: C) -> LlmClient<C> {
-        let http = Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(connector);
+        LlmClient::with_connector_and_executor(config, connector, TokioExecutor::new())
+    }
+
+    /// A client whose connection tasks run on `executor` (the full-stack mode keeps them on
+    /// the host's `LocalSet`, so a simulated crash drops them in a fixed order).
+    pub fn with_connector_and_executor<E>(config: Config, connector: C, executor: E) -> LlmClient<C>
+    where
+        E: hyper::rt::Executor<Pin<Box<dyn Future<Output = ()> + Send>>> + Send + Sync + Clone + 'static,
+    {
+        let http = Client::builder(executor).pool_timer(TokioTimer::new()).build(connector);
         let key = config.limiter_key();
         let limiter = Limiter::new(BTreeMap::from([(key.clone(), config.limit.clone())]));
         let limiter = Arc::new(SharedLimiter {
