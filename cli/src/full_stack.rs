@@ -108,7 +108,7 @@ pub(crate) fn run(scenario: &str, seed: u64, record: Option<&Path>, out: &mut im
     writeln!(out, "workflows: {} accepted, {} runs completed", outcome.workflows_accepted, outcome.runs_completed)?;
     writeln!(out, "faults: {}", faults_line(&outcome.faults))?;
     writeln!(out, "simulated: {:.1} s in {} steps", outcome.simulated_ms as f64 / 1000.0, outcome.step_count)?;
-    writeln!(out, "digest: {}", outcome.digest)?;
+    writeln!(out, "outcome digest: {}", outcome.digest)?;
     if let Some(dir) = record {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for history in &outcome.histories {

@@ -13,7 +13,7 @@ use tempest_runtime::fullstack::{self, workload, Options};
 fn digest(output: &Output) -> String {
     let text = stdout(output);
     text.lines()
-        .find_map(|line| line.strip_prefix("digest: "))
+        .find_map(|line| line.strip_prefix("outcome digest: "))
         .unwrap_or_else(|| panic!("no digest line in:\n{text}"))
         .to_owned()
 }
