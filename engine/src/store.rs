@@ -344,7 +344,7 @@ impl Store {
             workflow_type: workflow_type.to_owned(),
             workflow_id: workflow_id.to_owned(),
             run_id: run_id.clone(),
-            input,
+            input: input.into(),
             parent: None,
             continued_from: None,
         };
@@ -369,7 +369,7 @@ impl Store {
         let Some(run_id) = self.latest_run(workflow_id).map(str::to_owned) else {
             return (SignalStatus::UnknownWorkflow, Vec::new());
         };
-        let Some(kind) = self.runs[&run_id].logical.signal(signal_id, name, payload) else {
+        let Some(kind) = self.runs[&run_id].logical.signal(signal_id, name, payload.into()) else {
             return (SignalStatus::RunClosed, Vec::new());
         };
         let record = Record::Inbox { run_id, time_ms: now, kind };
