@@ -636,6 +636,9 @@ pub struct World<'s> {
     /// When the world begins: zero, or the last event of its seeded histories.
     began_at: Time,
     digest: Digest,
+    /// Reused to serialize records for the disk and histories for the digest, so each one
+    /// costs no allocation of its own.
+    scratch: Vec<u8>,
     step_count: u64,
     heal_at: Time,
     /// A run closed since the last look: time to see whether the world is done.
@@ -745,6 +748,7 @@ impl<'s> World<'s> {
             gate: Gate::new(&options.plan),
             began_at,
             digest: Digest::new(),
+            scratch: Vec::new(),
             step_count: 0,
             heal_at,
             run_closed: false,
@@ -835,7 +839,8 @@ impl<'s> World<'s> {
     }
 
     fn trace(&mut self, now: Time, ev: &Ev) {
-        let mut bytes = now.as_ms().to_le_bytes().to_vec();
+        let mut bytes = TraceBytes::default();
+        bytes.extend(now.as_ms().to_le_bytes());
         match ev {
             Ev::Deliver { from, to, msg } => {
                 bytes.extend([0, msg.tag()]);
@@ -866,7 +871,7 @@ impl<'s> World<'s> {
             }
             Ev::LivenessDeadline => bytes.extend([5]),
         }
-        self.digest.update(&bytes);
+        self.digest.update(bytes.as_slice());
     }
 
     fn next_req_id(&mut self) -> u64 {
@@ -1156,7 +1161,9 @@ impl<'s> World<'s> {
             return;
         }
         for record in &records {
-            self.store.disk.append(&serde_json::to_vec(record).expect("records serialize"));
+            self.scratch.clear();
+            serde_json::to_writer(&mut self.scratch, record).expect("records serialize");
+            self.store.disk.append(&self.scratch);
             self.note_record(now, record);
         }
         self.store.unsynced = true;
@@ -1917,7 +1924,9 @@ impl<'s> World<'s> {
             }
         }
         for history in &histories {
-            self.digest.update(&serde_json::to_vec(history).expect("histories serialize"));
+            self.scratch.clear();
+            serde_json::to_writer(&mut self.scratch, history).expect("histories serialize");
+            self.digest.update(&self.scratch);
         }
         let mut faults = self.counts.clone();
         faults.merge(self.network.fault_counts());
@@ -1941,6 +1950,25 @@ impl<'s> World<'s> {
             histories: if self.options.keep_histories { histories } else { Vec::new() },
             injected,
         }
+    }
+}
+
+/// The bytes one agenda event adds to the trace digest, built on the stack: the trace is
+/// digested at every step, and its longest entry (time, tag, two host ids) is 18 bytes.
+#[derive(Default)]
+struct TraceBytes {
+    buf: [u8; 18],
+    len: usize,
+}
+
+impl TraceBytes {
+    fn extend<const N: usize>(&mut self, part: [u8; N]) {
+        self.buf[self.len..self.len + N].copy_from_slice(&part);
+        self.len += N;
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
