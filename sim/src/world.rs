@@ -1881,8 +1881,23 @@ impl<'s> World<'s> {
         open
     }
 
+    /// Whether every start is acknowledged and every accepted workflow's latest run closed:
+    /// `open_workflows` is empty. Asked whenever a run closes, so it stops at the first open
+    /// workflow instead of listing them all.
     fn all_done(&mut self) -> bool {
-        self.store.up && self.open_workflows().is_empty()
+        if !self.store.up {
+            return false;
+        }
+        let store = self.store.protocol.store();
+        let open = |wid: &String| {
+            store
+                .latest_run(wid)
+                .is_none_or(|run| store.status(run).is_none_or(|s| s == tempest_engine::run::Status::Running))
+        };
+        if self.evidence.accepted_starts.iter().any(open) {
+            return false;
+        }
+        !self.workload.iter().any(|s| !self.evidence.accepted_starts.contains(&s.workflow_id))
     }
 
     /// Every fault injected at a decision point so far, in time order.
