@@ -587,7 +587,9 @@ enum Pending {
 }
 
 struct WorkerHost {
-    name: String,
+    /// Shared, since the store host names the requesting worker on every message and every
+    /// held poll it looks at again.
+    name: Rc<str>,
     up: bool,
     incarnation: u32,
     workflows: WorkflowWorker,
@@ -684,7 +686,7 @@ impl<'s> World<'s> {
         let registry = scenario.registry();
         let workers = (0..options.worker_count)
             .map(|index| WorkerHost {
-                name: format!("worker-{}", index + 1),
+                name: format!("worker-{}", index + 1).into(),
                 up: true,
                 incarnation: 0,
                 workflows: WorkflowWorker::new(registry.clone(), STICKY_CACHE_LEN_MAX),
