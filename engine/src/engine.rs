@@ -7,7 +7,7 @@
 //! same order. It never performs an effect itself.
 
 use crate::activity::{Failure, Options};
-use crate::history::{ChildOutcome, Event, History, Kind, Parent};
+use crate::history::{ChildOutcome, Event, History, Kind, Parent, Payload};
 use crate::machine::{self, Machine};
 use crate::run::{AttemptReport, ChildState, RunState};
 use crate::time::Time;
@@ -82,7 +82,7 @@ pub struct ActivityTask {
     /// 1-based.
     pub attempt: u32,
     pub activity_type: String,
-    pub input: Value,
+    pub input: crate::history::Payload,
     pub idempotency_key: String,
     /// Do not start before this time (retry backoff, `Retry-After`).
     pub not_before: Time,
@@ -363,7 +363,7 @@ impl Engine {
                     return Err(Error::UnknownWorkflowType(workflow_type));
                 }
                 let run_id = first_run_id(&workflow_id);
-                self.start_run(now, workflow_type, workflow_id, run_id, input, None, None, effects, &mut work)?;
+                self.start_run(now, workflow_type, workflow_id, run_id, input.into(), None, None, effects, &mut work)?;
             }
             Input::ActivityCompleted { run_id, seq, attempt, output, worker } => {
                 let state = &self.run(&run_id)?.state;
@@ -402,7 +402,7 @@ impl Engine {
                     .latest_run(&workflow_id)
                     .ok_or_else(|| Error::UnknownWorkflow(workflow_id.clone()))?
                     .to_owned();
-                if let Some(kind) = self.runs[&run_id].state.signal(&signal_id, &name, payload) {
+                if let Some(kind) = self.runs[&run_id].state.signal(&signal_id, &name, payload.into()) {
                     work.push_back((run_id, kind));
                 }
             }
@@ -544,7 +544,7 @@ impl Engine {
         seq: u32,
         workflow_type: String,
         workflow_id: String,
-        input: Value,
+        input: Payload,
         now: Time,
         effects: &mut Vec<Effect>,
         work: &mut VecDeque<(String, Kind)>,
@@ -608,7 +608,7 @@ impl Engine {
         workflow_type: String,
         workflow_id: String,
         run_id: String,
-        input: Value,
+        input: Payload,
         parent: Option<Parent>,
         continued_from: Option<String>,
         effects: &mut Vec<Effect>,

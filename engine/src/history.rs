@@ -10,6 +10,13 @@ use crate::time::Time;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
+use std::sync::Arc;
+
+/// A JSON value an event carries (a run's input, an activity's input or output, a signal's
+/// payload). Shared, not copied: an event is cloned into the store, its inbox, its records,
+/// workflow tasks and replays, and a conversation payload grows with every agent turn, so a
+/// clone must not copy it. It reads and writes exactly as the `Value` inside.
+pub type Payload = Arc<Value>;
 
 /// The format tag written into every history file.
 pub const FORMAT: &str = "tempest-history/1";
@@ -53,7 +60,7 @@ pub enum Marker {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ChildOutcome {
-    Completed { output: Value },
+    Completed { output: Payload },
     Failed { error: String },
     Canceled,
 }
@@ -66,7 +73,7 @@ pub enum Kind {
         workflow_type: String,
         workflow_id: String,
         run_id: String,
-        input: Value,
+        input: Payload,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         parent: Option<Parent>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,7 +82,7 @@ pub enum Kind {
     ActivityCompleted {
         seq: u32,
         attempt: u32,
-        output: Value,
+        output: Payload,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         worker: Option<String>,
     },
@@ -102,7 +109,7 @@ pub enum Kind {
     SignalReceived {
         signal_id: String,
         name: String,
-        payload: Value,
+        payload: Payload,
     },
     CancelRequested {
         reason: String,
@@ -115,7 +122,7 @@ pub enum Kind {
     ActivityScheduled {
         seq: u32,
         activity_type: String,
-        input: Value,
+        input: Payload,
         idempotency_key: String,
         options: Options,
     },
@@ -128,7 +135,7 @@ pub enum Kind {
         seq: u32,
         workflow_type: String,
         workflow_id: String,
-        input: Value,
+        input: Payload,
     },
     MarkerRecorded {
         seq: u32,
@@ -136,14 +143,14 @@ pub enum Kind {
         marker: Marker,
     },
     WorkflowCompleted {
-        output: Value,
+        output: Payload,
     },
     WorkflowFailed {
         error: String,
     },
     WorkflowCanceled,
     WorkflowContinuedAsNew {
-        input: Value,
+        input: Payload,
         next_run_id: String,
     },
 }

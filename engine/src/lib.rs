@@ -25,7 +25,7 @@ pub mod testing;
 
 pub use activity::Failure;
 pub use engine::{ActivityTask, Effect, Engine, Input, TimerId};
-pub use history::{Event, History, Kind};
+pub use history::{Event, History, Kind, Payload};
 pub use machine::{Machine, Nondeterminism};
 pub use retry::RetryPolicy;
 pub use run::RunState;

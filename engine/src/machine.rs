@@ -240,7 +240,7 @@ impl Machine {
             nondeterminism: None,
             queries: BTreeMap::new(),
         }));
-        let future = factory(Ctx::new(shared.clone()), input.clone());
+        let future = factory(Ctx::new(shared.clone()), Value::clone(input));
         let flag = Arc::new(Flag(AtomicBool::new(false)));
         let waker = Waker::from(flag.clone());
         let mut machine = Machine { shared, future: Some(future), flag, waker };
@@ -352,12 +352,12 @@ impl Machine {
 
     fn terminal_command(&self, result: Result<Value, WorkflowError>) -> Kind {
         match result {
-            Ok(output) => Kind::WorkflowCompleted { output },
+            Ok(output) => Kind::WorkflowCompleted { output: output.into() },
             Err(WorkflowError::Canceled) => Kind::WorkflowCanceled,
             Err(WorkflowError::ContinueAsNew { input }) => {
                 let shared = self.shared.borrow();
                 let next_run_id = crate::workflow::next_run_id(&shared.workflow_id, &shared.run_id);
-                Kind::WorkflowContinuedAsNew { input, next_run_id }
+                Kind::WorkflowContinuedAsNew { input: input.into(), next_run_id }
             }
             Err(error) => Kind::WorkflowFailed { error: error.to_string() },
         }
@@ -427,7 +427,7 @@ fn batch_after(events: &[Event], index: usize) -> (VecDeque<Event>, Option<usize
 fn apply_input(shared: &mut Shared, kind: &Kind) {
     match kind {
         Kind::ActivityCompleted { seq, output, .. } => {
-            shared.resolve(*seq, Resolution::Activity(Ok(output.clone())));
+            shared.resolve(*seq, Resolution::Activity(Ok(Value::clone(output))));
         }
         Kind::ActivityFailed { seq, attempt, cause, failure, .. } => {
             let activity_type = String::new();
@@ -447,7 +447,7 @@ fn apply_input(shared: &mut Shared, kind: &Kind) {
                 .signals
                 .entry(name.clone())
                 .or_default()
-                .push_back(SignalRecord { signal_id: signal_id.clone(), payload: payload.clone() });
+                .push_back(SignalRecord { signal_id: signal_id.clone(), payload: Value::clone(payload) });
             shared.wake_signal_waiters(name);
         }
         Kind::CancelRequested { .. } => {

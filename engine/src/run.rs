@@ -7,7 +7,7 @@
 //! files, so it returns an error instead of panicking. It never polls workflow code.
 
 use crate::activity::{Cause, Failure, Options};
-use crate::history::{ChildOutcome, Event, Kind, Parent};
+use crate::history::{ChildOutcome, Event, Kind, Parent, Payload};
 use crate::retry::Decision;
 use crate::time::Time;
 use serde::Serialize;
@@ -41,7 +41,7 @@ impl Status {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ActivityState {
     pub activity_type: String,
-    pub input: Value,
+    pub input: Payload,
     pub idempotency_key: String,
     pub options: Options,
     pub scheduled_at: Time,
@@ -70,7 +70,7 @@ pub struct TimerState {
 pub struct ChildState {
     pub workflow_type: String,
     pub workflow_id: String,
-    pub input: Value,
+    pub input: Payload,
     pub outcome: Option<ChildOutcome>,
 }
 
@@ -296,7 +296,9 @@ impl RunState {
         }
         let activity = self.activities.get(&seq).filter(|a| !a.closed && a.attempt == attempt)?;
         Some(match report {
-            AttemptReport::Completed { output } => Kind::ActivityCompleted { seq, attempt, output, worker },
+            AttemptReport::Completed { output } => {
+                Kind::ActivityCompleted { seq, attempt, output: output.into(), worker }
+            }
             AttemptReport::Failed { failure } => {
                 let decision = activity.options.retry.decide(attempt, &failure, &activity.idempotency_key);
                 match decision {
@@ -338,7 +340,7 @@ impl RunState {
     }
 
     /// The event a signal turns into, or `None` if this signal id is already recorded.
-    pub fn signal(&self, signal_id: &str, name: &str, payload: Value) -> Option<Kind> {
+    pub fn signal(&self, signal_id: &str, name: &str, payload: Payload) -> Option<Kind> {
         let fresh = !self.is_closed() && !self.signal_ids.contains(signal_id);
         fresh.then(|| Kind::SignalReceived { signal_id: signal_id.to_owned(), name: name.to_owned(), payload })
     }

@@ -7,6 +7,7 @@
 
 use crate::activity::Failure;
 use crate::engine::ActivityTask;
+use crate::history::Payload;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -124,7 +125,7 @@ impl ActivityCtx {
 }
 
 pub type ActivityFuture = Pin<Box<dyn Future<Output = Result<Value, Failure>>>>;
-type ActivityFn = Arc<dyn Fn(ActivityCtx, Value) -> ActivityFuture + Send + Sync>;
+type ActivityFn = Arc<dyn Fn(ActivityCtx, Payload) -> ActivityFuture + Send + Sync>;
 
 /// Activity implementations by activity type.
 #[derive(Clone, Default)]
@@ -146,11 +147,12 @@ impl Activities {
     {
         let implementation = Arc::new(implementation);
         let activity_type_owned = activity_type.to_owned();
-        let function: ActivityFn = Arc::new(move |ctx: ActivityCtx, input: Value| {
+        let function: ActivityFn = Arc::new(move |ctx: ActivityCtx, input: Payload| {
             let implementation = implementation.clone();
             let activity_type = activity_type_owned.clone();
             Box::pin(async move {
-                let input: I = serde_json::from_value(input).map_err(|e| Failure::Refused {
+                // Decoded from the shared payload in place: an attempt copies nothing it only reads.
+                let input: I = I::deserialize(&*input).map_err(|e| Failure::Refused {
                     message: format!("activity {activity_type}: input does not decode: {e}"),
                 })?;
                 let output = implementation(ctx, input).await?;
@@ -164,7 +166,7 @@ impl Activities {
     }
 
     /// Starts one attempt; an unknown activity type fails it as not retryable.
-    pub fn start(&self, ctx: ActivityCtx, input: Value) -> ActivityFuture {
+    pub fn start(&self, ctx: ActivityCtx, input: Payload) -> ActivityFuture {
         let activity_type = ctx.task.activity_type.clone();
         match self.implementations.get(&activity_type) {
             Some(function) => function(ctx, input),

@@ -259,15 +259,22 @@ impl Store {
             }
         }
         let active = !run.logical.is_closed() && (!run.inbox.is_empty() || !entries.is_empty());
-        if active {
-            self.active.insert(run_id.to_owned());
-        } else {
+        if !active {
             self.active.remove(run_id);
+        } else if !self.active.contains(run_id) {
+            self.active.insert(run_id.to_owned());
         }
-        if active && !run.inbox.is_empty() {
-            self.with_inbox.insert(run_id.to_owned());
-        } else {
+        let has_inbox = active && !run.inbox.is_empty();
+        if !has_inbox {
             self.with_inbox.remove(run_id);
+        } else if !self.with_inbox.contains(run_id) {
+            self.with_inbox.insert(run_id.to_owned());
+        }
+        // Most refreshes change nothing that falls due (an append that scheduled nothing, a
+        // lease on a run with other open work): then the index already holds these entries.
+        let unchanged = self.due_of.get(run_id).map_or(entries.is_empty(), |old| *old == entries);
+        if unchanged {
+            return;
         }
         for (time, due) in self.due_of.remove(run_id).unwrap_or_default() {
             self.due.remove(&(time, run_id.to_owned(), due));
@@ -344,7 +351,7 @@ impl Store {
             workflow_type: workflow_type.to_owned(),
             workflow_id: workflow_id.to_owned(),
             run_id: run_id.clone(),
-            input,
+            input: input.into(),
             parent: None,
             continued_from: None,
         };
@@ -369,7 +376,7 @@ impl Store {
         let Some(run_id) = self.latest_run(workflow_id).map(str::to_owned) else {
             return (SignalStatus::UnknownWorkflow, Vec::new());
         };
-        let Some(kind) = self.runs[&run_id].logical.signal(signal_id, name, payload) else {
+        let Some(kind) = self.runs[&run_id].logical.signal(signal_id, name, payload.into()) else {
             return (SignalStatus::RunClosed, Vec::new());
         };
         let record = Record::Inbox { run_id, time_ms: now, kind };

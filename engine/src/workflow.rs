@@ -326,7 +326,7 @@ impl<O: DeserializeOwned> ActivityCall<O> {
         shared.issue(Kind::ActivityScheduled {
             seq,
             activity_type: self.activity_type.clone(),
-            input: self.input,
+            input: self.input.into(),
             idempotency_key,
             options: self.options,
         });
@@ -454,7 +454,7 @@ impl<O: DeserializeOwned> ChildCall<O> {
             seq,
             workflow_type: self.workflow_type,
             workflow_id: workflow_id.clone(),
-            input: self.input,
+            input: self.input.into(),
         });
         shared.register(seq, PendingKind::Child);
         ChildFuture { shared: self.ctx.shared.clone(), seq, workflow_id, output: PhantomData }
@@ -484,7 +484,7 @@ impl<O: DeserializeOwned> Future for ChildFuture<O> {
         match take_resolution(&self.shared, self.seq, cx) {
             None => Poll::Pending,
             Some(Resolution::Child(ChildOutcome::Completed { output })) => {
-                Poll::Ready(serde_json::from_value(output).map_err(Into::into))
+                Poll::Ready(serde_json::from_value(Value::clone(&output)).map_err(Into::into))
             }
             Some(Resolution::Child(ChildOutcome::Failed { error })) => {
                 Poll::Ready(Err(WorkflowError::Child { workflow_id: self.workflow_id.clone(), error }))

@@ -283,15 +283,15 @@ async fn activity_code_reaches_the_provider_through_services() {
         seq: 1,
         attempt,
         activity_type: "write".to_owned(),
-        input: json!("rain"),
+        input: json!("rain").into(),
         idempotency_key: "r1:1".to_owned(),
         not_before: Time::ZERO,
         options: Options::default(),
         previous_failure: None,
     };
-    let first = activities.start(ActivityCtx::new(task(1), services.clone()), json!("rain")).await;
+    let first = activities.start(ActivityCtx::new(task(1), services.clone()), json!("rain").into()).await;
     assert_eq!(first, Err(Failure::Overloaded { retry_after_ms: None }));
-    let second = activities.start(ActivityCtx::new(task(2), services), json!("rain")).await;
+    let second = activities.start(ActivityCtx::new(task(2), services), json!("rain").into()).await;
     assert_eq!(second, Ok(json!(r#"{"answer": "a haiku"}"#)));
     assert_eq!(mock.received()[1].body["messages"][0]["content"], "write about rain");
 }

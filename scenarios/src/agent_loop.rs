@@ -185,7 +185,7 @@ impl Scenario for AgentLoop {
             let Kind::WorkflowCompleted { output } = &last.kind else {
                 continue;
             };
-            let output: AgentOutput = serde_json::from_value(output.clone())
+            let output: AgentOutput = serde_json::from_value(serde_json::Value::clone(output))
                 .map_err(|e| format!("run {}: output {output} is not an agent output: {e}", history.run_id))?;
             let limit = match &history.events[0].kind {
                 Kind::WorkflowStarted { input, .. } => input["turn_limit"].as_u64().unwrap_or(0) as u32,

@@ -53,7 +53,7 @@ pub(crate) fn completed_output<T: serde::de::DeserializeOwned>(
     let Some(tempest_engine::Kind::WorkflowCompleted { output }) = history.events.last().map(|e| &e.kind) else {
         return Ok(None);
     };
-    serde_json::from_value(output.clone())
+    serde_json::from_value(serde_json::Value::clone(output))
         .map(Some)
         .map_err(|e| format!("run {}: output {output} does not decode: {e}", history.run_id))
 }
@@ -69,7 +69,7 @@ pub(crate) fn scheduled<'h>(
         .iter()
         .filter_map(|e| match &e.kind {
             tempest_engine::Kind::ActivityScheduled { seq, activity_type: t, input, .. } if t == activity_type => {
-                Some((*seq, input))
+                Some((*seq, &**input))
             }
             _ => None,
         })

@@ -200,7 +200,7 @@ impl Scenario for HumanApproval {
             let Some(Kind::WorkflowCompleted { output }) = history.events.last().map(|e| &e.kind) else {
                 continue;
             };
-            let decision: Decision = serde_json::from_value(output.clone())
+            let decision: Decision = serde_json::from_value(serde_json::Value::clone(output))
                 .map_err(|e| format!("run {}: {output} is not a decision: {e}", history.run_id))?;
             let approvals: Vec<bool> = history
                 .events

@@ -308,7 +308,7 @@ fn check_planner(history: &tempest_engine::History) -> Result<(), String> {
         .iter()
         .find_map(|e| match &e.kind {
             Kind::ActivityCompleted { seq, output, .. } if Some(*seq) == plan_seq => {
-                serde_json::from_value(output.clone()).ok()
+                serde_json::from_value(serde_json::Value::clone(output)).ok()
             }
             _ => None,
         })
@@ -324,7 +324,7 @@ fn check_planner(history: &tempest_engine::History) -> Result<(), String> {
             .events
             .iter()
             .filter_map(|e| match &e.kind {
-                Kind::ChildStarted { seq, workflow_type: t, input, .. } if t == workflow_type => Some((*seq, input)),
+                Kind::ChildStarted { seq, workflow_type: t, input, .. } if t == workflow_type => Some((*seq, &**input)),
                 _ => None,
             })
             .collect()
@@ -343,7 +343,7 @@ fn check_planner(history: &tempest_engine::History) -> Result<(), String> {
         let reported_failed = report.failed.contains(subtopic);
         match succeeded {
             Some(output) => {
-                let notes: Research = serde_json::from_value(output.clone())
+                let notes: Research = serde_json::from_value(serde_json::Value::clone(output))
                     .map_err(|e| format!("run {run}: research {output} does not decode: {e}"))?;
                 if !in_report || reported_failed {
                     return Err(format!("run {run}: research on {subtopic:?} completed but is not in the report"));

@@ -4,24 +4,57 @@
 //! is popped. Idle time is skipped, so a week-long wait costs one pop. It never decides what an
 //! event means and never reads a real clock.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 use tempest_engine::Time;
 
 /// Future events ordered by `(Time, sequence)`, where the sequence number is assigned at push,
 /// so events due at the same time come out in the order they were scheduled.
+///
+/// A binary heap rather than an ordered map: every step pushes and pops a few events, and a
+/// map keeps its events in nodes whose entries shift on every insert and on every pop of the
+/// first, which cost more than the heap's few swaps. Keys are unique, so both give one order.
 #[derive(Debug)]
 pub struct Agenda<E> {
-    events: BTreeMap<(Time, u64), E>,
+    events: BinaryHeap<Entry<E>>,
     now: Time,
     sequence_next: u64,
     /// A world holding more pending events than this has run away; it fails loudly instead.
     len_max: usize,
 }
 
+/// One scheduled event; ordered so that the heap's greatest is the earliest `(at, sequence)`.
+#[derive(Debug)]
+struct Entry<E> {
+    at: Time,
+    sequence: u64,
+    event: E,
+}
+
+impl<E> PartialEq for Entry<E> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.sequence) == (other.at, other.sequence)
+    }
+}
+
+impl<E> Eq for Entry<E> {}
+
+impl<E> PartialOrd for Entry<E> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<E> Ord for Entry<E> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.sequence).cmp(&(self.at, self.sequence))
+    }
+}
+
 impl<E> Agenda<E> {
     pub fn new(len_max: usize) -> Agenda<E> {
         assert!(len_max > 0, "an agenda that holds nothing cannot run a world");
-        Agenda { events: BTreeMap::new(), now: Time::ZERO, sequence_next: 0, len_max }
+        Agenda { events: BinaryHeap::new(), now: Time::ZERO, sequence_next: 0, len_max }
     }
 
     /// An agenda whose clock starts at `now` instead of zero (a fork's world begins where
@@ -38,20 +71,20 @@ impl<E> Agenda<E> {
     pub fn push(&mut self, at: Time, event: E) {
         assert!(at >= self.now, "event scheduled at {at}, before now {}", self.now);
         assert!(self.events.len() < self.len_max, "agenda is full at len_max {}", self.len_max);
-        self.events.insert((at, self.sequence_next), event);
+        self.events.push(Entry { at, sequence: self.sequence_next, event });
         self.sequence_next += 1;
     }
 
     /// Removes the earliest event and moves the clock to its time.
     pub fn pop(&mut self) -> Option<(Time, E)> {
-        let ((at, _), event) = self.events.pop_first()?;
+        let Entry { at, event, .. } = self.events.pop()?;
         assert!(at >= self.now, "agenda went back in time from {} to {at}", self.now);
         self.now = at;
         Some((at, event))
     }
 
     pub fn peek_time(&self) -> Option<Time> {
-        self.events.first_key_value().map(|((at, _), _)| *at)
+        self.events.peek().map(|entry| entry.at)
     }
 
     pub fn len(&self) -> usize {
@@ -80,6 +113,21 @@ mod tests {
         assert_eq!(order, [(Time(10), "a"), (Time(10), "b"), (Time(20), "c"), (Time(20), "d")]);
         assert!(agenda.is_empty());
         assert_eq!(agenda.pop(), None);
+    }
+
+    #[test]
+    fn many_events_pop_by_time_then_push_order() {
+        // Enough events, with many ties, that the heap reorders them internally.
+        let mut agenda = Agenda::new(1_000);
+        let mut expected = Vec::new();
+        for index in 0..500u64 {
+            let at = Time((index * 7_919) % 13);
+            agenda.push(at, index);
+            expected.push((at, index));
+        }
+        expected.sort_by_key(|(at, index)| (*at, *index));
+        let order: Vec<_> = std::iter::from_fn(|| agenda.pop()).collect();
+        assert_eq!(order, expected);
     }
 
     #[test]

@@ -587,7 +587,9 @@ enum Pending {
 }
 
 struct WorkerHost {
-    name: String,
+    /// Shared, since the store host names the requesting worker on every message and every
+    /// held poll it looks at again.
+    name: Rc<str>,
     up: bool,
     incarnation: u32,
     workflows: WorkflowWorker,
@@ -636,6 +638,9 @@ pub struct World<'s> {
     /// When the world begins: zero, or the last event of its seeded histories.
     began_at: Time,
     digest: Digest,
+    /// Reused to serialize records for the disk and histories for the digest, so each one
+    /// costs no allocation of its own.
+    scratch: Vec<u8>,
     step_count: u64,
     heal_at: Time,
     /// A run closed since the last look: time to see whether the world is done.
@@ -681,7 +686,7 @@ impl<'s> World<'s> {
         let registry = scenario.registry();
         let workers = (0..options.worker_count)
             .map(|index| WorkerHost {
-                name: format!("worker-{}", index + 1),
+                name: format!("worker-{}", index + 1).into(),
                 up: true,
                 incarnation: 0,
                 workflows: WorkflowWorker::new(registry.clone(), STICKY_CACHE_LEN_MAX),
@@ -745,6 +750,7 @@ impl<'s> World<'s> {
             gate: Gate::new(&options.plan),
             began_at,
             digest: Digest::new(),
+            scratch: Vec::new(),
             step_count: 0,
             heal_at,
             run_closed: false,
@@ -835,7 +841,8 @@ impl<'s> World<'s> {
     }
 
     fn trace(&mut self, now: Time, ev: &Ev) {
-        let mut bytes = now.as_ms().to_le_bytes().to_vec();
+        let mut bytes = TraceBytes::default();
+        bytes.extend(now.as_ms().to_le_bytes());
         match ev {
             Ev::Deliver { from, to, msg } => {
                 bytes.extend([0, msg.tag()]);
@@ -866,7 +873,7 @@ impl<'s> World<'s> {
             }
             Ev::LivenessDeadline => bytes.extend([5]),
         }
-        self.digest.update(&bytes);
+        self.digest.update(bytes.as_slice());
     }
 
     fn next_req_id(&mut self) -> u64 {
@@ -1156,7 +1163,9 @@ impl<'s> World<'s> {
             return;
         }
         for record in &records {
-            self.store.disk.append(&serde_json::to_vec(record).expect("records serialize"));
+            self.scratch.clear();
+            serde_json::to_writer(&mut self.scratch, record).expect("records serialize");
+            self.store.disk.append(&self.scratch);
             self.note_record(now, record);
         }
         self.store.unsynced = true;
@@ -1874,8 +1883,23 @@ impl<'s> World<'s> {
         open
     }
 
+    /// Whether every start is acknowledged and every accepted workflow's latest run closed:
+    /// `open_workflows` is empty. Asked whenever a run closes, so it stops at the first open
+    /// workflow instead of listing them all.
     fn all_done(&mut self) -> bool {
-        self.store.up && self.open_workflows().is_empty()
+        if !self.store.up {
+            return false;
+        }
+        let store = self.store.protocol.store();
+        let open = |wid: &String| {
+            store
+                .latest_run(wid)
+                .is_none_or(|run| store.status(run).is_none_or(|s| s == tempest_engine::run::Status::Running))
+        };
+        if self.evidence.accepted_starts.iter().any(open) {
+            return false;
+        }
+        !self.workload.iter().any(|s| !self.evidence.accepted_starts.contains(&s.workflow_id))
     }
 
     /// Every fault injected at a decision point so far, in time order.
@@ -1917,7 +1941,9 @@ impl<'s> World<'s> {
             }
         }
         for history in &histories {
-            self.digest.update(&serde_json::to_vec(history).expect("histories serialize"));
+            self.scratch.clear();
+            serde_json::to_writer(&mut self.scratch, history).expect("histories serialize");
+            self.digest.update(&self.scratch);
         }
         let mut faults = self.counts.clone();
         faults.merge(self.network.fault_counts());
@@ -1941,6 +1967,25 @@ impl<'s> World<'s> {
             histories: if self.options.keep_histories { histories } else { Vec::new() },
             injected,
         }
+    }
+}
+
+/// The bytes one agenda event adds to the trace digest, built on the stack: the trace is
+/// digested at every step, and its longest entry (time, tag, two host ids) is 18 bytes.
+#[derive(Default)]
+struct TraceBytes {
+    buf: [u8; 18],
+    len: usize,
+}
+
+impl TraceBytes {
+    fn extend<const N: usize>(&mut self, part: [u8; N]) {
+        self.buf[self.len..self.len + N].copy_from_slice(&part);
+        self.len += N;
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 

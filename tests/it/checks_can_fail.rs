@@ -71,7 +71,7 @@ impl StoreProtocol for StartNotIdempotent {
             workflow_type: workflow_type.to_owned(),
             workflow_id: workflow_id.to_owned(),
             run_id: run_id.clone(),
-            input,
+            input: input.into(),
             parent: None,
             continued_from: None,
         };
@@ -590,12 +590,12 @@ fn history_with_two_endings() -> tempest_engine::History {
             workflow_type: "hello_llm".to_owned(),
             workflow_id: "hello-0".to_owned(),
             run_id: "r1".to_owned(),
-            input: json!({ "prompt": "p" }),
+            input: json!({ "prompt": "p" }).into(),
             parent: None,
             continued_from: None,
         },
-        Kind::WorkflowCompleted { output: json!("a") },
-        Kind::WorkflowCompleted { output: json!("b") },
+        Kind::WorkflowCompleted { output: json!("a").into() },
+        Kind::WorkflowCompleted { output: json!("b").into() },
     ];
     let events = kinds.into_iter().zip(0..).map(|(kind, index)| Event { index, time_ms: Time(index), kind }).collect();
     tempest_engine::History::new(events)

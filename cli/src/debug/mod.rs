@@ -81,7 +81,7 @@ pub(crate) mod tests {
                 workflow_type: "long_loop".to_owned(),
                 workflow_id: "wf-long".to_owned(),
                 run_id: "r-long".to_owned(),
-                input: json!({ "task": "long" }),
+                input: json!({ "task": "long" }).into(),
                 parent: None,
                 continued_from: None,
             },
@@ -108,7 +108,7 @@ pub(crate) mod tests {
                 let done = Kind::ActivityCompleted {
                     seq,
                     attempt,
-                    output: json!(format!("answer {seq}")),
+                    output: json!(format!("answer {seq}")).into(),
                     worker: Some("worker-2".to_owned()),
                 };
                 attempt = 1;
@@ -118,7 +118,7 @@ pub(crate) mod tests {
                 Kind::ActivityScheduled {
                     seq,
                     activity_type: if seq % 2 == 0 { "llm_turn" } else { "call_tool" }.to_owned(),
-                    input: json!({ "turn": seq }),
+                    input: json!({ "turn": seq }).into(),
                     idempotency_key: format!("r-long:{seq}"),
                     options: Options::default(),
                 }

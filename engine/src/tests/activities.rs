@@ -114,7 +114,7 @@ fn workflow_sees_cause_attempt_count_and_last_failure_when_retries_run_out() {
     assert_eq!(
         state.terminal.as_deref().cloned(),
         Some(crate::history::Kind::WorkflowCompleted {
-            output: json!("gave up: cause=AttemptsExhausted attempt_count=2 last=invalid output: not json")
+            output: json!("gave up: cause=AttemptsExhausted attempt_count=2 last=invalid output: not json").into()
         })
     );
     assert_replays(&host);

@@ -83,7 +83,7 @@ fn cancel_during_activity_runs_cleanup_then_ends_canceled() {
     assert_eq!(canceled_activities(&effects), vec![(run.clone(), 2)]);
     // Cleanup after cancellation is an ordinary activity.
     let release = host.task("release");
-    assert_eq!(release.input, json!("hold-7"));
+    assert_eq!(release.input, json!("hold-7").into());
     assert_recovers(&host);
     host.complete(&release, json!("released"));
     insta::assert_snapshot!("cancel_with_cleanup", host.render(&run));

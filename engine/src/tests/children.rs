@@ -122,7 +122,7 @@ fn continue_as_new_hands_over_to_next_run_with_new_input() {
     assert_eq!(host.closed, vec![first, second, third.clone()]);
     assert_eq!(
         host.engine.run_state(&third).unwrap().terminal.as_deref().cloned(),
-        Some(Kind::WorkflowCompleted { output: json!(3) })
+        Some(Kind::WorkflowCompleted { output: json!(3).into() })
     );
     assert_replays(&host);
 }
@@ -172,7 +172,7 @@ fn continued_run_starts_child_under_fresh_default_id() {
     insta::assert_snapshot!("continued_child_second", host.render(&second));
     assert_eq!(
         host.engine.run_state(&second).unwrap().terminal.as_deref().cloned(),
-        Some(Kind::WorkflowCompleted { output: json!("two") })
+        Some(Kind::WorkflowCompleted { output: json!("two").into() })
     );
     assert_replays(&host);
 }
@@ -223,7 +223,7 @@ fn crash_after_child_started_is_recorded_starts_child_on_recovery() {
     assert_eq!(restarted.render(&run), host_render_completed(&run));
     assert_eq!(
         restarted.engine.run_state(&child).unwrap().terminal.as_deref().cloned(),
-        Some(Kind::WorkflowCompleted { output: json!("Intro.") })
+        Some(Kind::WorkflowCompleted { output: json!("Intro.").into() })
     );
     assert_replays(&restarted);
 }
@@ -263,7 +263,7 @@ fn crash_between_continue_as_new_and_next_run_starts_next_run_on_recovery() {
     let third = next_run_id("count-1", &second);
     assert_eq!(
         restarted.engine.run_state(&third).unwrap().terminal.as_deref().cloned(),
-        Some(Kind::WorkflowCompleted { output: json!(3) })
+        Some(Kind::WorkflowCompleted { output: json!(3).into() })
     );
     assert_replays(&restarted);
 }

@@ -168,7 +168,7 @@ fn old_run_reaching_patch_point_after_deploy_takes_new_path() {
     host.engine = Engine::recover(registry(2), vec![history], host.now, &mut effects).unwrap();
     host.perform(effects);
     host.complete(&host.task("llm"), json!("because"));
-    assert_eq!(host.task("verify").input, json!("because"));
+    assert_eq!(host.task("verify").input, json!("because").into());
     let rendered = host.render(&run);
     assert!(rendered.contains("marker_recorded seq=2 patch=verify"), "{rendered}");
     assert_recovers(&host);

@@ -104,7 +104,7 @@ fn join_of_three_activities_returns_in_call_order_whatever_the_history_order() {
     insta::assert_snapshot!("join_three", host.render(&run));
     assert_eq!(
         host.engine.run_state(&run).unwrap().terminal.as_deref().cloned(),
-        Some(Kind::WorkflowCompleted { output: json!(["a", "b", "c"]) })
+        Some(Kind::WorkflowCompleted { output: json!(["a", "b", "c"]).into() })
     );
     assert_replays(&host);
 }
@@ -119,7 +119,7 @@ fn arrival_order_seen_by_workflow_is_history_order() {
     }
     assert_eq!(
         host.engine.run_state(&run).unwrap().terminal.as_deref().cloned(),
-        Some(Kind::WorkflowCompleted { output: json!(["b", "c", "a"]) })
+        Some(Kind::WorkflowCompleted { output: json!(["b", "c", "a"]).into() })
     );
     assert_replays(&host);
 }
@@ -170,7 +170,7 @@ fn timer_winning_select_leaves_activity_running_and_records_its_late_result() {
     insta::assert_snapshot!("select_timer_wins", host.render(&run));
     assert_eq!(
         host.engine.run_state(&run).unwrap().terminal.as_deref().cloned(),
-        Some(Kind::WorkflowCompleted { output: json!("timed out") })
+        Some(Kind::WorkflowCompleted { output: json!("timed out").into() })
     );
     assert_replays(&host);
 }

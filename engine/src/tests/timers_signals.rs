@@ -88,7 +88,7 @@ fn sleep_of_a_year_fires_at_the_recorded_time() {
     insta::assert_snapshot!("sleep_a_year", host.render(&run));
     assert_eq!(
         host.engine.run_state(&run).unwrap().terminal.as_deref().cloned(),
-        Some(crate::history::Kind::WorkflowCompleted { output: json!(year_ms) })
+        Some(crate::history::Kind::WorkflowCompleted { output: json!(year_ms).into() })
     );
     assert_replays(&host);
 }
@@ -146,7 +146,7 @@ fn duplicate_signal_id_is_recorded_once() {
     insta::assert_snapshot!("signal_duplicate", host.render(&run));
     assert_eq!(
         host.engine.run_state(&run).unwrap().terminal.as_deref().cloned(),
-        Some(crate::history::Kind::WorkflowCompleted { output: json!(["a", "b"]) })
+        Some(crate::history::Kind::WorkflowCompleted { output: json!(["a", "b"]).into() })
     );
     assert_replays(&host);
 }
@@ -166,7 +166,7 @@ fn buffered_signals_of_one_name_are_taken_in_arrival_order() {
     host.complete(&host.task("draft"), json!("v1"));
     assert_eq!(
         host.engine.run_state(&run).unwrap().terminal.as_deref().cloned(),
-        Some(crate::history::Kind::WorkflowCompleted { output: json!(["x", "y", "z"]) })
+        Some(crate::history::Kind::WorkflowCompleted { output: json!(["x", "y", "z"]).into() })
     );
     // A signal nobody waits for stays buffered and does not disturb the run.
     assert_eq!(host.engine.machine(&run).unwrap().snapshot().buffered_signals, vec![("unrelated".to_owned(), 1)]);
