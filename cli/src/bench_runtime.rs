@@ -367,7 +367,7 @@ impl Report {
             |value: Option<f64>, unit: &str| value.map_or("not measured".to_owned(), |v| format!("{v:.2} {unit}"));
         writeln!(out, "bench runtime ({} build): {}", self.build, self.workflow)?;
         if let Some(load) = self.load_average_at_start {
-            writeln!(out, "  load average at start: {load:.2} on {} cores", cores())?;
+            writeln!(out, "  load average at start: {load:.2} on {} cores", crate::core_count())?;
         }
         writeln!(out, "  over HTTP against a tempest serve process (SQLite on disk, WAL, synchronous=FULL):")?;
         writeln!(
@@ -442,8 +442,4 @@ impl Report {
             ratio.fast_over_full_stack,
         )
     }
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }

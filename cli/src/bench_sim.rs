@@ -73,7 +73,7 @@ impl Default for Config {
             waiting_run_count: WAITING_RUN_COUNT_DEFAULT,
             time_skip_world_count: 2_000,
             time_skip_shared_workflow_count: 200,
-            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            jobs: crate::core_count() as usize,
         }
     }
 }

@@ -6,14 +6,14 @@
 //! and its JSON, and running seeds in parallel over threads. It never changes what a world
 //! does: the seed alone determines it.
 
+use crate::simulate::{run_in_parallel, SeedGrid};
 use crate::Outcome as Exit;
 use anyhow::Context as _;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Instant;
 use tempest_runtime::fullstack::{self, workload, Options, Workload};
 
@@ -163,23 +163,10 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
         Some(name) => vec![supported(name)?],
         None => SUPPORTED.to_vec(),
     };
-    let jobs = request
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1)));
+    let jobs = request.jobs.unwrap_or_else(crate::core_count);
     crate::simulate::install_quiet_panic_hook();
     let total = request.seed_count * scenarios.len() as u64;
-    let progress = if std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(total)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} full-stack worlds, {per_sec}, eta {eta}")
-            .expect("a valid template"),
-    );
     let started = Instant::now();
-    let next = AtomicU64::new(0);
-    let (sender, receiver) = mpsc::channel();
     let mut summary = Summary {
         mode: "full-stack",
         scenarios: scenarios.iter().map(|s| (*s).to_owned()).collect(),
@@ -187,26 +174,14 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
         jobs,
         ..Summary::default()
     };
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            let sender = sender.clone();
-            let (next, scenarios) = (&next, &scenarios);
-            scope.spawn(move || loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= total {
-                    break;
-                }
-                let scenario = scenarios[(index / request.seed_count) as usize];
-                let seed = request.seed_base.wrapping_add(index % request.seed_count);
-                let outcome = run_world(scenario, seed);
-                if sender.send(outcome).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(sender);
-        for outcome in receiver {
-            progress.inc(1);
+    let seeds =
+        SeedGrid { scenario_count: scenarios.len(), seed_count: request.seed_count, seed_base: request.seed_base };
+    run_in_parallel(
+        seeds,
+        jobs,
+        "full-stack worlds",
+        |scenario, seed| run_world(scenarios[scenario], seed),
+        |outcome| {
             summary.runs_completed += outcome.runs_completed;
             summary.simulated_seconds += outcome.simulated_ms as f64 / 1000.0;
             for (kind, count) in &outcome.faults {
@@ -222,9 +197,8 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
                     message: failure.message,
                 }),
             }
-        }
-    });
-    progress.finish_and_clear();
+        },
+    );
     summary.seeds = total;
     summary.wall_seconds = started.elapsed().as_secs_f64();
     summary.seeds_per_second = total as f64 / summary.wall_seconds.max(1e-9);

@@ -497,6 +497,11 @@ fn bench_runtime(args: &BenchArgs, out: &mut impl Write) -> anyhow::Result<Outco
     Ok(Outcome::Ok)
 }
 
+/// The cores this process may use: the default number of jobs of sweeps and benches.
+fn core_count() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+}
+
 fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut text = serde_json::to_string_pretty(value)?;

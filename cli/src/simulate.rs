@@ -291,24 +291,11 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
         Some(name) => vec![scenario(name)?],
         None => tempest_scenarios::all(),
     };
-    let jobs = request
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1)));
+    let jobs = request.jobs.unwrap_or_else(crate::core_count);
     install_quiet_panic_hook();
     let total = request.seed_count * scenarios.len() as u64;
-    let progress = if std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(total)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} worlds, {per_sec}, eta {eta}")
-            .expect("a valid template"),
-    );
     let started = Instant::now();
     let mut failing = Vec::new();
-    let next = AtomicU64::new(0);
-    let (sender, receiver) = mpsc::channel();
     let mut summary = Summary {
         scenarios: scenarios.iter().map(|s| s.name().to_owned()).collect(),
         seed_base: request.seed_base,
@@ -317,42 +304,24 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
         sometimes: tempest_sim::check::sometimes::ALL.iter().map(|fact| ((*fact).to_owned(), 0)).collect(),
         ..Summary::default()
     };
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            let sender = sender.clone();
-            let (next, scenarios) = (&next, &scenarios);
-            scope.spawn(move || loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= total {
-                    break;
-                }
-                let scenario = &scenarios[(index / request.seed_count) as usize];
-                let seed = request.seed_base.wrapping_add(index % request.seed_count);
-                let outcome = run_world(scenario.as_ref(), Options::swarm(seed));
-                if sender.send(outcome).is_err() {
-                    break;
-                }
-            });
+    let seeds =
+        SeedGrid { scenario_count: scenarios.len(), seed_count: request.seed_count, seed_base: request.seed_base };
+    let run = |scenario: usize, seed: u64| run_world(scenarios[scenario].as_ref(), Options::swarm(seed));
+    run_in_parallel(seeds, jobs, "worlds", run, |outcome| {
+        summary.runs_completed += outcome.runs_completed;
+        summary.simulated_seconds += outcome.simulated_ms as f64 / 1000.0;
+        for (kind, count) in outcome.faults.iter() {
+            *summary.faults.entry(kind.to_owned()).or_default() += count;
         }
-        drop(sender);
-        for outcome in receiver {
-            progress.inc(1);
-            summary.runs_completed += outcome.runs_completed;
-            summary.simulated_seconds += outcome.simulated_ms as f64 / 1000.0;
-            for (kind, count) in outcome.faults.iter() {
-                *summary.faults.entry(kind.to_owned()).or_default() += count;
-            }
-            for (fact, count) in &outcome.sometimes {
-                *summary.sometimes.entry((*fact).to_owned()).or_default() += count;
-            }
-            if outcome.failure.is_some() {
-                failing.push(outcome);
-            } else {
-                summary.passed += 1;
-            }
+        for (fact, count) in &outcome.sometimes {
+            *summary.sometimes.entry((*fact).to_owned()).or_default() += count;
+        }
+        if outcome.failure.is_some() {
+            failing.push(outcome);
+        } else {
+            summary.passed += 1;
         }
     });
-    progress.finish_and_clear();
     summary.failed = plan_failures(&scenarios, &mut failing, jobs, Path::new("."));
     summary.seeds = total;
     summary.wall_seconds = started.elapsed().as_secs_f64();
@@ -363,6 +332,64 @@ pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::
         crate::write_json(path, &summary)?;
     }
     Ok(if summary.failed.is_empty() { Exit::Ok } else { Exit::Failed })
+}
+
+/// Which worlds a sweep runs: `seed_count` seeds from `seed_base` of each of
+/// `scenario_count` scenarios.
+#[derive(Clone, Copy)]
+pub(crate) struct SeedGrid {
+    pub(crate) scenario_count: usize,
+    pub(crate) seed_count: u64,
+    pub(crate) seed_base: u64,
+}
+
+/// Runs every world of `seeds` on `jobs` threads (each takes the next world as it frees up)
+/// and hands each result to `collect` on this thread as it arrives, with a progress bar of
+/// `what` on stderr when it is a terminal. Both sweep modes run their seeds through this.
+pub(crate) fn run_in_parallel<T: Send>(
+    seeds: SeedGrid,
+    jobs: u32,
+    what: &str,
+    run: impl Fn(usize, u64) -> T + Sync,
+    mut collect: impl FnMut(T),
+) {
+    let total = seeds.seed_count * seeds.scenario_count as u64;
+    let progress = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {what}, {{per_sec}}, eta {{eta}}"
+        ))
+        .expect("a valid template"),
+    );
+    let next = AtomicU64::new(0);
+    let (sender, receiver) = mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            let sender = sender.clone();
+            let (next, run) = (&next, &run);
+            scope.spawn(move || loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= total {
+                    break;
+                }
+                let scenario = (index / seeds.seed_count) as usize;
+                let result = run(scenario, seeds.seed_base.wrapping_add(index % seeds.seed_count));
+                if sender.send(result).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(sender);
+        for result in receiver {
+            progress.inc(1);
+            collect(result);
+        }
+    });
+    progress.finish_and_clear();
 }
 
 fn write_summary(summary: &Summary, out: &mut impl Write) -> std::io::Result<()> {
