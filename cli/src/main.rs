@@ -5,6 +5,10 @@
 //! commands return their own outcomes and errors. Commands whose issue has not landed parse
 //! their documented flags and then say so; they never print made-up results.
 
+// The simulator allocates many small objects per step; see ARCHITECTURE.md, "Allocator".
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod bench_runtime;
 mod bench_sim;
