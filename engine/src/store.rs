@@ -294,10 +294,13 @@ impl Store {
 
     /// Rebuilds the store from its durable records and opens a new epoch; the returned
     /// record must be made durable like any other.
-    pub fn recover(config: Config, records: impl IntoIterator<Item = Record>) -> (Store, Record) {
+    pub fn recover<R: std::borrow::Borrow<Record>>(
+        config: Config,
+        records: impl IntoIterator<Item = R>,
+    ) -> (Store, Record) {
         let mut store = Store::new(config);
         for record in records {
-            store.apply(&record);
+            store.apply(record.borrow());
         }
         let epoch = Record::Epoch { epoch: store.epoch + 1 };
         store.apply(&epoch);

@@ -201,7 +201,7 @@ impl DurableStore {
     /// A store whose records live in memory only.
     pub fn in_memory(config: store::Config) -> (DurableStore, Arc<MemoryJournal>) {
         let journal = Arc::new(MemoryJournal::new());
-        let (store, epoch) = Store::recover(config, Vec::new());
+        let (store, epoch) = Store::recover(config, Vec::<Record>::new());
         let (changes, _) = watch::channel(store.version());
         let durable_store = DurableStore {
             inner: Mutex::new(Inner { store, submitted: 0, closed_waiters: BTreeMap::new() }),

@@ -45,15 +45,15 @@ async fn sqlite_store_keeps_the_protocol() {
 /// The simulator's disk as a journal: every submit is appended and synced, as the simulated
 /// store host does before it replies.
 struct SimDiskJournal {
-    disk: Arc<Mutex<Disk>>,
+    disk: Arc<Mutex<Disk<Record>>>,
     durable: watch::Sender<u64>,
 }
 
 impl Journal for SimDiskJournal {
     fn submit(&self, seq: u64, records: Vec<Record>) {
         let mut disk = self.disk.lock().expect("disk");
-        for record in &records {
-            disk.append(&serde_json::to_vec(record).expect("records serialize"));
+        for record in records {
+            disk.append(record);
         }
         disk.sync();
         self.durable.send_replace(seq);
@@ -65,19 +65,12 @@ impl Journal for SimDiskJournal {
 }
 
 struct SimSubject {
-    disk: Arc<Mutex<Disk>>,
+    disk: Arc<Mutex<Disk<Record>>>,
     store: DurableStore,
 }
 
-async fn sim_store(disk: &Arc<Mutex<Disk>>) -> DurableStore {
-    let records: Vec<Record> = disk
-        .lock()
-        .expect("disk")
-        .recover()
-        .records
-        .iter()
-        .map(|bytes| serde_json::from_slice(bytes).expect("synced records decode"))
-        .collect();
+async fn sim_store(disk: &Arc<Mutex<Disk<Record>>>) -> DurableStore {
+    let records: Vec<Record> = disk.lock().expect("disk").recover().records.to_vec();
     let (durable, _) = watch::channel(0);
     let journal = Arc::new(SimDiskJournal { disk: disk.clone(), durable });
     DurableStore::recover(Config::default(), records, journal).await.expect("recover")

@@ -9,7 +9,7 @@
 
 use crate::agenda::Agenda;
 use crate::check::{self, Evidence};
-use crate::disk::Disk;
+use crate::disk::{Disk, Encoded};
 use crate::human::{HumanModel, HumanPlan};
 use crate::llm::{LlmOutcome, LlmProvider};
 use crate::net::{HostId, Network};
@@ -553,11 +553,23 @@ struct Running {
 
 // ---- hosts ------------------------------------------------------------------------------
 
+/// On the simulated disk a record is framed as JSON, the encoding the production SQLite
+/// journal writes; the disk encodes only a record a crash tears (see `disk`).
+impl Encoded for Record {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("records serialize")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Record, String> {
+        serde_json::from_slice(bytes).map_err(|error| error.to_string())
+    }
+}
+
 struct StoreHost {
     up: bool,
     incarnation: u32,
     protocol: Box<dyn StoreProtocol>,
-    disk: Disk,
+    disk: Disk<Record>,
     unsynced: bool,
     sync_scheduled: bool,
     queued_replies: Vec<(HostId, Msg)>,
@@ -638,8 +650,8 @@ pub struct World<'s> {
     /// When the world begins: zero, or the last event of its seeded histories.
     began_at: Time,
     digest: Digest,
-    /// Reused to serialize records for the disk and histories for the digest, so each one
-    /// costs no allocation of its own.
+    /// Reused to serialize histories for the digest, so each one costs no allocation of its
+    /// own.
     scratch: Vec<u8>,
     step_count: u64,
     heal_at: Time,
@@ -667,11 +679,11 @@ impl<'s> World<'s> {
             Some(_) => {
                 let records: Vec<Record> =
                     options.seeded_histories.iter().flat_map(|h| Record::of_history(&h.events)).collect();
-                for record in &records {
-                    disk.append(&serde_json::to_vec(record).expect("records serialize"));
+                let (store, epoch) = Store::recover(store::Config::default(), &records);
+                for record in records {
+                    disk.append(record);
                 }
-                let (store, epoch) = Store::recover(store::Config::default(), records);
-                disk.append(&serde_json::to_vec(&epoch).expect("records serialize"));
+                disk.append(epoch);
                 disk.sync();
                 store
             }
@@ -1043,17 +1055,12 @@ impl<'s> World<'s> {
             return;
         }
         if host == STORE {
-            let recovered = self.store.disk.recover();
-            let records = recovered.records.iter().map(|bytes| {
-                serde_json::from_slice::<Record>(bytes)
-                    .unwrap_or_else(|e| panic!("store record that passed its checksum does not decode: {e}"))
-            });
-            let (store, epoch) = Store::recover(store::Config::default(), records);
+            let (store, epoch) = Store::recover(store::Config::default(), self.store.disk.recover().records);
             self.store.protocol = match &self.options.store_factory {
                 Some(factory) => factory(store),
                 None => Box::new(PlainStore(store)),
             };
-            self.store.disk.append(&serde_json::to_vec(&epoch).expect("records serialize"));
+            self.store.disk.append(epoch);
             self.store.disk.sync();
             self.store.up = true;
             self.store_after_write(now);
@@ -1162,11 +1169,9 @@ impl<'s> World<'s> {
         if records.is_empty() {
             return;
         }
-        for record in &records {
-            self.scratch.clear();
-            serde_json::to_writer(&mut self.scratch, record).expect("records serialize");
-            self.store.disk.append(&self.scratch);
-            self.note_record(now, record);
+        for record in records {
+            self.note_record(now, &record);
+            self.store.disk.append(record);
         }
         self.store.unsynced = true;
         if !self.store.sync_scheduled {

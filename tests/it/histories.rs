@@ -11,9 +11,11 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tempest_engine::history::{History, Kind};
+use tempest_engine::store::Record;
 use tempest_engine::{Ctx, Failure, Registry, WorkflowResult};
 use tempest_scenarios::human_approval::{self, Approval, Decision, Request};
 use tempest_sim::check::replay_reproduces;
+use tempest_sim::disk::Encoded;
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("histories")
@@ -54,6 +56,23 @@ fn every_recorded_history_replays_against_todays_code() {
 }
 
 /// What a history shows, for the coverage of the corpus.
+/// The simulated disk keeps whole records as values and encodes only a torn one, which is
+/// sound only if every record reads back as written (`disk::Encoded`'s contract).
+#[test]
+fn store_records_of_every_recorded_history_survive_the_disk_encoding() {
+    let mut record_count = 0;
+    for (name, history) in corpus() {
+        let records = Record::of_history(&history.events);
+        assert!(!records.is_empty(), "{name}: no records");
+        for record in records.into_iter().chain([Record::Epoch { epoch: 3 }]) {
+            let decoded = Record::decode(&record.encode()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(decoded, record, "{name}");
+            record_count += 1;
+        }
+    }
+    assert!(record_count > 100, "only {record_count} records checked");
+}
+
 fn cases_of(history: &History) -> Vec<&'static str> {
     let events = &history.events;
     let mut cases = Vec::new();
