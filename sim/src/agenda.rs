@@ -8,6 +8,10 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use tempest_engine::Time;
 
+/// How many events a world usually has pending at once, reserved up front: a small world
+/// would otherwise regrow its agenda's lists a few times over, and a sweep runs thousands.
+const PENDING_EXPECTED: usize = 32;
+
 /// Future events ordered by `(Time, sequence)`, where the sequence number is assigned at push,
 /// so events due at the same time come out in the order they were scheduled.
 ///
@@ -66,9 +70,9 @@ impl<E> Agenda<E> {
         assert!(len_max > 0, "an agenda that holds nothing cannot run a world");
         assert!(u32::try_from(len_max).is_ok(), "len_max {len_max} does not fit the agenda's u32 slots");
         Agenda {
-            keys: BinaryHeap::new(),
-            slots: Vec::new(),
-            slots_free: Vec::new(),
+            keys: BinaryHeap::with_capacity(PENDING_EXPECTED),
+            slots: Vec::with_capacity(PENDING_EXPECTED),
+            slots_free: Vec::with_capacity(PENDING_EXPECTED),
             now: Time::ZERO,
             sequence_next: 0,
             len_max,
