@@ -1297,9 +1297,13 @@ impl<'s> World<'s> {
                 self.store.disk.sync();
                 self.store.unsynced = false;
                 self.store.sync_scheduled = false;
-                for (to, reply) in std::mem::take(&mut self.store.queued_replies) {
+                // Drained in place, so the list keeps its room for the next sync's replies;
+                // sending puts messages on the agenda and never queues another reply.
+                let mut replies = std::mem::take(&mut self.store.queued_replies);
+                for (to, reply) in replies.drain(..) {
                     self.send(STORE, to, now, reply);
                 }
+                self.store.queued_replies = replies;
             }
             Wake::StoreTick => {
                 self.store.tick_scheduled.retain(|t| *t > now);
