@@ -8,44 +8,58 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use tempest_engine::Time;
 
+/// How many events a world usually has pending at once, reserved up front: a small world
+/// would otherwise regrow its agenda's lists a few times over, and a sweep runs thousands.
+const PENDING_EXPECTED: usize = 32;
+
 /// Future events ordered by `(Time, sequence)`, where the sequence number is assigned at push,
 /// so events due at the same time come out in the order they were scheduled.
 ///
 /// A binary heap rather than an ordered map: every step pushes and pops a few events, and a
 /// map keeps its events in nodes whose entries shift on every insert and on every pop of the
 /// first, which cost more than the heap's few swaps. Keys are unique, so both give one order.
+///
+/// The heap holds only small keys; the events themselves wait in a slab of slots. A world's
+/// events are over a hundred bytes, and a heap moves its entries a few times on every push
+/// and pop, so moving keys instead of events saves most of the copying. Freed slots are
+/// reused, so the slab grows only to the most events ever pending at once.
 #[derive(Debug)]
 pub struct Agenda<E> {
-    events: BinaryHeap<Entry<E>>,
+    keys: BinaryHeap<Key>,
+    /// The events, by the slot their key names; `None` for a free slot.
+    slots: Vec<Option<E>>,
+    /// Slots whose events were popped, to be filled again before the slab grows.
+    slots_free: Vec<u32>,
     now: Time,
     sequence_next: u64,
     /// A world holding more pending events than this has run away; it fails loudly instead.
     len_max: usize,
 }
 
-/// One scheduled event; ordered so that the heap's greatest is the earliest `(at, sequence)`.
+/// Where and when one scheduled event is; ordered so that the heap's greatest is the
+/// earliest `(at, sequence)`. The slot takes no part in the order.
 #[derive(Debug)]
-struct Entry<E> {
+struct Key {
     at: Time,
     sequence: u64,
-    event: E,
+    slot: u32,
 }
 
-impl<E> PartialEq for Entry<E> {
+impl PartialEq for Key {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.sequence) == (other.at, other.sequence)
     }
 }
 
-impl<E> Eq for Entry<E> {}
+impl Eq for Key {}
 
-impl<E> PartialOrd for Entry<E> {
+impl PartialOrd for Key {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl<E> Ord for Entry<E> {
+impl Ord for Key {
     fn cmp(&self, other: &Self) -> Ordering {
         (other.at, other.sequence).cmp(&(self.at, self.sequence))
     }
@@ -54,7 +68,15 @@ impl<E> Ord for Entry<E> {
 impl<E> Agenda<E> {
     pub fn new(len_max: usize) -> Agenda<E> {
         assert!(len_max > 0, "an agenda that holds nothing cannot run a world");
-        Agenda { events: BinaryHeap::new(), now: Time::ZERO, sequence_next: 0, len_max }
+        assert!(u32::try_from(len_max).is_ok(), "len_max {len_max} does not fit the agenda's u32 slots");
+        Agenda {
+            keys: BinaryHeap::with_capacity(PENDING_EXPECTED),
+            slots: Vec::with_capacity(PENDING_EXPECTED),
+            slots_free: Vec::with_capacity(PENDING_EXPECTED),
+            now: Time::ZERO,
+            sequence_next: 0,
+            len_max,
+        }
     }
 
     /// An agenda whose clock starts at `now` instead of zero (a fork's world begins where
@@ -70,29 +92,42 @@ impl<E> Agenda<E> {
 
     pub fn push(&mut self, at: Time, event: E) {
         assert!(at >= self.now, "event scheduled at {at}, before now {}", self.now);
-        assert!(self.events.len() < self.len_max, "agenda is full at len_max {}", self.len_max);
-        self.events.push(Entry { at, sequence: self.sequence_next, event });
+        assert!(self.keys.len() < self.len_max, "agenda is full at len_max {}", self.len_max);
+        let slot = match self.slots_free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(event);
+                slot
+            }
+            None => {
+                self.slots.push(Some(event));
+                // At most `len_max` events are pending, and `new` checked that it fits a u32.
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.keys.push(Key { at, sequence: self.sequence_next, slot });
         self.sequence_next += 1;
     }
 
     /// Removes the earliest event and moves the clock to its time.
     pub fn pop(&mut self) -> Option<(Time, E)> {
-        let Entry { at, event, .. } = self.events.pop()?;
+        let Key { at, slot, .. } = self.keys.pop()?;
         assert!(at >= self.now, "agenda went back in time from {} to {at}", self.now);
+        let event = self.slots[slot as usize].take().expect("a key names a filled slot");
+        self.slots_free.push(slot);
         self.now = at;
         Some((at, event))
     }
 
     pub fn peek_time(&self) -> Option<Time> {
-        self.events.peek().map(|entry| entry.at)
+        self.keys.peek().map(|key| key.at)
     }
 
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.keys.is_empty()
     }
 }
 
@@ -128,6 +163,29 @@ mod tests {
         expected.sort_by_key(|(at, index)| (*at, *index));
         let order: Vec<_> = std::iter::from_fn(|| agenda.pop()).collect();
         assert_eq!(order, expected);
+    }
+
+    #[test]
+    fn interleaved_pushes_and_pops_keep_order_and_reuse_slots() {
+        // A reference model: the same events in an ordered map keyed by (time, push order).
+        let mut agenda = Agenda::new(1_000);
+        let mut model = std::collections::BTreeMap::new();
+        let mut pending_max = 0;
+        for index in 0..600u64 {
+            let at = Time(agenda.now().as_ms() + (index * 7_919) % 5);
+            agenda.push(at, index);
+            model.insert((at, index), index);
+            pending_max = pending_max.max(agenda.len());
+            if index % 3 != 0 {
+                let expected = model.pop_first().map(|((at, _), event)| (at, event));
+                assert_eq!(agenda.pop(), expected);
+            }
+        }
+        while let Some(((at, _), event)) = model.pop_first() {
+            assert_eq!(agenda.pop(), Some((at, event)));
+        }
+        assert_eq!(agenda.pop(), None);
+        assert_eq!(agenda.slots.len(), pending_max, "freed slots are filled again before the slab grows");
     }
 
     #[test]

@@ -193,6 +193,9 @@ pub fn check_signals_recorded_once(histories: &[History], evidence: &Evidence) -
 pub fn check_activity_results_recorded_once(histories: &[History], evidence: &Evidence) -> Result<(), CheckFailure> {
     for history in histories {
         let mut closed: BTreeMap<u32, u64> = BTreeMap::new();
+        // The grant key of the event at hand: the run id is copied once per history, not
+        // once per event.
+        let mut grant_key = (history.run_id.clone(), 0, 0);
         for event in &history.events {
             let (seq, attempt, worker, closes) = match &event.kind {
                 Kind::ActivityCompleted { seq, attempt, worker, .. }
@@ -212,7 +215,8 @@ pub fn check_activity_results_recorded_once(histories: &[History], evidence: &Ev
                 }
             }
             if let Some(worker) = worker {
-                let granted = evidence.grants.get(&(history.run_id.clone(), seq, attempt));
+                (grant_key.1, grant_key.2) = (seq, attempt);
+                let granted = evidence.grants.get(&grant_key);
                 if !granted.is_some_and(|workers| workers.contains(worker)) {
                     return Err(failure(
                         "check_activity_results_recorded_once",

@@ -137,13 +137,14 @@ impl Network {
 
     /// Decides the fate of one message sent at `now`: the times its copies arrive. Empty means
     /// dropped or blocked by a partition; two entries mean it was duplicated.
-    pub fn send(&mut self, from: HostId, to: HostId, now: Time, rng: &mut Rng) -> Vec<Time> {
+    pub fn send(&mut self, from: HostId, to: HostId, now: Time, rng: &mut Rng) -> Deliveries {
+        let mut deliveries = Deliveries::default();
         if self.is_blocked(from, to, now) {
-            return Vec::new();
+            return deliveries;
         }
         if self.gate.decide(Decided::MessageDropped, now, rng.chance(self.faults.message_drop_probability)) {
             self.fault_counts.add(fault::MESSAGE_DROPPED);
-            return Vec::new();
+            return deliveries;
         }
         let copy_count =
             if self.gate.decide(Decided::MessageDuplicated, now, rng.chance(self.faults.message_duplicate_probability))
@@ -153,7 +154,6 @@ impl Network {
             } else {
                 1
             };
-        let mut deliveries = Vec::with_capacity(copy_count);
         for _ in 0..copy_count {
             let tail_mean_ms = self.faults.latency_ms_mean - self.faults.latency_ms_min;
             let mut latency_ms = self.faults.latency_ms_min + rng.exp_ms(tail_mean_ms);
@@ -164,6 +164,38 @@ impl Network {
             deliveries.push(Time(now.as_ms().saturating_add(latency_ms)));
         }
         deliveries
+    }
+}
+
+/// The arrival times of one message's copies: none, one, or two if it was duplicated. Kept
+/// inline rather than in a `Vec`, since every message sent would otherwise allocate one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deliveries {
+    times: [Time; 2],
+    len: usize,
+}
+
+impl Deliveries {
+    fn push(&mut self, at: Time) {
+        self.times[self.len] = at;
+        self.len += 1;
+    }
+}
+
+impl std::ops::Deref for Deliveries {
+    type Target = [Time];
+
+    fn deref(&self) -> &[Time] {
+        &self.times[..self.len]
+    }
+}
+
+impl IntoIterator for Deliveries {
+    type Item = Time;
+    type IntoIter = std::iter::Take<std::array::IntoIter<Time, 2>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.times.into_iter().take(self.len)
     }
 }
 

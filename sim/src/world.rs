@@ -609,9 +609,20 @@ struct WorkerHost {
     workflow_poll: Option<u64>,
     activity_poll: Option<u64>,
     running: BTreeMap<u64, Running>,
-    requests: BTreeMap<u64, Pending>,
+    /// Requests awaiting an answer, by request id. A worker has only a few at a time (its two
+    /// polls, and a report or heartbeat per activity in flight), so a list searched by id
+    /// costs less than a map; nothing iterates it, so its order cannot reach the trace.
+    requests: Vec<(u64, Pending)>,
     /// Service call id -> the activity that made it.
     calls: BTreeMap<u64, (u64, bool)>,
+}
+
+impl WorkerHost {
+    /// Forgets request `req_id` and returns what it was, if the worker still awaited it.
+    fn request_done(&mut self, req_id: u64) -> Option<Pending> {
+        let position = self.requests.iter().position(|(id, _)| *id == req_id)?;
+        Some(self.requests.swap_remove(position).1)
+    }
 }
 
 enum ClientRequest {
@@ -706,7 +717,7 @@ impl<'s> World<'s> {
                 workflow_poll: None,
                 activity_poll: None,
                 running: BTreeMap::new(),
-                requests: BTreeMap::new(),
+                requests: Vec::new(),
                 calls: BTreeMap::new(),
             })
             .collect();
@@ -1286,9 +1297,13 @@ impl<'s> World<'s> {
                 self.store.disk.sync();
                 self.store.unsynced = false;
                 self.store.sync_scheduled = false;
-                for (to, reply) in std::mem::take(&mut self.store.queued_replies) {
+                // Drained in place, so the list keeps its room for the next sync's replies;
+                // sending puts messages on the agenda and never queues another reply.
+                let mut replies = std::mem::take(&mut self.store.queued_replies);
+                for (to, reply) in replies.drain(..) {
                     self.send(STORE, to, now, reply);
                 }
+                self.store.queued_replies = replies;
             }
             Wake::StoreTick => {
                 self.store.tick_scheduled.retain(|t| *t > now);
@@ -1318,7 +1333,7 @@ impl<'s> World<'s> {
             | Msg::Heartbeat { req_id, .. } => *req_id,
             other => panic!("not a worker request: {other:?}"),
         };
-        self.workers[index].requests.insert(req_id, pending);
+        self.workers[index].requests.push((req_id, pending));
         self.deadline_add(host, Time(now.0 + timeout_ms), req_id);
         self.send(host, STORE, now, msg);
     }
@@ -1390,7 +1405,7 @@ impl<'s> World<'s> {
         match msg {
             Msg::PollWorkflowResp { req_id, task } => {
                 self.deadlines.done(req_id);
-                if self.workers[index].requests.remove(&req_id).is_none() {
+                if self.workers[index].request_done(req_id).is_none() {
                     return;
                 }
                 self.workers[index].workflow_poll = None;
@@ -1401,7 +1416,7 @@ impl<'s> World<'s> {
             }
             Msg::CompleteWorkflowResp { req_id, run_id, ack } => {
                 self.deadlines.done(req_id);
-                if self.workers[index].requests.remove(&req_id).is_none() {
+                if self.workers[index].request_done(req_id).is_none() {
                     return;
                 }
                 self.workers[index].workflows.acknowledged(&run_id, ack == Ack::Accepted);
@@ -1409,7 +1424,7 @@ impl<'s> World<'s> {
             }
             Msg::PollActivityResp { req_id, lease } => {
                 self.deadlines.done(req_id);
-                if self.workers[index].requests.remove(&req_id).is_none() {
+                if self.workers[index].request_done(req_id).is_none() {
                     return;
                 }
                 self.workers[index].activity_poll = None;
@@ -1420,11 +1435,11 @@ impl<'s> World<'s> {
             }
             Msg::CompleteActivityResp { req_id } => {
                 self.deadlines.done(req_id);
-                self.workers[index].requests.remove(&req_id);
+                self.workers[index].request_done(req_id);
             }
             Msg::HeartbeatResp { req_id, token, ack } => {
                 self.deadlines.done(req_id);
-                self.workers[index].requests.remove(&req_id);
+                self.workers[index].request_done(req_id);
                 if let Ack::Rejected(reason) = ack {
                     // The lease is gone: another worker may own this attempt now. Give up.
                     tracing::debug!(target: "tempest::world", "{now} {} gives up attempt {token:#x}: {reason}", self.workers[index].name);
@@ -1606,7 +1621,7 @@ impl<'s> World<'s> {
     fn worker_wake(&mut self, now: Time, index: usize, wake: Wake) {
         match wake {
             Wake::RequestTimeout { req_id } => {
-                let Some(pending) = self.workers[index].requests.remove(&req_id) else {
+                let Some(pending) = self.workers[index].request_done(req_id) else {
                     return;
                 };
                 match pending {
