@@ -65,42 +65,27 @@ impl Limiter {
         let Some(limit) = self.limits.get(key) else {
             return Some(now);
         };
-        let state = self.keys.entry(key.to_owned()).or_default();
-        Self::forget_old(state, now);
-        if limit.concurrency_max.is_some_and(|max| state.in_flight >= max) {
-            return None;
+        // Looked up before inserting, so the common case allocates no owned key.
+        if !self.keys.contains_key(key) {
+            self.keys.insert(key.to_owned(), KeyState::default());
         }
-        let mut at = now.max(self.quiet_until);
-        if let Some(rpm) = limit.requests_per_minute {
-            assert!(rpm > 0, "key {key}: requests_per_minute must be positive");
-            let count = state.window.len() as u64;
-            if count >= rpm {
-                // The oldest dispatch that must leave the window first.
-                let (t, _) = state.window[(count - rpm) as usize];
-                at = at.max(Time(t.0 + WINDOW_MS));
-            }
-        }
-        if let Some(tpm) = limit.tokens_per_minute {
-            assert!(
-                token_count <= tpm,
-                "key {key}: one activity needs {token_count} tokens, over the {tpm} per minute limit"
-            );
-            let mut used: u64 = state.window.iter().map(|(_, n)| n).sum();
-            for (t, n) in &state.window {
-                if used + token_count <= tpm {
-                    break;
-                }
-                used -= n;
-                at = at.max(Time(t.0 + WINDOW_MS));
-            }
-        }
-        Some(at)
+        let state = self.keys.get_mut(key).expect("inserted above");
+        allowed_at(key, limit, state, self.quiet_until, now, token_count)
     }
 
     /// Keys under which nothing can be dispatched at `now` (for a zero-token request).
     pub fn blocked_keys(&mut self, now: Time) -> BTreeSet<String> {
-        let keys: Vec<String> = self.limits.keys().cloned().collect();
-        keys.into_iter().filter(|k| self.next_allowed(now, k, 0) != Some(now)).collect()
+        let mut blocked = BTreeSet::new();
+        for (key, limit) in &self.limits {
+            if !self.keys.contains_key(key) {
+                self.keys.insert(key.clone(), KeyState::default());
+            }
+            let state = self.keys.get_mut(key).expect("inserted above");
+            if allowed_at(key, limit, state, self.quiet_until, now, 0) != Some(now) {
+                blocked.insert(key.clone());
+            }
+        }
+        blocked
     }
 
     /// Records a dispatch; the caller checked `next_allowed` first.
@@ -121,6 +106,46 @@ impl Limiter {
             state.in_flight -= 1;
         }
     }
+}
+
+/// `Limiter::next_allowed` for one key whose limit and state are at hand.
+fn allowed_at(
+    key: &str,
+    limit: &Limit,
+    state: &mut KeyState,
+    quiet_until: Time,
+    now: Time,
+    token_count: u64,
+) -> Option<Time> {
+    Limiter::forget_old(state, now);
+    if limit.concurrency_max.is_some_and(|max| state.in_flight >= max) {
+        return None;
+    }
+    let mut at = now.max(quiet_until);
+    if let Some(rpm) = limit.requests_per_minute {
+        assert!(rpm > 0, "key {key}: requests_per_minute must be positive");
+        let count = state.window.len() as u64;
+        if count >= rpm {
+            // The oldest dispatch that must leave the window first.
+            let (t, _) = state.window[(count - rpm) as usize];
+            at = at.max(Time(t.0 + WINDOW_MS));
+        }
+    }
+    if let Some(tpm) = limit.tokens_per_minute {
+        assert!(
+            token_count <= tpm,
+            "key {key}: one activity needs {token_count} tokens, over the {tpm} per minute limit"
+        );
+        let mut used: u64 = state.window.iter().map(|(_, n)| n).sum();
+        for (t, n) in &state.window {
+            if used + token_count <= tpm {
+                break;
+            }
+            used -= n;
+            at = at.max(Time(t.0 + WINDOW_MS));
+        }
+    }
+    Some(at)
 }
 
 #[cfg(test)]
