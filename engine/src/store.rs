@@ -201,6 +201,13 @@ pub struct Store {
     /// Bumped by every change that could change what a poll finds, so hosts holding polls
     /// know when to look again.
     version: u64,
+    /// Finer than `version`, and bumped only when what a workflow-task poll could find may
+    /// have changed: which runs have inputs waiting (and since when), workflow leases and
+    /// sticky assignments. Most writes (an activity leased, a timer set) leave it alone.
+    workflow_tasks_version: u64,
+    /// Likewise for activity-task polls: bumped only when the unleased attempts in `due`
+    /// changed.
+    activity_tasks_version: u64,
     /// Open runs with inputs waiting, open activities or open timers: the only runs polls,
     /// ticks and wake-ups look at, so runs idling on a signal cost nothing per operation.
     active: BTreeSet<Arc<str>>,
@@ -241,6 +248,8 @@ impl Store {
             activity_leases: BTreeMap::new(),
             sticky: BTreeMap::new(),
             version: 0,
+            workflow_tasks_version: 0,
+            activity_tasks_version: 0,
             active: BTreeSet::new(),
             with_inbox: BTreeSet::new(),
             due: BTreeSet::new(),
@@ -277,9 +286,12 @@ impl Store {
         }
         let has_inbox = active && !run.inbox.is_empty();
         if !has_inbox {
-            self.with_inbox.remove(run_id);
+            if self.with_inbox.remove(run_id) {
+                self.workflow_tasks_version += 1;
+            }
         } else if !self.with_inbox.contains(run_id) {
             self.with_inbox.insert(key.clone());
+            self.workflow_tasks_version += 1;
         }
         // Most refreshes change nothing that falls due (an append that scheduled nothing, a
         // lease on a run with other open work): then the index already holds these entries.
@@ -287,6 +299,13 @@ impl Store {
         if !unchanged {
             let key = key.clone();
             let mut old = self.due_of.remove(run_id).unwrap_or_default();
+            // Both lists come in the same (seq) order, so equal attempts compare equal.
+            let attempts = |entries: &[(Time, Due)]| {
+                entries.iter().filter(|(_, due)| matches!(due, Due::Activity(_))).copied().collect::<Vec<_>>()
+            };
+            if attempts(&old) != attempts(&entries) {
+                self.activity_tasks_version += 1;
+            }
             for (time, due) in old.drain(..) {
                 self.due.remove(&(time, key.clone(), due));
             }
@@ -315,6 +334,18 @@ impl Store {
     /// Changes whenever what a poll would find may have changed (besides time passing).
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Changes whenever what a workflow-task poll would find may have changed (besides time
+    /// passing); a host holding such polls need not ask again while it stays the same.
+    pub fn workflow_tasks_version(&self) -> u64 {
+        self.workflow_tasks_version
+    }
+
+    /// Changes whenever what an activity-task poll would find may have changed (besides time
+    /// passing).
+    pub fn activity_tasks_version(&self) -> u64 {
+        self.activity_tasks_version
     }
 
     /// Rebuilds the store from its durable records and opens a new epoch; the returned
@@ -447,17 +478,26 @@ impl Store {
         (true, vec![record])
     }
 
-    /// Claims the next workflow task for `worker`, if any run has inputs waiting.
-    pub fn poll_workflow_task(&mut self, now: Time, worker: &str) -> Option<WorkflowTask> {
-        let claimable = |(run_id, run): &(&Arc<str>, &StoredRun)| {
-            let waiting_since = run.inbox.front().map(|(time, _)| *time)?;
+    /// The run whose workflow task a poll by `worker` would claim now.
+    fn claimable_workflow_run(&self, now: Time, worker: &str) -> Option<&Arc<str>> {
+        self.with_inbox.iter().find(|run_id| {
+            let Some((waiting_since, _)) = self.runs[*run_id].inbox.front() else { return false };
             let leased = self.workflow_leases.get(*run_id).is_some_and(|l| l.expires_at > now);
             let sticky_elsewhere = self.sticky.get(*run_id).is_some_and(|(w, _)| w != worker)
                 && now < waiting_since.plus(Duration::from_millis(self.config.sticky_ms));
-            (!leased && !sticky_elsewhere).then_some((*run_id).clone())
-        };
-        let run_id =
-            self.with_inbox.iter().map(|run_id| (run_id, &self.runs[run_id])).find_map(|entry| claimable(&entry))?;
+            !leased && !sticky_elsewhere
+        })
+    }
+
+    /// Whether a workflow-task poll by `worker` would find a task now; claims nothing.
+    pub fn has_workflow_task(&self, now: Time, worker: &str) -> bool {
+        self.claimable_workflow_run(now, worker).is_some()
+    }
+
+    /// Claims the next workflow task for `worker`, if any run has inputs waiting.
+    pub fn poll_workflow_task(&mut self, now: Time, worker: &str) -> Option<WorkflowTask> {
+        let run_id = self.claimable_workflow_run(now, worker)?.clone();
+        self.workflow_tasks_version += 1;
         let token = self.next_token();
         let expires_at = now.plus(Duration::from_millis(self.config.workflow_lease_ms));
         self.workflow_leases.insert(
@@ -489,6 +529,7 @@ impl Store {
         self.workflow_leases.remove(run_id);
         self.sticky.remove(run_id);
         self.version += 1;
+        self.workflow_tasks_version += 1;
         self.refresh_active(run_id);
         Ack::Accepted
     }
@@ -533,12 +574,28 @@ impl Store {
             return (Ack::Rejected(format!("run {run_id}: {detail}")), Vec::new());
         }
         self.workflow_leases.remove(&key);
+        self.workflow_tasks_version += 1;
         let len = base_len + events.len() as u64;
         let record = Record::Append { run_id, time_ms: now, events, consumed };
         self.apply(&record);
         self.sticky.insert(key.clone(), (worker.to_owned(), len));
         self.refresh_active(&key);
         (Ack::Accepted, vec![record])
+    }
+
+    /// The activity attempt an activity-task poll would claim now.
+    fn due_activity_attempt(&self, now: Time, blocked_keys: &BTreeSet<String>) -> Option<(&Arc<str>, u32)> {
+        self.due.iter().take_while(|(time, _, _)| *time <= now).find_map(|(_, run_id, due)| {
+            let Due::Activity(seq) = *due else { return None };
+            let activity = &self.runs[run_id].logical.activities[&seq];
+            let blocked = activity.options.rate_limit_key.as_ref().is_some_and(|k| blocked_keys.contains(k));
+            (!blocked).then_some((run_id, seq))
+        })
+    }
+
+    /// Whether an activity-task poll would find an attempt now; claims nothing.
+    pub fn has_activity_task(&self, now: Time, blocked_keys: &BTreeSet<String>) -> bool {
+        self.due_activity_attempt(now, blocked_keys).is_some()
     }
 
     /// Claims the next due activity attempt whose rate-limit key is not in `blocked_keys`.
@@ -548,12 +605,7 @@ impl Store {
         worker: &str,
         blocked_keys: &BTreeSet<String>,
     ) -> Option<ActivityLease> {
-        let (run_id, seq) = self.due.iter().take_while(|(time, _, _)| *time <= now).find_map(|(_, run_id, due)| {
-            let Due::Activity(seq) = *due else { return None };
-            let activity = &self.runs[run_id].logical.activities[&seq];
-            let blocked = activity.options.rate_limit_key.as_ref().is_some_and(|k| blocked_keys.contains(k));
-            (!blocked).then(|| (run_id.clone(), seq))
-        })?;
+        let (run_id, seq) = self.due_activity_attempt(now, blocked_keys).map(|(run_id, seq)| (run_id.clone(), seq))?;
         let token = self.next_token();
         let run = &self.runs[&run_id];
         let activity = &run.logical.activities[&seq];
@@ -668,6 +720,9 @@ impl Store {
         let expired_workflow_leases = self.workflow_leases.iter().filter(|(_, l)| l.expires_at <= now).count();
         self.workflow_leases.retain(|_, l| l.expires_at > now);
         report.workflow_leases_expired = u32::try_from(expired_workflow_leases).unwrap_or(u32::MAX);
+        if expired_workflow_leases > 0 {
+            self.workflow_tasks_version += 1;
+        }
         for (_, run_id, due) in self.due.iter().take_while(|(time, _, _)| *time <= now) {
             let run = &self.runs[run_id];
             let kind = match *due {
@@ -707,6 +762,8 @@ impl Store {
                 self.workflow_leases.clear();
                 self.activity_leases.clear();
                 self.sticky.clear();
+                self.workflow_tasks_version += 1;
+                self.activity_tasks_version += 1;
                 // Unleased attempts are due again, and no task is kept for a sticky worker.
                 let active: Vec<Arc<str>> = self.active.iter().cloned().collect();
                 for run_id in active {
@@ -770,6 +827,10 @@ impl Store {
             run.inbox.len()
         );
         run.inbox.drain(..consumed);
+        if consumed > 0 {
+            // The oldest waiting input changed: a sticky run may open up at another time.
+            self.workflow_tasks_version += 1;
+        }
         let mut follow_ups = Vec::new();
         for event in events {
             assert_eq!(
@@ -829,7 +890,9 @@ impl Store {
     }
 
     fn close(&mut self, run_id: &str, time: Time, terminal: Kind) {
-        self.workflow_leases.remove(run_id);
+        if self.workflow_leases.remove(run_id).is_some() {
+            self.workflow_tasks_version += 1;
+        }
         let run = self.runs.get_mut(run_id).expect("closing a known run");
         let leftovers: Vec<(Time, Kind)> = run.inbox.drain(..).collect();
         let (workflow_id, workflow_type, parent) =
@@ -904,4 +967,95 @@ fn check_completion(run: &StoredRun, base_len: u64, events: &[Event], consumed: 
         return Err("fewer input events than consumed".to_owned());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activity::Options;
+    use serde_json::json;
+
+    const T0: Time = Time(1_000);
+
+    fn versions(store: &Store) -> (u64, u64) {
+        (store.workflow_tasks_version(), store.activity_tasks_version())
+    }
+
+    /// Starts one run and completes its first workflow task by scheduling activity 1.
+    fn run_waiting_on_an_activity(store: &mut Store) -> String {
+        let (run_id, _) = store.start(T0, "wf", "steps", json!({}));
+        let task = store.poll_workflow_task(T0, "w1").expect("the start is a workflow task");
+        let scheduled = Kind::ActivityScheduled {
+            seq: 1,
+            activity_type: "step".to_owned(),
+            input: json!({}).into(),
+            idempotency_key: "wf:1".to_owned(),
+            options: Options::default(),
+        };
+        let events = vec![
+            Event { index: 0, time_ms: task.inbox[0].0, kind: task.inbox[0].1.clone() },
+            Event { index: 1, time_ms: T0, kind: scheduled },
+        ];
+        let completion =
+            WorkflowCompletion { run_id: run_id.clone(), token: task.token, base_len: 0, events, consumed: 1 };
+        assert_eq!(store.complete_workflow_task(T0, "w1", completion).0, Ack::Accepted);
+        run_id
+    }
+
+    #[test]
+    fn each_poll_kind_has_a_version_that_moves_only_with_what_it_could_find() {
+        let mut store = Store::new(Config::default());
+        let before_start = versions(&store);
+        let (run_id, _) = store.start(T0, "wf", "steps", json!({}));
+        let started = versions(&store);
+        assert!(started.0 > before_start.0, "a new run with an input waiting is a workflow task");
+        assert_eq!(started.1, before_start.1, "starting a run schedules no activity");
+        assert!(store.has_workflow_task(T0, "w1"));
+
+        let task = store.poll_workflow_task(T0, "w1").expect("the start is a workflow task");
+        assert!(versions(&store).0 > started.0, "a leased task is no longer there to find");
+        assert!(!store.has_workflow_task(T0, "w2"));
+        store.abandon_workflow_task(&run_id, task.token);
+        assert!(store.has_workflow_task(T0, "w2"), "an abandoned task is there again");
+
+        let mut store = Store::new(Config::default());
+        let run_id = run_waiting_on_an_activity(&mut store);
+        let no_blocked_keys = BTreeSet::new();
+        assert!(store.has_activity_task(T0, &no_blocked_keys));
+        assert!(!store.has_workflow_task(T0, "w1"), "the inbox was consumed");
+        let scheduled = versions(&store);
+
+        let lease = store.poll_activity_task(T0, "w1", &no_blocked_keys).expect("activity 1 is due");
+        let leased = versions(&store);
+        assert_eq!(leased.0, scheduled.0, "leasing an activity changes no workflow task");
+        assert!(leased.1 > scheduled.1, "the leased attempt is no longer there to find");
+        assert!(!store.has_activity_task(T0, &no_blocked_keys));
+
+        assert_eq!(store.heartbeat(T0, &run_id, 1, lease.token), Ack::Accepted);
+        assert_eq!(versions(&store), leased, "a heartbeat changes what no poll finds");
+
+        let report = AttemptReport::Completed { output: json!("done") };
+        let (ack, _) = store.complete_activity_task(T0, &run_id, 1, lease.token, report, "w1");
+        assert_eq!(ack, Ack::Accepted);
+        let reported = versions(&store);
+        assert!(reported.0 > leased.0, "the report is an input waiting for a workflow task");
+        assert_eq!(reported.1, leased.1, "a completed activity leaves no attempt to find");
+        assert!(store.has_workflow_task(T0, "w1"));
+    }
+
+    #[test]
+    fn an_expired_activity_lease_makes_its_retry_findable_and_moves_the_activity_version() {
+        let mut store = Store::new(Config::default());
+        run_waiting_on_an_activity(&mut store);
+        let no_blocked_keys = BTreeSet::new();
+        let lease = store.poll_activity_task(T0, "w1", &no_blocked_keys).expect("activity 1 is due");
+        let leased = versions(&store);
+        let (report, _) = store.tick(lease.expires_at);
+        assert_eq!(report.activity_leases_expired, 1);
+        assert!(versions(&store).0 > leased.0, "the timed-out attempt is an input waiting");
+        assert!(versions(&store).1 > leased.1, "the failed attempt's retry is due");
+        assert!(!store.has_activity_task(lease.expires_at, &no_blocked_keys), "the retry waits out its backoff");
+        let retry_at = lease.expires_at.plus(Duration::from_millis(1_000));
+        assert!(store.has_activity_task(retry_at, &no_blocked_keys));
+    }
 }

@@ -576,8 +576,19 @@ struct StoreHost {
     held_workflow_polls: Vec<(HostId, u64, Time)>,
     held_activity_polls: Vec<(HostId, u64, BTreeSet<String>, Time)>,
     tick_scheduled: BTreeSet<Time>,
-    /// The store version and the next due time when held polls were last answered.
-    looked_at: (u64, Time),
+    /// What held polls were last answered against; `None` after a crash.
+    looked_at: Option<LookedAt>,
+}
+
+/// The store's versions and the next due time when held polls were last answered: while a
+/// version stays the same and nothing falls due, the polls it covers would find nothing again.
+#[derive(Clone, Copy)]
+struct LookedAt {
+    version: u64,
+    workflow_tasks: u64,
+    activity_tasks: u64,
+    /// The earliest lease expiry, due entry or held-poll deadline after that look.
+    due: Time,
 }
 
 /// Request deadlines, with one agenda wake per host at its earliest. A request answered in
@@ -757,7 +768,7 @@ impl<'s> World<'s> {
                 held_workflow_polls: Vec::new(),
                 held_activity_polls: Vec::new(),
                 tick_scheduled: BTreeSet::new(),
-                looked_at: (u64::MAX, Time::ZERO),
+                looked_at: None,
             },
             workers,
             activities: scenario.activities(),
@@ -1034,7 +1045,7 @@ impl<'s> World<'s> {
             self.store.incarnation += 1;
             self.store.queued_replies.clear();
             self.store.held_workflow_polls.clear();
-            self.store.looked_at = (u64::MAX, Time::ZERO);
+            self.store.looked_at = None;
             self.store.held_activity_polls.clear();
             self.store.tick_scheduled.clear();
             self.store.unsynced = false;
@@ -1243,12 +1254,31 @@ impl<'s> World<'s> {
 
     /// After any change: answer held polls that now have work, and plan the next tick.
     fn store_after_write(&mut self, now: Time) {
-        // Nothing changed and nothing fell due since the last look: the answers stand.
-        let version = self.store.protocol.store().version();
-        if (version, true) == (self.store.looked_at.0, now < self.store.looked_at.1) {
-            return;
+        // Nothing changed and nothing fell due since the last look: the answers stand. If only
+        // one side of the store changed, only the polls of that side can find something (or
+        // reach their deadline: a poll held since that look is not in its due time).
+        let store = self.store.protocol.store();
+        let (recheck_workflow_polls, recheck_activity_polls) = match self.store.looked_at {
+            Some(looked) if now < looked.due => {
+                if store.version() == looked.version {
+                    return;
+                }
+                let workflow_poll_expired =
+                    self.store.held_workflow_polls.iter().any(|(.., deadline)| *deadline <= now);
+                let activity_poll_expired =
+                    self.store.held_activity_polls.iter().any(|(.., deadline)| *deadline <= now);
+                (
+                    workflow_poll_expired || store.workflow_tasks_version() != looked.workflow_tasks,
+                    activity_poll_expired || store.activity_tasks_version() != looked.activity_tasks,
+                )
+            }
+            _ => (true, true),
+        };
+        if cfg!(debug_assertions) {
+            self.check_held_polls_find_nothing(now, !recheck_workflow_polls, !recheck_activity_polls);
         }
-        let held = std::mem::take(&mut self.store.held_workflow_polls);
+        let held =
+            if recheck_workflow_polls { std::mem::take(&mut self.store.held_workflow_polls) } else { Vec::new() };
         for (from, req_id, deadline) in held {
             let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
             match self.store.protocol.store().poll_workflow_task(now, &worker_name) {
@@ -1257,7 +1287,8 @@ impl<'s> World<'s> {
                 None => self.store.held_workflow_polls.push((from, req_id, deadline)),
             }
         }
-        let held = std::mem::take(&mut self.store.held_activity_polls);
+        let held =
+            if recheck_activity_polls { std::mem::take(&mut self.store.held_activity_polls) } else { Vec::new() };
         for (from, req_id, blocked, deadline) in held {
             let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
             match self.store.protocol.store().poll_activity_task(now, &worker_name, &blocked) {
@@ -1274,9 +1305,34 @@ impl<'s> World<'s> {
         let held_deadline = self.store.held_workflow_polls.iter().map(|(_, _, d)| *d);
         let held_deadline = held_deadline.chain(self.store.held_activity_polls.iter().map(|(_, _, _, d)| *d)).min();
         let due = next.into_iter().chain(held_deadline).min().unwrap_or(Time(u64::MAX));
-        self.store.looked_at = (store.version(), due);
+        self.store.looked_at = Some(LookedAt {
+            version: store.version(),
+            workflow_tasks: store.workflow_tasks_version(),
+            activity_tasks: store.activity_tasks_version(),
+            due,
+        });
         if let Some(at) = next {
             self.store_schedule_tick(at.max(now));
+        }
+    }
+
+    /// Debug builds check what skipping a held poll's re-poll rests on: the store has nothing
+    /// for it.
+    fn check_held_polls_find_nothing(&mut self, now: Time, workflow_polls: bool, activity_polls: bool) {
+        let worker_name = |world: &Self, from| world.worker_index(from).map(|i| world.workers[i].name.clone());
+        if workflow_polls {
+            for (from, ..) in self.store.held_workflow_polls.clone() {
+                let name = worker_name(self, from).unwrap_or_default();
+                let found = self.store.protocol.store().has_workflow_task(now, &name);
+                assert!(!found, "{now}: a held workflow poll of {name} was not asked again though it has a task");
+            }
+        }
+        if activity_polls {
+            for (from, _, blocked, _) in self.store.held_activity_polls.clone() {
+                let name = worker_name(self, from).unwrap_or_default();
+                let found = self.store.protocol.store().has_activity_task(now, &blocked);
+                assert!(!found, "{now}: a held activity poll of {name} was not asked again though it has a task");
+            }
         }
     }
 
