@@ -201,12 +201,12 @@ pub struct Store {
     /// Bumped by every change that could change what a poll finds, so hosts holding polls
     /// know when to look again.
     version: u64,
-    /// Finer than `version`, and bumped only when what a workflow-task poll could find may
-    /// have changed: which runs have inputs waiting (and since when), workflow leases and
-    /// sticky assignments. Most writes (an activity leased, a timer set) leave it alone.
+    /// Finer than `version`: bumped only when a workflow-task poll may find a task it could
+    /// not find before (a run gained inputs, lost its lease or its sticky worker). Writes that
+    /// only take tasks away (a lease granted, inputs consumed, a run closed) or touch other
+    /// things (an activity leased, a timer set) leave it alone.
     workflow_tasks_version: u64,
-    /// Likewise for activity-task polls: bumped only when the unleased attempts in `due`
-    /// changed.
+    /// Likewise for activity-task polls: bumped only when an unleased attempt enters `due`.
     activity_tasks_version: u64,
     /// Open runs with inputs waiting, open activities or open timers: the only runs polls,
     /// ticks and wake-ups look at, so runs idling on a signal cost nothing per operation.
@@ -286,9 +286,7 @@ impl Store {
         }
         let has_inbox = active && !run.inbox.is_empty();
         if !has_inbox {
-            if self.with_inbox.remove(run_id) {
-                self.workflow_tasks_version += 1;
-            }
+            self.with_inbox.remove(run_id);
         } else if !self.with_inbox.contains(run_id) {
             self.with_inbox.insert(key.clone());
             self.workflow_tasks_version += 1;
@@ -299,11 +297,8 @@ impl Store {
         if !unchanged {
             let key = key.clone();
             let mut old = self.due_of.remove(run_id).unwrap_or_default();
-            // Both lists come in the same (seq) order, so equal attempts compare equal.
-            let attempts = |entries: &[(Time, Due)]| {
-                entries.iter().filter(|(_, due)| matches!(due, Due::Activity(_))).copied().collect::<Vec<_>>()
-            };
-            if attempts(&old) != attempts(&entries) {
+            let new_attempt = entries.iter().any(|entry| matches!(entry.1, Due::Activity(_)) && !old.contains(entry));
+            if new_attempt {
                 self.activity_tasks_version += 1;
             }
             for (time, due) in old.drain(..) {
@@ -336,14 +331,15 @@ impl Store {
         self.version
     }
 
-    /// Changes whenever what a workflow-task poll would find may have changed (besides time
-    /// passing); a host holding such polls need not ask again while it stays the same.
+    /// Changes whenever a workflow-task poll may find a task it could not find before (besides
+    /// time passing): a host holding polls that found nothing need not ask again while it
+    /// stays the same.
     pub fn workflow_tasks_version(&self) -> u64 {
         self.workflow_tasks_version
     }
 
-    /// Changes whenever what an activity-task poll would find may have changed (besides time
-    /// passing).
+    /// Changes whenever an activity-task poll may find an attempt it could not find before
+    /// (besides time passing).
     pub fn activity_tasks_version(&self) -> u64 {
         self.activity_tasks_version
     }
@@ -497,7 +493,6 @@ impl Store {
     /// Claims the next workflow task for `worker`, if any run has inputs waiting.
     pub fn poll_workflow_task(&mut self, now: Time, worker: &str) -> Option<WorkflowTask> {
         let run_id = self.claimable_workflow_run(now, worker)?.clone();
-        self.workflow_tasks_version += 1;
         let token = self.next_token();
         let expires_at = now.plus(Duration::from_millis(self.config.workflow_lease_ms));
         self.workflow_leases.insert(
@@ -574,12 +569,15 @@ impl Store {
             return (Ack::Rejected(format!("run {run_id}: {detail}")), Vec::new());
         }
         self.workflow_leases.remove(&key);
-        self.workflow_tasks_version += 1;
         let len = base_len + events.len() as u64;
         let record = Record::Append { run_id, time_ms: now, events, consumed };
         self.apply(&record);
         self.sticky.insert(key.clone(), (worker.to_owned(), len));
         self.refresh_active(&key);
+        if self.with_inbox.contains(&key) {
+            // Inputs arrived while the task ran: the run is free again, now for this worker.
+            self.workflow_tasks_version += 1;
+        }
         (Ack::Accepted, vec![record])
     }
 
@@ -827,10 +825,6 @@ impl Store {
             run.inbox.len()
         );
         run.inbox.drain(..consumed);
-        if consumed > 0 {
-            // The oldest waiting input changed: a sticky run may open up at another time.
-            self.workflow_tasks_version += 1;
-        }
         let mut follow_ups = Vec::new();
         for event in events {
             assert_eq!(
@@ -890,9 +884,7 @@ impl Store {
     }
 
     fn close(&mut self, run_id: &str, time: Time, terminal: Kind) {
-        if self.workflow_leases.remove(run_id).is_some() {
-            self.workflow_tasks_version += 1;
-        }
+        self.workflow_leases.remove(run_id);
         let run = self.runs.get_mut(run_id).expect("closing a known run");
         let leftovers: Vec<(Time, Kind)> = run.inbox.drain(..).collect();
         let (workflow_id, workflow_type, parent) =
@@ -1003,7 +995,7 @@ mod tests {
     }
 
     #[test]
-    fn each_poll_kind_has_a_version_that_moves_only_with_what_it_could_find() {
+    fn each_poll_kind_has_a_version_that_moves_only_when_it_could_find_more() {
         let mut store = Store::new(Config::default());
         let before_start = versions(&store);
         let (run_id, _) = store.start(T0, "wf", "steps", json!({}));
@@ -1013,22 +1005,24 @@ mod tests {
         assert!(store.has_workflow_task(T0, "w1"));
 
         let task = store.poll_workflow_task(T0, "w1").expect("the start is a workflow task");
-        assert!(versions(&store).0 > started.0, "a leased task is no longer there to find");
+        assert_eq!(versions(&store), started, "a lease only takes a task away");
         assert!(!store.has_workflow_task(T0, "w2"));
         store.abandon_workflow_task(&run_id, task.token);
-        assert!(store.has_workflow_task(T0, "w2"), "an abandoned task is there again");
+        assert!(versions(&store).0 > started.0, "an abandoned task is there again");
+        assert!(store.has_workflow_task(T0, "w2"));
 
         let mut store = Store::new(Config::default());
+        let fresh = versions(&store);
         let run_id = run_waiting_on_an_activity(&mut store);
         let no_blocked_keys = BTreeSet::new();
         assert!(store.has_activity_task(T0, &no_blocked_keys));
         assert!(!store.has_workflow_task(T0, "w1"), "the inbox was consumed");
         let scheduled = versions(&store);
+        assert!(scheduled.1 > fresh.1, "the scheduled activity's first attempt is due");
 
         let lease = store.poll_activity_task(T0, "w1", &no_blocked_keys).expect("activity 1 is due");
         let leased = versions(&store);
-        assert_eq!(leased.0, scheduled.0, "leasing an activity changes no workflow task");
-        assert!(leased.1 > scheduled.1, "the leased attempt is no longer there to find");
+        assert_eq!(leased, scheduled, "a lease only takes an attempt away");
         assert!(!store.has_activity_task(T0, &no_blocked_keys));
 
         assert_eq!(store.heartbeat(T0, &run_id, 1, lease.token), Ack::Accepted);
@@ -1039,7 +1033,7 @@ mod tests {
         assert_eq!(ack, Ack::Accepted);
         let reported = versions(&store);
         assert!(reported.0 > leased.0, "the report is an input waiting for a workflow task");
-        assert_eq!(reported.1, leased.1, "a completed activity leaves no attempt to find");
+        assert_eq!(reported.1, leased.1, "a completed activity has no attempt left to find");
         assert!(store.has_workflow_task(T0, "w1"));
     }
 
@@ -1053,7 +1047,7 @@ mod tests {
         let (report, _) = store.tick(lease.expires_at);
         assert_eq!(report.activity_leases_expired, 1);
         assert!(versions(&store).0 > leased.0, "the timed-out attempt is an input waiting");
-        assert!(versions(&store).1 > leased.1, "the failed attempt's retry is due");
+        assert!(versions(&store).1 > leased.1, "the attempt's retry will fall due");
         assert!(!store.has_activity_task(lease.expires_at, &no_blocked_keys), "the retry waits out its backoff");
         let retry_at = lease.expires_at.plus(Duration::from_millis(1_000));
         assert!(store.has_activity_task(retry_at, &no_blocked_keys));

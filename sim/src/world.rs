@@ -1254,9 +1254,10 @@ impl<'s> World<'s> {
 
     /// After any change: answer held polls that now have work, and plan the next tick.
     fn store_after_write(&mut self, now: Time) {
-        // Nothing changed and nothing fell due since the last look: the answers stand. If only
-        // one side of the store changed, only the polls of that side can find something (or
-        // reach their deadline: a poll held since that look is not in its due time).
+        // Nothing changed and nothing fell due since the last look: the answers stand. Held
+        // polls found nothing then, so only the polls of a side of the store that may have
+        // gained work can find something now (or a poll that reached its deadline, since a poll
+        // held after that look is not in its due time).
         let store = self.store.protocol.store();
         let (recheck_workflow_polls, recheck_activity_polls) = match self.store.looked_at {
             Some(looked) if now < looked.due => {
