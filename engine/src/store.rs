@@ -570,10 +570,10 @@ impl Store {
         }
         self.workflow_leases.remove(&key);
         let len = base_len + events.len() as u64;
+        // Kept for this worker before the append, whose refresh of the run then sees it.
+        self.sticky.insert(key.clone(), (worker.to_owned(), len));
         let record = Record::Append { run_id, time_ms: now, events, consumed };
         self.apply(&record);
-        self.sticky.insert(key.clone(), (worker.to_owned(), len));
-        self.refresh_active(&key);
         if self.with_inbox.contains(&key) {
             // Inputs arrived while the task ran: the run is free again, now for this worker.
             self.workflow_tasks_version += 1;
