@@ -580,14 +580,17 @@ struct StoreHost {
     looked_at: Option<LookedAt>,
 }
 
-/// The store's versions and the next due time when held polls were last answered: while a
-/// version stays the same and nothing falls due, the polls it covers would find nothing again.
+/// The store's versions and due times when held polls were last answered: while a version
+/// stays the same and nothing in the store falls due, the polls it covers would find nothing
+/// again.
 #[derive(Clone, Copy)]
 struct LookedAt {
     version: u64,
     workflow_tasks: u64,
     activity_tasks: u64,
-    /// The earliest lease expiry, due entry or held-poll deadline after that look.
+    /// The earliest lease expiry or due entry after that look (`Store::next_wakeup`).
+    store_due: Time,
+    /// `store_due`, or a held poll's deadline if that is earlier.
     due: Time,
 }
 
@@ -1254,46 +1257,54 @@ impl<'s> World<'s> {
 
     /// After any change: answer held polls that now have work, and plan the next tick.
     fn store_after_write(&mut self, now: Time) {
-        // Nothing changed and nothing fell due since the last look: the answers stand. Held
-        // polls found nothing then, so only the polls of a side of the store that may have
-        // gained work can find something now (or a poll that reached its deadline, since a poll
-        // held after that look is not in its due time).
+        // Nothing changed and nothing fell due since the last look: the answers stand.
         let store = self.store.protocol.store();
-        let (recheck_workflow_polls, recheck_activity_polls) = match self.store.looked_at {
-            Some(looked) if now < looked.due => {
-                if store.version() == looked.version {
-                    return;
-                }
-                let workflow_poll_expired =
-                    self.store.held_workflow_polls.iter().any(|(.., deadline)| *deadline <= now);
-                let activity_poll_expired =
-                    self.store.held_activity_polls.iter().any(|(.., deadline)| *deadline <= now);
-                (
-                    workflow_poll_expired || store.workflow_tasks_version() != looked.workflow_tasks,
-                    activity_poll_expired || store.activity_tasks_version() != looked.activity_tasks,
-                )
-            }
+        let looked_at = self.store.looked_at;
+        if looked_at.is_some_and(|looked| now < looked.due && store.version() == looked.version) {
+            return;
+        }
+        // Held polls found nothing at the last look. Unless something in the store fell due
+        // since, only the polls of a side of the store that may have gained work can find
+        // something now; the others are only answered if they reached their deadline.
+        let (find_workflow_tasks, find_activity_tasks) = match looked_at {
+            Some(looked) if now < looked.store_due => (
+                store.workflow_tasks_version() != looked.workflow_tasks,
+                store.activity_tasks_version() != looked.activity_tasks,
+            ),
             _ => (true, true),
         };
         if cfg!(debug_assertions) {
-            self.check_held_polls_find_nothing(now, !recheck_workflow_polls, !recheck_activity_polls);
+            self.check_held_polls_find_nothing(now, !find_workflow_tasks, !find_activity_tasks);
         }
-        let held =
-            if recheck_workflow_polls { std::mem::take(&mut self.store.held_workflow_polls) } else { Vec::new() };
+        let expired = |deadline: &Time| *deadline <= now;
+        let answer_workflow_polls =
+            find_workflow_tasks || self.store.held_workflow_polls.iter().any(|(.., deadline)| expired(deadline));
+        let held = if answer_workflow_polls { std::mem::take(&mut self.store.held_workflow_polls) } else { Vec::new() };
         for (from, req_id, deadline) in held {
-            let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
-            match self.store.protocol.store().poll_workflow_task(now, &worker_name) {
+            let task = if find_workflow_tasks {
+                let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+                self.store.protocol.store().poll_workflow_task(now, &worker_name)
+            } else {
+                None
+            };
+            match task {
                 Some(task) => self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: Some(Box::new(task)) }),
                 None if deadline <= now => self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: None }),
                 None => self.store.held_workflow_polls.push((from, req_id, deadline)),
             }
         }
-        let held =
-            if recheck_activity_polls { std::mem::take(&mut self.store.held_activity_polls) } else { Vec::new() };
+        let answer_activity_polls =
+            find_activity_tasks || self.store.held_activity_polls.iter().any(|(.., deadline)| expired(deadline));
+        let held = if answer_activity_polls { std::mem::take(&mut self.store.held_activity_polls) } else { Vec::new() };
         for (from, req_id, blocked, deadline) in held {
-            let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
-            match self.store.protocol.store().poll_activity_task(now, &worker_name, &blocked) {
-                Some(lease) => {
+            let lease = if find_activity_tasks {
+                let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+                self.store.protocol.store().poll_activity_task(now, &worker_name, &blocked).map(|l| (l, worker_name))
+            } else {
+                None
+            };
+            match lease {
+                Some((lease, worker_name)) => {
                     self.evidence.grant(&lease.task.run_id, lease.task.seq, lease.task.attempt, &worker_name);
                     self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: Some(Box::new(lease)) });
                 }
@@ -1305,11 +1316,13 @@ impl<'s> World<'s> {
         let next = store.next_wakeup(now);
         let held_deadline = self.store.held_workflow_polls.iter().map(|(_, _, d)| *d);
         let held_deadline = held_deadline.chain(self.store.held_activity_polls.iter().map(|(_, _, _, d)| *d)).min();
-        let due = next.into_iter().chain(held_deadline).min().unwrap_or(Time(u64::MAX));
+        let store_due = next.unwrap_or(Time(u64::MAX));
+        let due = held_deadline.map_or(store_due, |deadline| deadline.min(store_due));
         self.store.looked_at = Some(LookedAt {
             version: store.version(),
             workflow_tasks: store.workflow_tasks_version(),
             activity_tasks: store.activity_tasks_version(),
+            store_due,
             due,
         });
         if let Some(at) = next {
