@@ -301,14 +301,17 @@ impl Store {
             if new_attempt {
                 self.activity_tasks_version += 1;
             }
-            for (time, due) in old.drain(..) {
+            // Only what differs moves in the index: a lease or a fired timer usually changes one
+            // entry of a few.
+            for &(time, due) in old.iter().filter(|entry| !entries.contains(entry)) {
                 self.due.remove(&(time, key.clone(), due));
             }
-            for &(time, due) in &entries {
+            for &(time, due) in entries.iter().filter(|entry| !old.contains(entry)) {
                 self.due.insert((time, key.clone(), due));
             }
             if !entries.is_empty() {
                 // The old list's allocation takes the new entries; the scratch list stays ours.
+                old.clear();
                 old.extend_from_slice(&entries);
                 self.due_of.insert(key, old);
             }
