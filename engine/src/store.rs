@@ -19,6 +19,7 @@ use crate::Failure;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -186,30 +187,44 @@ pub struct Store {
     config: Config,
     epoch: u32,
     token_count: u32,
-    runs: BTreeMap<String, StoredRun>,
+    /// Run ids are shared `Arc<str>`s: the indexes below key on the same ids (in the same
+    /// order as strings) without allocating on every refresh. `Arc`, not `Rc`, because the
+    /// runtime shares the store between threads.
+    runs: BTreeMap<Arc<str>, StoredRun>,
     /// workflow id -> its runs, first to latest.
     chains: BTreeMap<String, Vec<String>>,
-    workflow_leases: BTreeMap<String, Lease>,
-    activity_leases: BTreeMap<(String, u32), Lease>,
+    workflow_leases: BTreeMap<Arc<str>, Lease>,
+    /// run id -> activity seq -> lease; iterates in (run id, seq) order.
+    activity_leases: BTreeMap<Arc<str>, BTreeMap<u32, Lease>>,
     /// run id -> (worker, history length it has cached).
-    sticky: BTreeMap<String, (String, u64)>,
+    sticky: BTreeMap<Arc<str>, (String, u64)>,
     /// Bumped by every change that could change what a poll finds, so hosts holding polls
     /// know when to look again.
     version: u64,
+    /// Finer than `version`: bumped only when a workflow-task poll may find a task it could
+    /// not find before (a run gained inputs, lost its lease or its sticky worker). Writes that
+    /// only take tasks away (a lease granted, inputs consumed, a run closed) or touch other
+    /// things (an activity leased, a timer set) leave it alone.
+    workflow_tasks_version: u64,
+    /// Likewise for activity-task polls: bumped only when an unleased attempt enters `due`.
+    activity_tasks_version: u64,
     /// Open runs with inputs waiting, open activities or open timers: the only runs polls,
     /// ticks and wake-ups look at, so runs idling on a signal cost nothing per operation.
-    active: BTreeSet<String>,
+    active: BTreeSet<Arc<str>>,
     /// The active runs with inputs in their inbox: the only runs a workflow-task poll can
     /// hand out, in the same (run id) order as `active`, so a poll under load does not look
     /// at every run that merely waits on an activity or a timer.
-    with_inbox: BTreeSet<String>,
+    with_inbox: BTreeSet<Arc<str>>,
     /// Everything that falls due with time, ordered by when: unleased activity attempts (when
     /// they may start), schedule-to-close deadlines, timers, and tasks kept for a sticky
     /// worker (when every worker may take them). Polls, ticks and wake-ups read it in time
     /// order instead of scanning runs.
-    due: BTreeSet<(Time, String, Due)>,
+    due: BTreeSet<(Time, Arc<str>, Due)>,
     /// The entries each run has in `due`, so a run's entries can be replaced.
-    due_of: BTreeMap<String, Vec<(Time, Due)>>,
+    due_of: BTreeMap<Arc<str>, Vec<(Time, Due)>>,
+    /// Reused by `refresh_active` to list a run's due entries, so a refresh that changes
+    /// nothing allocates nothing.
+    due_scratch: Vec<(Time, Due)>,
 }
 
 /// What falls due in `Store::due`.
@@ -233,20 +248,25 @@ impl Store {
             activity_leases: BTreeMap::new(),
             sticky: BTreeMap::new(),
             version: 0,
+            workflow_tasks_version: 0,
+            activity_tasks_version: 0,
             active: BTreeSet::new(),
             with_inbox: BTreeSet::new(),
             due: BTreeSet::new(),
             due_of: BTreeMap::new(),
+            due_scratch: Vec::new(),
         }
     }
 
     /// Puts a run into, or takes it out of, the active set after its state changed.
     fn refresh_active(&mut self, run_id: &str) {
-        let run = &self.runs[run_id];
-        let mut entries = Vec::new();
+        let (key, run) = self.runs.get_key_value(run_id).unwrap_or_else(|| panic!("refresh of unknown run {run_id}"));
+        let mut entries = std::mem::take(&mut self.due_scratch);
+        entries.clear();
         if !run.logical.is_closed() {
+            let leases = self.activity_leases.get(run_id);
             for (seq, activity) in run.logical.open_activities() {
-                if !self.activity_leases.contains_key(&(run_id.to_owned(), seq)) {
+                if !leases.is_some_and(|leases| leases.contains_key(&seq)) {
                     entries.push((activity.attempt_not_before, Due::Activity(seq)));
                 }
                 if let Some(deadline) = activity.deadline() {
@@ -262,34 +282,69 @@ impl Store {
         if !active {
             self.active.remove(run_id);
         } else if !self.active.contains(run_id) {
-            self.active.insert(run_id.to_owned());
+            self.active.insert(key.clone());
         }
         let has_inbox = active && !run.inbox.is_empty();
         if !has_inbox {
             self.with_inbox.remove(run_id);
         } else if !self.with_inbox.contains(run_id) {
-            self.with_inbox.insert(run_id.to_owned());
+            self.with_inbox.insert(key.clone());
+            self.workflow_tasks_version += 1;
         }
         // Most refreshes change nothing that falls due (an append that scheduled nothing, a
         // lease on a run with other open work): then the index already holds these entries.
         let unchanged = self.due_of.get(run_id).map_or(entries.is_empty(), |old| *old == entries);
-        if unchanged {
-            return;
+        if !unchanged {
+            let key = key.clone();
+            let mut old = self.due_of.remove(run_id).unwrap_or_default();
+            let new_attempt = entries.iter().any(|entry| matches!(entry.1, Due::Activity(_)) && !old.contains(entry));
+            if new_attempt {
+                self.activity_tasks_version += 1;
+            }
+            // Only what differs moves in the index: a lease or a fired timer usually changes one
+            // entry of a few.
+            for &(time, due) in old.iter().filter(|entry| !entries.contains(entry)) {
+                self.due.remove(&(time, key.clone(), due));
+            }
+            for &(time, due) in entries.iter().filter(|entry| !old.contains(entry)) {
+                self.due.insert((time, key.clone(), due));
+            }
+            if !entries.is_empty() {
+                // The old list's allocation takes the new entries; the scratch list stays ours.
+                old.clear();
+                old.extend_from_slice(&entries);
+                self.due_of.insert(key, old);
+            }
         }
-        for (time, due) in self.due_of.remove(run_id).unwrap_or_default() {
-            self.due.remove(&(time, run_id.to_owned(), due));
+        self.due_scratch = entries;
+    }
+
+    /// Takes an activity attempt's lease away, dropping the run's lease map once it is empty.
+    fn remove_activity_lease(&mut self, run_id: &str, seq: u32) -> Option<Lease> {
+        let leases = self.activity_leases.get_mut(run_id)?;
+        let lease = leases.remove(&seq);
+        if leases.is_empty() {
+            self.activity_leases.remove(run_id);
         }
-        for (time, due) in &entries {
-            self.due.insert((*time, run_id.to_owned(), *due));
-        }
-        if !entries.is_empty() {
-            self.due_of.insert(run_id.to_owned(), entries);
-        }
+        lease
     }
 
     /// Changes whenever what a poll would find may have changed (besides time passing).
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Changes whenever a workflow-task poll may find a task it could not find before (besides
+    /// time passing): a host holding polls that found nothing need not ask again while it
+    /// stays the same.
+    pub fn workflow_tasks_version(&self) -> u64 {
+        self.workflow_tasks_version
+    }
+
+    /// Changes whenever an activity-task poll may find an attempt it could not find before
+    /// (besides time passing).
+    pub fn activity_tasks_version(&self) -> u64 {
+        self.activity_tasks_version
     }
 
     /// Rebuilds the store from its durable records and opens a new epoch; the returned
@@ -311,7 +366,7 @@ impl Store {
         self.epoch
     }
 
-    pub fn runs(&self) -> &BTreeMap<String, StoredRun> {
+    pub fn runs(&self) -> &BTreeMap<Arc<str>, StoredRun> {
         &self.runs
     }
 
@@ -333,7 +388,7 @@ impl Store {
     }
 
     pub fn activity_lease(&self, run_id: &str, seq: u32) -> Option<&Lease> {
-        self.activity_leases.get(&(run_id.to_owned(), seq))
+        self.activity_leases.get(run_id)?.get(&seq)
     }
 
     fn next_token(&mut self) -> u64 {
@@ -379,7 +434,7 @@ impl Store {
         let Some(run_id) = self.latest_run(workflow_id).map(str::to_owned) else {
             return (SignalStatus::UnknownWorkflow, Vec::new());
         };
-        let Some(kind) = self.runs[&run_id].logical.signal(signal_id, name, payload.into()) else {
+        let Some(kind) = self.runs[run_id.as_str()].logical.signal(signal_id, name, payload.into()) else {
             return (SignalStatus::RunClosed, Vec::new());
         };
         let record = Record::Inbox { run_id, time_ms: now, kind };
@@ -388,7 +443,7 @@ impl Store {
     }
 
     fn signal_seen(&self, workflow_id: &str, signal_id: &str) -> bool {
-        self.chain(workflow_id).iter().any(|run_id| self.runs[run_id].rejected_signals.contains(signal_id))
+        self.chain(workflow_id).iter().any(|run_id| self.runs[run_id.as_str()].rejected_signals.contains(signal_id))
     }
 
     /// Where a signal stands; a client retrying a signal asks this.
@@ -398,7 +453,7 @@ impl Store {
             return SignalStatus::UnknownWorkflow;
         }
         for run_id in chain {
-            let run = &self.runs[run_id];
+            let run = &self.runs[run_id.as_str()];
             if run.recorded_signals.contains(signal_id) {
                 return SignalStatus::Recorded;
             }
@@ -414,7 +469,7 @@ impl Store {
         let Some(run_id) = self.latest_run(workflow_id).map(str::to_owned) else {
             return (false, Vec::new());
         };
-        let Some(kind) = self.runs[&run_id].logical.cancel(reason) else {
+        let Some(kind) = self.runs[run_id.as_str()].logical.cancel(reason) else {
             return (false, Vec::new());
         };
         let record = Record::Inbox { run_id, time_ms: now, kind };
@@ -422,17 +477,25 @@ impl Store {
         (true, vec![record])
     }
 
-    /// Claims the next workflow task for `worker`, if any run has inputs waiting.
-    pub fn poll_workflow_task(&mut self, now: Time, worker: &str) -> Option<WorkflowTask> {
-        let claimable = |(run_id, run): &(&String, &StoredRun)| {
-            let waiting_since = run.inbox.front().map(|(time, _)| *time)?;
+    /// The run whose workflow task a poll by `worker` would claim now.
+    fn claimable_workflow_run(&self, now: Time, worker: &str) -> Option<&Arc<str>> {
+        self.with_inbox.iter().find(|run_id| {
+            let Some((waiting_since, _)) = self.runs[*run_id].inbox.front() else { return false };
             let leased = self.workflow_leases.get(*run_id).is_some_and(|l| l.expires_at > now);
             let sticky_elsewhere = self.sticky.get(*run_id).is_some_and(|(w, _)| w != worker)
                 && now < waiting_since.plus(Duration::from_millis(self.config.sticky_ms));
-            (!leased && !sticky_elsewhere).then_some((*run_id).clone())
-        };
-        let run_id =
-            self.with_inbox.iter().map(|run_id| (run_id, &self.runs[run_id])).find_map(|entry| claimable(&entry))?;
+            !leased && !sticky_elsewhere
+        })
+    }
+
+    /// Whether a workflow-task poll by `worker` would find a task now; claims nothing.
+    pub fn has_workflow_task(&self, now: Time, worker: &str) -> bool {
+        self.claimable_workflow_run(now, worker).is_some()
+    }
+
+    /// Claims the next workflow task for `worker`, if any run has inputs waiting.
+    pub fn poll_workflow_task(&mut self, now: Time, worker: &str) -> Option<WorkflowTask> {
+        let run_id = self.claimable_workflow_run(now, worker)?.clone();
         let token = self.next_token();
         let expires_at = now.plus(Duration::from_millis(self.config.workflow_lease_ms));
         self.workflow_leases.insert(
@@ -446,7 +509,7 @@ impl Store {
             _ => 0,
         };
         Some(WorkflowTask {
-            run_id,
+            run_id: run_id.to_string(),
             token,
             base_len,
             from,
@@ -464,6 +527,7 @@ impl Store {
         self.workflow_leases.remove(run_id);
         self.sticky.remove(run_id);
         self.version += 1;
+        self.workflow_tasks_version += 1;
         self.refresh_active(run_id);
         Ack::Accepted
     }
@@ -476,7 +540,7 @@ impl Store {
         completion: WorkflowCompletion,
     ) -> (Ack, Vec<Record>) {
         let WorkflowCompletion { run_id, token, base_len, events, consumed } = completion;
-        match self.workflow_leases.get(&run_id) {
+        match self.workflow_leases.get(run_id.as_str()) {
             Some(lease) if lease.token == token && lease.expires_at > now => {}
             Some(lease) if lease.token == token => {
                 return (
@@ -491,9 +555,10 @@ impl Store {
                 )
             }
         }
-        let Some(run) = self.runs.get(&run_id) else {
+        let Some((key, run)) = self.runs.get_key_value(run_id.as_str()) else {
             return (Ack::Rejected(format!("run {run_id} is not known")), Vec::new());
         };
+        let key = key.clone();
         if run.events.len() as u64 != base_len {
             return (
                 Ack::Rejected(format!(
@@ -506,13 +571,32 @@ impl Store {
         if let Err(detail) = check_completion(run, base_len, &events, consumed) {
             return (Ack::Rejected(format!("run {run_id}: {detail}")), Vec::new());
         }
-        self.workflow_leases.remove(&run_id);
+        self.workflow_leases.remove(&key);
         let len = base_len + events.len() as u64;
-        let record = Record::Append { run_id: run_id.clone(), time_ms: now, events, consumed };
+        // Kept for this worker before the append, whose refresh of the run then sees it.
+        self.sticky.insert(key.clone(), (worker.to_owned(), len));
+        let record = Record::Append { run_id, time_ms: now, events, consumed };
         self.apply(&record);
-        self.sticky.insert(run_id.clone(), (worker.to_owned(), len));
-        self.refresh_active(&run_id);
+        if self.with_inbox.contains(&key) {
+            // Inputs arrived while the task ran: the run is free again, now for this worker.
+            self.workflow_tasks_version += 1;
+        }
         (Ack::Accepted, vec![record])
+    }
+
+    /// The activity attempt an activity-task poll would claim now.
+    fn due_activity_attempt(&self, now: Time, blocked_keys: &BTreeSet<String>) -> Option<(&Arc<str>, u32)> {
+        self.due.iter().take_while(|(time, _, _)| *time <= now).find_map(|(_, run_id, due)| {
+            let Due::Activity(seq) = *due else { return None };
+            let activity = &self.runs[run_id].logical.activities[&seq];
+            let blocked = activity.options.rate_limit_key.as_ref().is_some_and(|k| blocked_keys.contains(k));
+            (!blocked).then_some((run_id, seq))
+        })
+    }
+
+    /// Whether an activity-task poll would find an attempt now; claims nothing.
+    pub fn has_activity_task(&self, now: Time, blocked_keys: &BTreeSet<String>) -> bool {
+        self.due_activity_attempt(now, blocked_keys).is_some()
     }
 
     /// Claims the next due activity attempt whose rate-limit key is not in `blocked_keys`.
@@ -522,12 +606,7 @@ impl Store {
         worker: &str,
         blocked_keys: &BTreeSet<String>,
     ) -> Option<ActivityLease> {
-        let (run_id, seq) = self.due.iter().take_while(|(time, _, _)| *time <= now).find_map(|(_, run_id, due)| {
-            let Due::Activity(seq) = *due else { return None };
-            let activity = &self.runs[run_id].logical.activities[&seq];
-            let blocked = activity.options.rate_limit_key.as_ref().is_some_and(|k| blocked_keys.contains(k));
-            (!blocked).then(|| (run_id.clone(), seq))
-        })?;
+        let (run_id, seq) = self.due_activity_attempt(now, blocked_keys).map(|(run_id, seq)| (run_id.clone(), seq))?;
         let token = self.next_token();
         let run = &self.runs[&run_id];
         let activity = &run.logical.activities[&seq];
@@ -538,7 +617,7 @@ impl Store {
         let expires_at = now.plus(Duration::from_millis(lease_ms));
         let task = ActivityTask {
             workflow_id: run.logical.workflow_id.clone(),
-            run_id: run_id.clone(),
+            run_id: run_id.to_string(),
             seq,
             attempt: activity.attempt,
             activity_type: activity.activity_type.clone(),
@@ -549,16 +628,16 @@ impl Store {
             previous_failure: activity.last_failure.clone(),
         };
         let attempt = activity.attempt;
-        self.activity_leases.insert(
-            (run_id.clone(), seq),
-            Lease { token, worker: worker.to_owned(), expires_at, attempt, started_at: now },
-        );
+        self.activity_leases
+            .entry(run_id.clone())
+            .or_default()
+            .insert(seq, Lease { token, worker: worker.to_owned(), expires_at, attempt, started_at: now });
         self.refresh_active(&run_id);
         Some(ActivityLease { task, token, expires_at })
     }
 
     fn check_activity_lease(&self, now: Time, run_id: &str, seq: u32, token: u64) -> Result<&Lease, Ack> {
-        match self.activity_leases.get(&(run_id.to_owned(), seq)) {
+        match self.activity_lease(run_id, seq) {
             Some(lease) if lease.token == token && lease.expires_at > now => Ok(lease),
             Some(lease) if lease.token == token => {
                 Err(Ack::Rejected(format!("activity {run_id}:{seq}: lease expired at {}", lease.expires_at)))
@@ -578,7 +657,8 @@ impl Store {
             let stc = self.runs[run_id].logical.activities[&seq].options.start_to_close_ms;
             stc.map(|ms| lease.started_at.plus(Duration::from_millis(ms)))
         };
-        let lease = self.activity_leases.get_mut(&(run_id.to_owned(), seq)).expect("checked above");
+        let lease =
+            self.activity_leases.get_mut(run_id).and_then(|leases| leases.get_mut(&seq)).expect("checked above");
         let extended = now.plus(Duration::from_millis(lease_ms));
         lease.expires_at = deadline.map_or(extended, |d| extended.min(d));
         Ack::Accepted
@@ -598,11 +678,13 @@ impl Store {
             Ok(lease) => lease.attempt,
             Err(ack) => return (ack, Vec::new()),
         };
-        self.activity_leases.remove(&(run_id.to_owned(), seq));
+        self.remove_activity_lease(run_id, seq);
         self.version += 1;
-        self.refresh_active(run_id);
         let Some(kind) = self.runs[run_id].logical.activity_report(now, seq, attempt, report, Some(worker.to_owned()))
         else {
+            // Nothing reaches the run, so its indexes learn here that the lease is gone; an
+            // accepted report refreshes them when it enters the inbox.
+            self.refresh_active(run_id);
             return (
                 Ack::Rejected(format!("activity {run_id}:{seq}: attempt {attempt} is no longer current")),
                 Vec::new(),
@@ -618,22 +700,30 @@ impl Store {
         self.version += 1;
         let mut report = TickReport::default();
         let mut records = Vec::new();
-        let expired: Vec<(String, u32)> =
-            self.activity_leases.iter().filter(|(_, l)| l.expires_at <= now).map(|(k, _)| k.clone()).collect();
+        let expired: Vec<(Arc<str>, u32)> = self
+            .activity_leases
+            .iter()
+            .flat_map(|(run_id, leases)| leases.iter().map(move |(seq, lease)| (run_id, *seq, lease)))
+            .filter(|(_, _, lease)| lease.expires_at <= now)
+            .map(|(run_id, seq, _)| (run_id.clone(), seq))
+            .collect();
         for (run_id, seq) in expired {
-            let lease = self.activity_leases.remove(&(run_id.clone(), seq)).expect("listed above");
+            let lease = self.remove_activity_lease(&run_id, seq).expect("listed above");
             self.refresh_active(&run_id);
             report.activity_leases_expired += 1;
             let failure = AttemptReport::Failed { failure: Failure::TimedOut };
             if let Some(kind) =
                 self.runs[&run_id].logical.activity_report(now, seq, lease.attempt, failure, Some(lease.worker))
             {
-                records.push(Record::Inbox { run_id, time_ms: now, kind });
+                records.push(Record::Inbox { run_id: run_id.to_string(), time_ms: now, kind });
             }
         }
         let expired_workflow_leases = self.workflow_leases.iter().filter(|(_, l)| l.expires_at <= now).count();
         self.workflow_leases.retain(|_, l| l.expires_at > now);
         report.workflow_leases_expired = u32::try_from(expired_workflow_leases).unwrap_or(u32::MAX);
+        if expired_workflow_leases > 0 {
+            self.workflow_tasks_version += 1;
+        }
         for (_, run_id, due) in self.due.iter().take_while(|(time, _, _)| *time <= now) {
             let run = &self.runs[run_id];
             let kind = match *due {
@@ -642,7 +732,7 @@ impl Store {
                 Due::Activity(_) | Due::Sticky => None,
             };
             if let Some(kind) = kind {
-                records.push(Record::Inbox { run_id: run_id.clone(), time_ms: now, kind });
+                records.push(Record::Inbox { run_id: run_id.to_string(), time_ms: now, kind });
             }
         }
         for record in &records {
@@ -654,7 +744,8 @@ impl Store {
     /// The earliest time after `now` at which `tick` has something to do, or a poll may be
     /// answered differently (a retry falling due, a sticky run opening up to every worker).
     pub fn next_wakeup(&self, now: Time) -> Option<Time> {
-        let leases = self.activity_leases.values().chain(self.workflow_leases.values()).map(|l| l.expires_at);
+        let leases = self.activity_leases.values().flat_map(BTreeMap::values).chain(self.workflow_leases.values());
+        let leases = leases.map(|l| l.expires_at);
         let due = self.due.iter().map(|(time, _, _)| *time).find(|time| *time > now);
         leases.chain(due).min()
     }
@@ -672,8 +763,10 @@ impl Store {
                 self.workflow_leases.clear();
                 self.activity_leases.clear();
                 self.sticky.clear();
+                self.workflow_tasks_version += 1;
+                self.activity_tasks_version += 1;
                 // Unleased attempts are due again, and no task is kept for a sticky worker.
-                let active: Vec<String> = self.active.iter().cloned().collect();
+                let active: Vec<Arc<str>> = self.active.iter().cloned().collect();
                 for run_id in active {
                     self.refresh_active(&run_id);
                 }
@@ -688,7 +781,7 @@ impl Store {
             assert!(!self.runs.contains_key(run_id), "run {run_id} started twice");
             self.chains.entry(workflow_id.clone()).or_default().push(run_id.to_owned());
             self.runs.insert(
-                run_id.to_owned(),
+                Arc::from(run_id),
                 StoredRun {
                     events: Vec::new(),
                     inbox: VecDeque::new(),
@@ -720,7 +813,7 @@ impl Store {
                 let Some(child_run) = self.latest_run(&child_id).map(str::to_owned) else {
                     continue;
                 };
-                if let Some(kind) = self.runs[&child_run].logical.cancel(&reason) {
+                if let Some(kind) = self.runs[child_run.as_str()].logical.cancel(&reason) {
                     self.push_inbox(&child_run, time, kind);
                 }
             }
@@ -813,7 +906,7 @@ impl Store {
                 // Signals the old run never read belong to the workflow, so they move on.
                 for (_, kind) in leftovers {
                     if let Kind::SignalReceived { signal_id, name, payload } = kind {
-                        if let Some(kind) = self.runs[&next_run_id].logical.signal(&signal_id, &name, payload) {
+                        if let Some(kind) = self.runs[next_run_id.as_str()].logical.signal(&signal_id, &name, payload) {
                             self.push_inbox(&next_run_id, time, kind);
                         }
                     }
@@ -832,7 +925,8 @@ impl Store {
             }
         }
         if let Some(parent) = parent {
-            let notify = self.runs.get(&parent.run_id).and_then(|p| p.logical.child_closed(parent.seq, outcome));
+            let notify =
+                self.runs.get(parent.run_id.as_str()).and_then(|p| p.logical.child_closed(parent.seq, outcome));
             if let Some(kind) = notify {
                 self.push_inbox(&parent.run_id, time, kind);
             }
@@ -868,4 +962,97 @@ fn check_completion(run: &StoredRun, base_len: u64, events: &[Event], consumed: 
         return Err("fewer input events than consumed".to_owned());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activity::Options;
+    use serde_json::json;
+
+    const T0: Time = Time(1_000);
+
+    fn versions(store: &Store) -> (u64, u64) {
+        (store.workflow_tasks_version(), store.activity_tasks_version())
+    }
+
+    /// Starts one run and completes its first workflow task by scheduling activity 1.
+    fn run_waiting_on_an_activity(store: &mut Store) -> String {
+        let (run_id, _) = store.start(T0, "wf", "steps", json!({}));
+        let task = store.poll_workflow_task(T0, "w1").expect("the start is a workflow task");
+        let scheduled = Kind::ActivityScheduled {
+            seq: 1,
+            activity_type: "step".to_owned(),
+            input: json!({}).into(),
+            idempotency_key: "wf:1".to_owned(),
+            options: Options::default(),
+        };
+        let events = vec![
+            Event { index: 0, time_ms: task.inbox[0].0, kind: task.inbox[0].1.clone() },
+            Event { index: 1, time_ms: T0, kind: scheduled },
+        ];
+        let completion =
+            WorkflowCompletion { run_id: run_id.clone(), token: task.token, base_len: 0, events, consumed: 1 };
+        assert_eq!(store.complete_workflow_task(T0, "w1", completion).0, Ack::Accepted);
+        run_id
+    }
+
+    #[test]
+    fn each_poll_kind_has_a_version_that_moves_only_when_it_could_find_more() {
+        let mut store = Store::new(Config::default());
+        let before_start = versions(&store);
+        let (run_id, _) = store.start(T0, "wf", "steps", json!({}));
+        let started = versions(&store);
+        assert!(started.0 > before_start.0, "a new run with an input waiting is a workflow task");
+        assert_eq!(started.1, before_start.1, "starting a run schedules no activity");
+        assert!(store.has_workflow_task(T0, "w1"));
+
+        let task = store.poll_workflow_task(T0, "w1").expect("the start is a workflow task");
+        assert_eq!(versions(&store), started, "a lease only takes a task away");
+        assert!(!store.has_workflow_task(T0, "w2"));
+        store.abandon_workflow_task(&run_id, task.token);
+        assert!(versions(&store).0 > started.0, "an abandoned task is there again");
+        assert!(store.has_workflow_task(T0, "w2"));
+
+        let mut store = Store::new(Config::default());
+        let fresh = versions(&store);
+        let run_id = run_waiting_on_an_activity(&mut store);
+        let no_blocked_keys = BTreeSet::new();
+        assert!(store.has_activity_task(T0, &no_blocked_keys));
+        assert!(!store.has_workflow_task(T0, "w1"), "the inbox was consumed");
+        let scheduled = versions(&store);
+        assert!(scheduled.1 > fresh.1, "the scheduled activity's first attempt is due");
+
+        let lease = store.poll_activity_task(T0, "w1", &no_blocked_keys).expect("activity 1 is due");
+        let leased = versions(&store);
+        assert_eq!(leased, scheduled, "a lease only takes an attempt away");
+        assert!(!store.has_activity_task(T0, &no_blocked_keys));
+
+        assert_eq!(store.heartbeat(T0, &run_id, 1, lease.token), Ack::Accepted);
+        assert_eq!(versions(&store), leased, "a heartbeat changes what no poll finds");
+
+        let report = AttemptReport::Completed { output: json!("done") };
+        let (ack, _) = store.complete_activity_task(T0, &run_id, 1, lease.token, report, "w1");
+        assert_eq!(ack, Ack::Accepted);
+        let reported = versions(&store);
+        assert!(reported.0 > leased.0, "the report is an input waiting for a workflow task");
+        assert_eq!(reported.1, leased.1, "a completed activity has no attempt left to find");
+        assert!(store.has_workflow_task(T0, "w1"));
+    }
+
+    #[test]
+    fn an_expired_activity_lease_makes_its_retry_findable_and_moves_the_activity_version() {
+        let mut store = Store::new(Config::default());
+        run_waiting_on_an_activity(&mut store);
+        let no_blocked_keys = BTreeSet::new();
+        let lease = store.poll_activity_task(T0, "w1", &no_blocked_keys).expect("activity 1 is due");
+        let leased = versions(&store);
+        let (report, _) = store.tick(lease.expires_at);
+        assert_eq!(report.activity_leases_expired, 1);
+        assert!(versions(&store).0 > leased.0, "the timed-out attempt is an input waiting");
+        assert!(versions(&store).1 > leased.1, "the attempt's retry will fall due");
+        assert!(!store.has_activity_task(lease.expires_at, &no_blocked_keys), "the retry waits out its backoff");
+        let retry_at = lease.expires_at.plus(Duration::from_millis(1_000));
+        assert!(store.has_activity_task(retry_at, &no_blocked_keys));
+    }
 }

@@ -576,8 +576,22 @@ struct StoreHost {
     held_workflow_polls: Vec<(HostId, u64, Time)>,
     held_activity_polls: Vec<(HostId, u64, BTreeSet<String>, Time)>,
     tick_scheduled: BTreeSet<Time>,
-    /// The store version and the next due time when held polls were last answered.
-    looked_at: (u64, Time),
+    /// What held polls were last answered against; `None` after a crash.
+    looked_at: Option<LookedAt>,
+}
+
+/// The store's versions and due times when held polls were last answered: while a version
+/// stays the same and nothing in the store falls due, the polls it covers would find nothing
+/// again.
+#[derive(Clone, Copy)]
+struct LookedAt {
+    version: u64,
+    workflow_tasks: u64,
+    activity_tasks: u64,
+    /// The earliest lease expiry or due entry after that look (`Store::next_wakeup`).
+    store_due: Time,
+    /// `store_due`, or a held poll's deadline if that is earlier.
+    due: Time,
 }
 
 /// Request deadlines, with one agenda wake per host at its earliest. A request answered in
@@ -757,7 +771,7 @@ impl<'s> World<'s> {
                 held_workflow_polls: Vec::new(),
                 held_activity_polls: Vec::new(),
                 tick_scheduled: BTreeSet::new(),
-                looked_at: (u64::MAX, Time::ZERO),
+                looked_at: None,
             },
             workers,
             activities: scenario.activities(),
@@ -1034,7 +1048,7 @@ impl<'s> World<'s> {
             self.store.incarnation += 1;
             self.store.queued_replies.clear();
             self.store.held_workflow_polls.clear();
-            self.store.looked_at = (u64::MAX, Time::ZERO);
+            self.store.looked_at = None;
             self.store.held_activity_polls.clear();
             self.store.tick_scheduled.clear();
             self.store.unsynced = false;
@@ -1244,24 +1258,53 @@ impl<'s> World<'s> {
     /// After any change: answer held polls that now have work, and plan the next tick.
     fn store_after_write(&mut self, now: Time) {
         // Nothing changed and nothing fell due since the last look: the answers stand.
-        let version = self.store.protocol.store().version();
-        if (version, true) == (self.store.looked_at.0, now < self.store.looked_at.1) {
+        let store = self.store.protocol.store();
+        let looked_at = self.store.looked_at;
+        if looked_at.is_some_and(|looked| now < looked.due && store.version() == looked.version) {
             return;
         }
-        let held = std::mem::take(&mut self.store.held_workflow_polls);
+        // Held polls found nothing at the last look. Unless something in the store fell due
+        // since, only the polls of a side of the store that may have gained work can find
+        // something now; the others are only answered if they reached their deadline.
+        let (find_workflow_tasks, find_activity_tasks) = match looked_at {
+            Some(looked) if now < looked.store_due => (
+                store.workflow_tasks_version() != looked.workflow_tasks,
+                store.activity_tasks_version() != looked.activity_tasks,
+            ),
+            _ => (true, true),
+        };
+        if cfg!(debug_assertions) {
+            self.check_held_polls_find_nothing(now, !find_workflow_tasks, !find_activity_tasks);
+        }
+        let expired = |deadline: &Time| *deadline <= now;
+        let answer_workflow_polls =
+            find_workflow_tasks || self.store.held_workflow_polls.iter().any(|(.., deadline)| expired(deadline));
+        let held = if answer_workflow_polls { std::mem::take(&mut self.store.held_workflow_polls) } else { Vec::new() };
         for (from, req_id, deadline) in held {
-            let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
-            match self.store.protocol.store().poll_workflow_task(now, &worker_name) {
+            let task = if find_workflow_tasks {
+                let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+                self.store.protocol.store().poll_workflow_task(now, &worker_name)
+            } else {
+                None
+            };
+            match task {
                 Some(task) => self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: Some(Box::new(task)) }),
                 None if deadline <= now => self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: None }),
                 None => self.store.held_workflow_polls.push((from, req_id, deadline)),
             }
         }
-        let held = std::mem::take(&mut self.store.held_activity_polls);
+        let answer_activity_polls =
+            find_activity_tasks || self.store.held_activity_polls.iter().any(|(.., deadline)| expired(deadline));
+        let held = if answer_activity_polls { std::mem::take(&mut self.store.held_activity_polls) } else { Vec::new() };
         for (from, req_id, blocked, deadline) in held {
-            let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
-            match self.store.protocol.store().poll_activity_task(now, &worker_name, &blocked) {
-                Some(lease) => {
+            let lease = if find_activity_tasks {
+                let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+                self.store.protocol.store().poll_activity_task(now, &worker_name, &blocked).map(|l| (l, worker_name))
+            } else {
+                None
+            };
+            match lease {
+                Some((lease, worker_name)) => {
                     self.evidence.grant(&lease.task.run_id, lease.task.seq, lease.task.attempt, &worker_name);
                     self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: Some(Box::new(lease)) });
                 }
@@ -1273,10 +1316,37 @@ impl<'s> World<'s> {
         let next = store.next_wakeup(now);
         let held_deadline = self.store.held_workflow_polls.iter().map(|(_, _, d)| *d);
         let held_deadline = held_deadline.chain(self.store.held_activity_polls.iter().map(|(_, _, _, d)| *d)).min();
-        let due = next.into_iter().chain(held_deadline).min().unwrap_or(Time(u64::MAX));
-        self.store.looked_at = (store.version(), due);
+        let store_due = next.unwrap_or(Time(u64::MAX));
+        let due = held_deadline.map_or(store_due, |deadline| deadline.min(store_due));
+        self.store.looked_at = Some(LookedAt {
+            version: store.version(),
+            workflow_tasks: store.workflow_tasks_version(),
+            activity_tasks: store.activity_tasks_version(),
+            store_due,
+            due,
+        });
         if let Some(at) = next {
             self.store_schedule_tick(at.max(now));
+        }
+    }
+
+    /// Debug builds check what skipping a held poll's re-poll rests on: the store has nothing
+    /// for it.
+    fn check_held_polls_find_nothing(&mut self, now: Time, workflow_polls: bool, activity_polls: bool) {
+        let worker_name = |world: &Self, from| world.worker_index(from).map(|i| world.workers[i].name.clone());
+        if workflow_polls {
+            for (from, ..) in self.store.held_workflow_polls.clone() {
+                let name = worker_name(self, from).unwrap_or_default();
+                let found = self.store.protocol.store().has_workflow_task(now, &name);
+                assert!(!found, "{now}: a held workflow poll of {name} was not asked again though it has a task");
+            }
+        }
+        if activity_polls {
+            for (from, _, blocked, _) in self.store.held_activity_polls.clone() {
+                let name = worker_name(self, from).unwrap_or_default();
+                let found = self.store.protocol.store().has_activity_task(now, &blocked);
+                assert!(!found, "{now}: a held activity poll of {name} was not asked again though it has a task");
+            }
         }
     }
 
