@@ -88,7 +88,7 @@ impl ser::Error for Error {
 
 type Done = Result<(), Error>;
 
-impl<'a> ser::Serializer for &'a mut Feed {
+impl ser::Serializer for &mut Feed {
     type Ok = ();
     type Error = Error;
     type SerializeSeq = Self;
