@@ -675,9 +675,6 @@ pub struct World<'s> {
     /// When the world begins: zero, or the last event of its seeded histories.
     began_at: Time,
     digest: Digest,
-    /// Reused to serialize histories for the digest, so each one costs no allocation of its
-    /// own.
-    scratch: Vec<u8>,
     step_count: u64,
     heal_at: Time,
     /// A run closed since the last look: time to see whether the world is done.
@@ -787,7 +784,6 @@ impl<'s> World<'s> {
             gate: Gate::new(&options.plan),
             began_at,
             digest: Digest::new(),
-            scratch: Vec::new(),
             step_count: 0,
             heal_at,
             run_closed: false,
@@ -2031,9 +2027,7 @@ impl<'s> World<'s> {
             }
         }
         for history in &histories {
-            self.scratch.clear();
-            serde_json::to_writer(&mut self.scratch, history).expect("histories serialize");
-            self.digest.update(&self.scratch);
+            self.digest.update_structure(history);
         }
         let mut faults = self.counts.clone();
         faults.merge(self.network.fault_counts());
