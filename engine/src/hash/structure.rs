@@ -235,53 +235,44 @@ impl ser::Serializer for &mut Feed {
     }
 }
 
-impl ser::SerializeSeq for &mut Feed {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Done {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Done {
-        self.tag(Tag::End);
-        Ok(())
-    }
+/// The compound serializers differ only in the name of their item method and in whether
+/// items carry a field name; every one ends with the end marker.
+macro_rules! compound {
+    ($trait:ident, $item:ident) => {
+        impl ser::$trait for &mut Feed {
+            type Ok = ();
+            type Error = Error;
+            fn $item<T: Serialize + ?Sized>(&mut self, value: &T) -> Done {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Done {
+                self.tag(Tag::End);
+                Ok(())
+            }
+        }
+    };
+    ($trait:ident, $item:ident, named) => {
+        impl ser::$trait for &mut Feed {
+            type Ok = ();
+            type Error = Error;
+            fn $item<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Done {
+                self.bytes(Tag::Field, key.as_bytes());
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Done {
+                self.tag(Tag::End);
+                Ok(())
+            }
+        }
+    };
 }
 
-impl ser::SerializeTuple for &mut Feed {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Done {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Done {
-        self.tag(Tag::End);
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for &mut Feed {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Done {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Done {
-        self.tag(Tag::End);
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleVariant for &mut Feed {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Done {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Done {
-        self.tag(Tag::End);
-        Ok(())
-    }
-}
+compound!(SerializeSeq, serialize_element);
+compound!(SerializeTuple, serialize_element);
+compound!(SerializeTupleStruct, serialize_field);
+compound!(SerializeTupleVariant, serialize_field);
+compound!(SerializeStruct, serialize_field, named);
+compound!(SerializeStructVariant, serialize_field, named);
 
 impl ser::SerializeMap for &mut Feed {
     type Ok = ();
@@ -290,32 +281,6 @@ impl ser::SerializeMap for &mut Feed {
         key.serialize(&mut **self)
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Done {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Done {
-        self.tag(Tag::End);
-        Ok(())
-    }
-}
-
-impl ser::SerializeStruct for &mut Feed {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Done {
-        self.bytes(Tag::Field, key.as_bytes());
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Done {
-        self.tag(Tag::End);
-        Ok(())
-    }
-}
-
-impl ser::SerializeStructVariant for &mut Feed {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Done {
-        self.bytes(Tag::Field, key.as_bytes());
         value.serialize(&mut **self)
     }
     fn end(self) -> Done {
