@@ -150,15 +150,7 @@ pub(crate) struct Summary {
     pub(crate) jobs: u32,
 }
 
-pub(crate) struct SweepRequest<'a> {
-    pub(crate) scenario: Option<&'a str>,
-    pub(crate) seed_count: u64,
-    pub(crate) seed_base: u64,
-    pub(crate) jobs: Option<u32>,
-    pub(crate) json: Option<&'a Path>,
-}
-
-pub(crate) fn sweep(request: SweepRequest<'_>, out: &mut impl Write) -> anyhow::Result<Exit> {
+pub(crate) fn sweep(request: crate::simulate::SweepRequest<'_>, out: &mut impl Write) -> anyhow::Result<Exit> {
     let scenarios: Vec<&'static str> = match request.scenario {
         Some(name) => vec![supported(name)?],
         None => SUPPORTED.to_vec(),

@@ -331,16 +331,6 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             full_stack::refuse_flag(args.check_every_step, "--check-every-step")?;
             full_stack::run(&args.scenario, args.seed, args.record.as_deref(), &mut out)
         }
-        Command::Sweep(args) if args.mode == full_stack::Mode::FullStack => full_stack::sweep(
-            full_stack::SweepRequest {
-                scenario: args.scenario.as_deref(),
-                seed_count: args.seeds,
-                seed_base: args.seed_base,
-                jobs: args.jobs,
-                json: args.json.as_deref(),
-            },
-            &mut out,
-        ),
         Command::Run(args) => simulate::run(
             simulate::RunRequest {
                 scenario: &args.scenario,
@@ -352,16 +342,19 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             },
             &mut out,
         ),
-        Command::Sweep(args) => simulate::sweep(
-            simulate::SweepRequest {
+        Command::Sweep(args) => {
+            let request = simulate::SweepRequest {
                 scenario: args.scenario.as_deref(),
                 seed_count: args.seeds,
                 seed_base: args.seed_base,
                 jobs: args.jobs,
                 json: args.json.as_deref(),
-            },
-            &mut out,
-        ),
+            };
+            match args.mode {
+                full_stack::Mode::FullStack => full_stack::sweep(request, &mut out),
+                full_stack::Mode::Fast => simulate::sweep(request, &mut out),
+            }
+        }
         Command::Debug(args) => {
             match args.at {
                 Some(at) => debug::print_at(&args.file, at, &mut out)?,
