@@ -596,12 +596,23 @@ struct LookedAt {
 
 /// Request deadlines, with one agenda wake per host at its earliest. A request answered in
 /// time leaves nothing behind on the agenda, so most timeouts cost no event at all.
+///
+/// The requester keeps each request's deadline with the request itself (`WorkerHost::requests`,
+/// `World::client_requests`) and names it when the answer comes, so no map from request ids is
+/// needed here; every request costs one insert and one remove in its host's set.
 #[derive(Default)]
 struct Deadlines {
-    by_host: BTreeMap<HostId, BTreeSet<(Time, u64)>>,
-    of_request: BTreeMap<u64, (HostId, Time)>,
-    /// The time of each host's scheduled wake; a wake at another time is stale.
-    wake_at: BTreeMap<HostId, Time>,
+    /// Per requesting host (the workers, the client, the humans): a handful, found by a scan.
+    hosts: Vec<HostDeadlines>,
+}
+
+struct HostDeadlines {
+    host: HostId,
+    /// Pending requests by deadline, then request id: the order in which they time out. An
+    /// ordered set, since the client of a big world has a request per start in flight.
+    pending: BTreeSet<(Time, u64)>,
+    /// The time of the host's scheduled wake; a wake at another time is stale.
+    wake_at: Option<Time>,
 }
 
 enum Pending {
@@ -623,19 +634,22 @@ struct WorkerHost {
     workflow_poll: Option<u64>,
     activity_poll: Option<u64>,
     running: BTreeMap<u64, Running>,
-    /// Requests awaiting an answer, by request id. A worker has only a few at a time (its two
-    /// polls, and a report or heartbeat per activity in flight), so a list searched by id
-    /// costs less than a map; nothing iterates it, so its order cannot reach the trace.
-    requests: Vec<(u64, Pending)>,
+    /// Requests awaiting an answer, by request id, with their deadlines. A worker has only a
+    /// few at a time (its two polls, and a report or heartbeat per activity in flight), so a
+    /// list searched by id costs less than a map; nothing iterates it, so its order cannot
+    /// reach the trace.
+    requests: Vec<(u64, Time, Pending)>,
     /// Service call id -> the activity that made it.
     calls: BTreeMap<u64, (u64, bool)>,
 }
 
 impl WorkerHost {
-    /// Forgets request `req_id` and returns what it was, if the worker still awaited it.
-    fn request_done(&mut self, req_id: u64) -> Option<Pending> {
-        let position = self.requests.iter().position(|(id, _)| *id == req_id)?;
-        Some(self.requests.swap_remove(position).1)
+    /// Forgets request `req_id` and returns its deadline and what it was, if the worker still
+    /// awaited it.
+    fn request_done(&mut self, req_id: u64) -> Option<(Time, Pending)> {
+        let position = self.requests.iter().position(|(id, ..)| *id == req_id)?;
+        let (_, deadline, pending) = self.requests.swap_remove(position);
+        Some((deadline, pending))
     }
 }
 
@@ -665,7 +679,9 @@ pub struct World<'s> {
     llm: LlmProvider,
     human: HumanModel,
     workload: Vec<Start>,
-    client_requests: BTreeMap<u64, ClientRequest>,
+    /// The client's and humans' requests awaiting an answer or a planned re-ask, with the
+    /// deadline of those that were sent.
+    client_requests: BTreeMap<u64, (ClientRequest, Option<Time>)>,
     deadlines: Deadlines,
     /// Tool answers by idempotency key, so a retried call applies nothing twice.
     tool_answers: BTreeMap<String, Value>,
@@ -1399,40 +1415,48 @@ impl<'s> World<'s> {
             | Msg::Heartbeat { req_id, .. } => *req_id,
             other => panic!("not a worker request: {other:?}"),
         };
-        self.workers[index].requests.push((req_id, pending));
-        self.deadline_add(host, Time(now.0 + timeout_ms), req_id);
+        let deadline = Time(now.0 + timeout_ms);
+        self.workers[index].requests.push((req_id, deadline, pending));
+        self.deadline_add(host, deadline, req_id);
         self.send(host, STORE, now, msg);
     }
 
+    /// The store answered worker request `req_id`: forgets it and its deadline, and returns
+    /// what it was if the worker still awaited it.
+    fn worker_answered(&mut self, index: usize, req_id: u64) -> Option<Pending> {
+        let (deadline, pending) = self.workers[index].request_done(req_id)?;
+        self.deadlines.done(worker_host(index), deadline, req_id);
+        Some(pending)
+    }
+
     fn deadline_add(&mut self, host: HostId, at: Time, req_id: u64) {
-        self.deadlines.by_host.entry(host).or_default().insert((at, req_id));
-        self.deadlines.of_request.insert(req_id, (host, at));
+        let deadlines = self.deadlines.of_host(host);
+        deadlines.pending.insert((at, req_id));
         self.deadline_reschedule(host);
     }
 
     /// Makes sure the host wakes at its earliest deadline.
     fn deadline_reschedule(&mut self, host: HostId) {
-        let Some(&(first, _)) = self.deadlines.by_host.get(&host).and_then(|d| d.first()) else { return };
-        if self.deadlines.wake_at.get(&host).is_none_or(|at| first < *at) {
-            self.deadlines.wake_at.insert(host, first);
+        let deadlines = self.deadlines.of_host(host);
+        let Some(&(first, _)) = deadlines.pending.first() else { return };
+        if deadlines.wake_at.is_none_or(|at| first < at) {
+            deadlines.wake_at = Some(first);
             self.wake(host, first, Wake::Deadlines);
         }
     }
 
     /// Times out every request of `host` whose deadline has come.
     fn deadlines_due(&mut self, now: Time, host: HostId) {
-        if self.deadlines.wake_at.get(&host) != Some(&now) {
+        let deadlines = self.deadlines.of_host(host);
+        if deadlines.wake_at != Some(now) {
             return;
         }
-        self.deadlines.wake_at.remove(&host);
-        let due: Vec<u64> = self
-            .deadlines
-            .by_host
-            .get(&host)
-            .map(|d| d.iter().take_while(|(at, _)| *at <= now).map(|(_, req_id)| *req_id).collect())
-            .unwrap_or_default();
-        for req_id in due {
-            self.deadlines.done(req_id);
+        deadlines.wake_at = None;
+        let due: Vec<(Time, u64)> = deadlines.pending.iter().take_while(|(at, _)| *at <= now).copied().collect();
+        // Each is taken out just before it is handled, so while one is handled the others still
+        // count as pending (a request sent then schedules a wake for them, as the trace records).
+        for (at, req_id) in due {
+            self.deadlines.done(host, at, req_id);
             let timeout = Wake::RequestTimeout { req_id };
             match self.worker_index(host) {
                 Some(index) => self.worker_wake(now, index, timeout),
@@ -1470,8 +1494,7 @@ impl<'s> World<'s> {
     fn worker_receive(&mut self, now: Time, index: usize, msg: Msg) {
         match msg {
             Msg::PollWorkflowResp { req_id, task } => {
-                self.deadlines.done(req_id);
-                if self.workers[index].request_done(req_id).is_none() {
+                if self.worker_answered(index, req_id).is_none() {
                     return;
                 }
                 self.workers[index].workflow_poll = None;
@@ -1481,16 +1504,14 @@ impl<'s> World<'s> {
                 }
             }
             Msg::CompleteWorkflowResp { req_id, run_id, ack } => {
-                self.deadlines.done(req_id);
-                if self.workers[index].request_done(req_id).is_none() {
+                if self.worker_answered(index, req_id).is_none() {
                     return;
                 }
                 self.workers[index].workflows.acknowledged(&run_id, ack == Ack::Accepted);
                 self.worker_poll_workflow(index);
             }
             Msg::PollActivityResp { req_id, lease } => {
-                self.deadlines.done(req_id);
-                if self.workers[index].request_done(req_id).is_none() {
+                if self.worker_answered(index, req_id).is_none() {
                     return;
                 }
                 self.workers[index].activity_poll = None;
@@ -1500,12 +1521,10 @@ impl<'s> World<'s> {
                 self.worker_poll_activity(now, index);
             }
             Msg::CompleteActivityResp { req_id } => {
-                self.deadlines.done(req_id);
-                self.workers[index].request_done(req_id);
+                self.worker_answered(index, req_id);
             }
             Msg::HeartbeatResp { req_id, token, ack } => {
-                self.deadlines.done(req_id);
-                self.workers[index].request_done(req_id);
+                self.worker_answered(index, req_id);
                 if let Ack::Rejected(reason) = ack {
                     // The lease is gone: another worker may own this attempt now. Give up.
                     tracing::debug!(target: "tempest::world", "{now} {} gives up attempt {token:#x}: {reason}", self.workers[index].name);
@@ -1687,7 +1706,8 @@ impl<'s> World<'s> {
     fn worker_wake(&mut self, now: Time, index: usize, wake: Wake) {
         match wake {
             Wake::RequestTimeout { req_id } => {
-                let Some(pending) = self.workers[index].request_done(req_id) else {
+                // Its deadline is gone already: `deadlines_due` took it out.
+                let Some((_, pending)) = self.workers[index].request_done(req_id) else {
                     return;
                 };
                 match pending {
@@ -1781,23 +1801,32 @@ impl<'s> World<'s> {
                 payload: payload.clone(),
             },
         };
-        self.client_requests.insert(req_id, request);
-        self.deadline_add(from, Time(now.0 + REQUEST_TIMEOUT_MS), req_id);
+        let deadline = Time(now.0 + REQUEST_TIMEOUT_MS);
+        self.client_requests.insert(req_id, (request, Some(deadline)));
+        self.deadline_add(from, deadline, req_id);
         self.send(from, STORE, now, msg);
+    }
+
+    /// The store answered client request `req_id` of `host`: forgets it and its deadline, and
+    /// returns it if the host still awaited it.
+    fn client_answered(&mut self, host: HostId, req_id: u64) -> Option<ClientRequest> {
+        let (request, deadline) = self.client_requests.remove(&req_id)?;
+        if let Some(deadline) = deadline {
+            self.deadlines.done(host, deadline, req_id);
+        }
+        Some(request)
     }
 
     fn client_receive(&mut self, now: Time, to: HostId, msg: Msg) {
         match msg {
             Msg::StartResp { req_id } => {
-                self.deadlines.done(req_id);
-                if let Some(ClientRequest::Start { index }) = self.client_requests.remove(&req_id) {
+                if let Some(ClientRequest::Start { index }) = self.client_answered(to, req_id) {
                     let workflow_id = self.workload[index].workflow_id.clone();
                     self.evidence.accepted_starts.insert(workflow_id);
                 }
             }
             Msg::SignalResp { req_id, status } => {
-                self.deadlines.done(req_id);
-                let Some(request) = self.client_requests.remove(&req_id) else {
+                let Some(request) = self.client_answered(to, req_id) else {
                     return;
                 };
                 let ClientRequest::Signal { workflow_id, signal_id, .. } = &request else {
@@ -1809,7 +1838,7 @@ impl<'s> World<'s> {
                     }
                     SignalStatus::Pending => {
                         let req_id = self.next_req_id();
-                        self.client_requests.insert(req_id, request);
+                        self.client_requests.insert(req_id, (request, None));
                         self.wake(to, Time(now.0 + SIGNAL_RECHECK_MS), Wake::ClientRetry { req_id });
                     }
                     SignalStatus::RunClosed | SignalStatus::UnknownWorkflow => {}
@@ -1834,7 +1863,8 @@ impl<'s> World<'s> {
             // A request without an answer in time, or a planned re-ask: send it again (same
             // workflow id or signal id, so the store does it at most once).
             Wake::RequestTimeout { req_id } | Wake::ClientRetry { req_id } => {
-                if let Some(request) = self.client_requests.remove(&req_id) {
+                // A timed-out request's deadline is gone already: `deadlines_due` took it out.
+                if let Some((request, _)) = self.client_requests.remove(&req_id) {
                     self.client_send(now, host, request);
                 }
             }
@@ -2074,21 +2104,28 @@ impl TraceBytes {
 }
 
 impl Deadlines {
-    /// The request was answered (or timed out): its deadline is gone.
-    fn done(&mut self, req_id: u64) {
-        if let Some((host, at)) = self.of_request.remove(&req_id) {
-            if let Some(deadlines) = self.by_host.get_mut(&host) {
-                deadlines.remove(&(at, req_id));
+    /// The deadlines of `host`, made empty if it had none yet.
+    fn of_host(&mut self, host: HostId) -> &mut HostDeadlines {
+        let position = match self.hosts.iter().position(|deadlines| deadlines.host == host) {
+            Some(position) => position,
+            None => {
+                self.hosts.push(HostDeadlines { host, pending: BTreeSet::new(), wake_at: None });
+                self.hosts.len() - 1
             }
-        }
+        };
+        &mut self.hosts[position]
+    }
+
+    /// Request `req_id` of `host`, due at `at`, was answered: its deadline is gone.
+    fn done(&mut self, host: HostId, at: Time, req_id: u64) {
+        self.of_host(host).pending.remove(&(at, req_id));
     }
 
     /// A crashed host forgets its requests, and its scheduled wake died with it.
     fn forget_host(&mut self, host: HostId) {
-        for (_, req_id) in self.by_host.remove(&host).unwrap_or_default() {
-            self.of_request.remove(&req_id);
-        }
-        self.wake_at.remove(&host);
+        let deadlines = self.of_host(host);
+        deadlines.pending.clear();
+        deadlines.wake_at = None;
     }
 }
 
