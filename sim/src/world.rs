@@ -196,9 +196,15 @@ pub struct Options {
 impl Options {
     /// The swarm world of `seed`: its fault plan is drawn from the seed.
     pub fn swarm(seed: u64) -> Options {
+        Options::with_plan(seed, FaultPlan::draw(seed))
+    }
+
+    /// The world of `seed` under `plan`, otherwise as `swarm` builds it. Cheaper than
+    /// replacing the plan of `swarm(seed)`, which draws one only to drop it.
+    pub fn with_plan(seed: u64, plan: FaultPlan) -> Options {
         Options {
             seed,
-            plan: FaultPlan::draw(seed),
+            plan,
             worker_count: 3,
             store_factory: None,
             limiter_factory: None,
