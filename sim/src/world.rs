@@ -1297,38 +1297,54 @@ impl<'s> World<'s> {
         let expired = |deadline: &Time| *deadline <= now;
         let answer_workflow_polls =
             find_workflow_tasks || self.store.held_workflow_polls.iter().any(|(.., deadline)| expired(deadline));
-        let held = if answer_workflow_polls { std::mem::take(&mut self.store.held_workflow_polls) } else { Vec::new() };
-        for (from, req_id, deadline) in held {
-            let task = if find_workflow_tasks {
-                let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
-                self.store.protocol.store().poll_workflow_task(now, &worker_name)
-            } else {
-                None
-            };
-            match task {
-                Some(task) => self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: Some(Box::new(task)) }),
-                None if deadline <= now => self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: None }),
-                None => self.store.held_workflow_polls.push((from, req_id, deadline)),
-            }
+        // Answered in place: the lists keep their room for the polls held after this look.
+        if answer_workflow_polls {
+            let mut held = std::mem::take(&mut self.store.held_workflow_polls);
+            held.retain(|&(from, req_id, deadline)| {
+                let task = if find_workflow_tasks {
+                    let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+                    self.store.protocol.store().poll_workflow_task(now, &worker_name)
+                } else {
+                    None
+                };
+                match task {
+                    Some(task) => {
+                        self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: Some(Box::new(task)) })
+                    }
+                    None if deadline <= now => {
+                        self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: None })
+                    }
+                    None => return true,
+                }
+                false
+            });
+            self.store.held_workflow_polls = held;
         }
         let answer_activity_polls =
             find_activity_tasks || self.store.held_activity_polls.iter().any(|(.., deadline)| expired(deadline));
-        let held = if answer_activity_polls { std::mem::take(&mut self.store.held_activity_polls) } else { Vec::new() };
-        for (from, req_id, blocked, deadline) in held {
-            let lease = if find_activity_tasks {
-                let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
-                self.store.protocol.store().poll_activity_task(now, &worker_name, &blocked).map(|l| (l, worker_name))
-            } else {
-                None
-            };
-            match lease {
-                Some((lease, worker_name)) => {
-                    self.evidence.grant(&lease.task.run_id, lease.task.seq, lease.task.attempt, &worker_name);
-                    self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: Some(Box::new(lease)) });
+        if answer_activity_polls {
+            let mut held = std::mem::take(&mut self.store.held_activity_polls);
+            held.retain(|(from, req_id, blocked, deadline)| {
+                let (from, req_id, deadline) = (*from, *req_id, *deadline);
+                let lease = if find_activity_tasks {
+                    let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+                    self.store.protocol.store().poll_activity_task(now, &worker_name, blocked).map(|l| (l, worker_name))
+                } else {
+                    None
+                };
+                match lease {
+                    Some((lease, worker_name)) => {
+                        self.evidence.grant(&lease.task.run_id, lease.task.seq, lease.task.attempt, &worker_name);
+                        self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: Some(Box::new(lease)) });
+                    }
+                    None if deadline <= now => {
+                        self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: None })
+                    }
+                    None => return true,
                 }
-                None if deadline <= now => self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: None }),
-                None => self.store.held_activity_polls.push((from, req_id, blocked, deadline)),
-            }
+                false
+            });
+            self.store.held_activity_polls = held;
         }
         let store = self.store.protocol.store();
         let next = store.next_wakeup(now);
