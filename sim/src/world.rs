@@ -548,7 +548,11 @@ impl Services for SimServices {
 }
 
 struct Running {
-    lease: ActivityLease,
+    /// The leased attempt's task as the activity sees it. The context shares the task, so
+    /// the worker reads it from here instead of keeping a copy of the lease.
+    ctx: ActivityCtx,
+    /// When the lease expires (a stalled worker reports after it).
+    expires_at: Time,
     future: Option<ActivityFuture>,
     slots: Rc<RefCell<CallSlots>>,
     /// The worker will stall past its lease before reporting (the lease-expiry fault).
@@ -1611,10 +1615,13 @@ impl<'s> World<'s> {
                 now,
                 self.rng_faults.chance(self.faults.lease_expiry_probability),
             );
+        let slots = Rc::new(RefCell::new(CallSlots::default()));
+        let services = Rc::new(SimServices { slots: slots.clone(), call_ids: self.call_ids.clone() });
         let running = Running {
-            lease,
+            ctx: ActivityCtx::new(lease.task, services),
+            expires_at: lease.expires_at,
             future: None,
-            slots: Rc::new(RefCell::new(CallSlots::default())),
+            slots,
             stalled,
             started: false,
             report: None,
@@ -1628,9 +1635,10 @@ impl<'s> World<'s> {
     fn worker_try_start(&mut self, now: Time, index: usize, token: u64) {
         let worker = &mut self.workers[index];
         let Some(running) = worker.running.get(&token) else { return };
-        let options = &running.lease.task.options;
-        let (key, tokens) = (options.rate_limit_key.clone(), options.token_count);
-        if let Some(key) = &key {
+        let ctx = running.ctx.clone();
+        let options = &ctx.task().options;
+        if let Some(key) = &options.rate_limit_key {
+            let tokens = options.token_count;
             match worker.limiter.next_allowed(now, key, tokens) {
                 Some(at) if at == now => {}
                 Some(at) => {
@@ -1648,9 +1656,8 @@ impl<'s> World<'s> {
         }
         let running = self.workers[index].running.get_mut(&token).expect("checked above");
         running.started = true;
-        let services = Rc::new(SimServices { slots: running.slots.clone(), call_ids: self.call_ids.clone() });
-        let ctx = ActivityCtx::new(running.lease.task.clone(), services);
-        running.future = Some(self.activities.start(ctx, running.lease.task.input.clone()));
+        let input = ctx.task().input.clone();
+        running.future = Some(self.activities.start(ctx, input));
         if !running.stalled {
             self.wake(worker_host(index), Time(now.0 + HEARTBEAT_MS), Wake::Heartbeat { token });
         }
@@ -1684,12 +1691,12 @@ impl<'s> World<'s> {
             Ok(output) => AttemptReport::Completed { output },
             Err(failure) => AttemptReport::Failed { failure },
         });
-        if let Some(key) = &running.lease.task.options.rate_limit_key {
+        if let Some(key) = &running.ctx.task().options.rate_limit_key {
             worker.limiter.finish(key);
         }
         if running.stalled {
             // A GC pause or VM migration: the worker resumes after its lease is gone.
-            let at = Time(running.lease.expires_at.0.max(now.0) + 1 + self.rng_faults.exp_ms(5_000));
+            let at = Time(running.expires_at.0.max(now.0) + 1 + self.rng_faults.exp_ms(5_000));
             self.wake(worker_host(index), at, Wake::ActivityReport { token });
         } else {
             self.worker_report(now, index, token);
@@ -1699,7 +1706,7 @@ impl<'s> World<'s> {
     fn worker_report(&mut self, now: Time, index: usize, token: u64) {
         let Some(running) = self.workers[index].running.remove(&token) else { return };
         let report = running.report.expect("only finished activities are reported");
-        let (run_id, seq) = (running.lease.task.run_id.clone(), running.lease.task.seq);
+        let (run_id, seq) = (running.ctx.task().run_id.clone(), running.ctx.task().seq);
         let req_id = self.next_req_id();
         let msg = Msg::CompleteActivity { req_id, run_id: run_id.clone(), seq, token, report: report.clone() };
         let pending = Pending::CompleteActivity { run_id, seq, token, report, tries: 1 };
@@ -1711,7 +1718,7 @@ impl<'s> World<'s> {
         let worker = &mut self.workers[index];
         if let Some(running) = worker.running.remove(&token) {
             if running.started && running.future.is_some() {
-                if let Some(key) = &running.lease.task.options.rate_limit_key {
+                if let Some(key) = &running.ctx.task().options.rate_limit_key {
                     worker.limiter.finish(key);
                 }
             }
@@ -1787,7 +1794,7 @@ impl<'s> World<'s> {
                 if running.report.is_some() {
                     return;
                 }
-                let (run_id, seq) = (running.lease.task.run_id.clone(), running.lease.task.seq);
+                let (run_id, seq) = (running.ctx.task().run_id.clone(), running.ctx.task().seq);
                 let req_id = self.next_req_id();
                 let msg = Msg::Heartbeat { req_id, run_id, seq, token };
                 self.worker_request(now, index, Pending::Heartbeat, msg, REQUEST_TIMEOUT_MS);
