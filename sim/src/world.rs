@@ -610,14 +610,14 @@ struct LookedAt {
 /// The requester keeps each request's deadline with the request itself (`WorkerHost::requests`,
 /// `World::client_requests`) and names it when the answer comes, so no map from request ids is
 /// needed here; every request costs one insert and one remove in its host's set.
-#[derive(Default)]
 struct Deadlines {
-    /// Per requesting host (the workers, the client, the humans): a handful, found by a scan.
+    /// Per requesting host, by `Deadlines::index`: the workers in order, then the client, then
+    /// the humans. Looked up on every request and answer, so indexed rather than searched.
     hosts: Vec<HostDeadlines>,
 }
 
+#[derive(Default)]
 struct HostDeadlines {
-    host: HostId,
     /// Pending requests by deadline, then request id: the order in which they time out. An
     /// ordered set, since the client of a big world has a request per start in flight.
     pending: BTreeSet<(Time, u64)>,
@@ -804,7 +804,7 @@ impl<'s> World<'s> {
             human: HumanModel::new(faults.human.clone()),
             workload,
             client_requests: BTreeMap::new(),
-            deadlines: Deadlines::default(),
+            deadlines: Deadlines::new(options.worker_count),
             tool_answers: BTreeMap::new(),
             counts: FaultCounts::new(),
             gate: Gate::new(&options.plan),
@@ -2133,16 +2133,25 @@ impl TraceBytes {
 }
 
 impl Deadlines {
-    /// The deadlines of `host`, made empty if it had none yet.
+    /// Room for the requests of `worker_count` workers, the client and the humans.
+    fn new(worker_count: usize) -> Deadlines {
+        Deadlines { hosts: (0..worker_count + 2).map(|_| HostDeadlines::default()).collect() }
+    }
+
+    /// The deadlines of `host`, a worker (`worker_host(index)` sits at `index`), the client
+    /// or the humans; no other host sends requests.
     fn of_host(&mut self, host: HostId) -> &mut HostDeadlines {
-        let position = match self.hosts.iter().position(|deadlines| deadlines.host == host) {
-            Some(position) => position,
-            None => {
-                self.hosts.push(HostDeadlines { host, pending: BTreeSet::new(), wake_at: None });
-                self.hosts.len() - 1
+        let worker_count = self.hosts.len() - 2;
+        let index = match host {
+            CLIENT => worker_count,
+            HUMAN => worker_count + 1,
+            HostId(n) => {
+                let index = (n as usize).wrapping_sub(1);
+                assert!(index < worker_count, "{host} sends no requests");
+                index
             }
         };
-        &mut self.hosts[position]
+        &mut self.hosts[index]
     }
 
     /// Request `req_id` of `host`, due at `at`, was answered: its deadline is gone.
