@@ -417,7 +417,7 @@ struct Waiting {
 fn measure_waiting_runs(run_count: usize) -> Result<Waiting, Error> {
     let scenario = WaitingRuns { run_count, probed_bytes: AtomicU64::new(0), probed_at: Mutex::new(None) };
     let workload_error = |detail: String| Error::Workload { scenario: scenario.name(), detail };
-    let options = Options { plan: FaultPlan::none(), keep_histories: true, ..Options::swarm(0) };
+    let options = Options { keep_histories: true, ..Options::with_plan(0, FaultPlan::none()) };
     let before = resident_bytes();
     let started = Instant::now();
     let outcome = run_catching(&scenario, options);
@@ -530,7 +530,7 @@ impl Scenario for TimeSkip {
 }
 
 fn time_skip_options(seed: u64) -> Options {
-    Options { plan: FaultPlan::none(), ..Options::swarm(seed) }
+    Options::with_plan(seed, FaultPlan::none())
 }
 
 /// Checks that one history is the case as stated: an hour's timer, then two failed attempts

@@ -196,9 +196,15 @@ pub struct Options {
 impl Options {
     /// The swarm world of `seed`: its fault plan is drawn from the seed.
     pub fn swarm(seed: u64) -> Options {
+        Options::with_plan(seed, FaultPlan::draw(seed))
+    }
+
+    /// The world of `seed` under `plan`, otherwise as `swarm` builds it. Cheaper than
+    /// replacing the plan of `swarm(seed)`, which draws one only to drop it.
+    pub fn with_plan(seed: u64, plan: FaultPlan) -> Options {
         Options {
             seed,
-            plan: FaultPlan::draw(seed),
+            plan,
             worker_count: 3,
             store_factory: None,
             limiter_factory: None,
@@ -542,7 +548,11 @@ impl Services for SimServices {
 }
 
 struct Running {
-    lease: ActivityLease,
+    /// The leased attempt's task as the activity sees it. The context shares the task, so
+    /// the worker reads it from here instead of keeping a copy of the lease.
+    ctx: ActivityCtx,
+    /// When the lease expires (a stalled worker reports after it).
+    expires_at: Time,
     future: Option<ActivityFuture>,
     slots: Rc<RefCell<CallSlots>>,
     /// The worker will stall past its lease before reporting (the lease-expiry fault).
@@ -596,12 +606,23 @@ struct LookedAt {
 
 /// Request deadlines, with one agenda wake per host at its earliest. A request answered in
 /// time leaves nothing behind on the agenda, so most timeouts cost no event at all.
-#[derive(Default)]
+///
+/// The requester keeps each request's deadline with the request itself (`WorkerHost::requests`,
+/// `World::client_requests`) and names it when the answer comes, so no map from request ids is
+/// needed here; every request costs one insert and one remove in its host's set.
 struct Deadlines {
-    by_host: BTreeMap<HostId, BTreeSet<(Time, u64)>>,
-    of_request: BTreeMap<u64, (HostId, Time)>,
-    /// The time of each host's scheduled wake; a wake at another time is stale.
-    wake_at: BTreeMap<HostId, Time>,
+    /// Per requesting host, by `Deadlines::index`: the workers in order, then the client, then
+    /// the humans. Looked up on every request and answer, so indexed rather than searched.
+    hosts: Vec<HostDeadlines>,
+}
+
+#[derive(Default)]
+struct HostDeadlines {
+    /// Pending requests by deadline, then request id: the order in which they time out. An
+    /// ordered set, since the client of a big world has a request per start in flight.
+    pending: BTreeSet<(Time, u64)>,
+    /// The time of the host's scheduled wake; a wake at another time is stale.
+    wake_at: Option<Time>,
 }
 
 enum Pending {
@@ -623,19 +644,22 @@ struct WorkerHost {
     workflow_poll: Option<u64>,
     activity_poll: Option<u64>,
     running: BTreeMap<u64, Running>,
-    /// Requests awaiting an answer, by request id. A worker has only a few at a time (its two
-    /// polls, and a report or heartbeat per activity in flight), so a list searched by id
-    /// costs less than a map; nothing iterates it, so its order cannot reach the trace.
-    requests: Vec<(u64, Pending)>,
+    /// Requests awaiting an answer, by request id, with their deadlines. A worker has only a
+    /// few at a time (its two polls, and a report or heartbeat per activity in flight), so a
+    /// list searched by id costs less than a map; nothing iterates it, so its order cannot
+    /// reach the trace.
+    requests: Vec<(u64, Time, Pending)>,
     /// Service call id -> the activity that made it.
     calls: BTreeMap<u64, (u64, bool)>,
 }
 
 impl WorkerHost {
-    /// Forgets request `req_id` and returns what it was, if the worker still awaited it.
-    fn request_done(&mut self, req_id: u64) -> Option<Pending> {
-        let position = self.requests.iter().position(|(id, _)| *id == req_id)?;
-        Some(self.requests.swap_remove(position).1)
+    /// Forgets request `req_id` and returns its deadline and what it was, if the worker still
+    /// awaited it.
+    fn request_done(&mut self, req_id: u64) -> Option<(Time, Pending)> {
+        let position = self.requests.iter().position(|(id, ..)| *id == req_id)?;
+        let (_, deadline, pending) = self.requests.swap_remove(position);
+        Some((deadline, pending))
     }
 }
 
@@ -665,7 +689,9 @@ pub struct World<'s> {
     llm: LlmProvider,
     human: HumanModel,
     workload: Vec<Start>,
-    client_requests: BTreeMap<u64, ClientRequest>,
+    /// The client's and humans' requests awaiting an answer or a planned re-ask, with the
+    /// deadline of those that were sent.
+    client_requests: BTreeMap<u64, (ClientRequest, Option<Time>)>,
     deadlines: Deadlines,
     /// Tool answers by idempotency key, so a retried call applies nothing twice.
     tool_answers: BTreeMap<String, Value>,
@@ -778,7 +804,7 @@ impl<'s> World<'s> {
             human: HumanModel::new(faults.human.clone()),
             workload,
             client_requests: BTreeMap::new(),
-            deadlines: Deadlines::default(),
+            deadlines: Deadlines::new(options.worker_count),
             tool_answers: BTreeMap::new(),
             counts: FaultCounts::new(),
             gate: Gate::new(&options.plan),
@@ -970,6 +996,9 @@ impl<'s> World<'s> {
         }
     }
 
+    // Inlined into `run_steps`, its only caller, so the popped event is not copied again to
+    // be passed on.
+    #[inline(always)]
     fn handle(&mut self, now: Time, ev: Ev) {
         match ev {
             Ev::Deliver { from, to, msg } => {
@@ -1275,38 +1304,54 @@ impl<'s> World<'s> {
         let expired = |deadline: &Time| *deadline <= now;
         let answer_workflow_polls =
             find_workflow_tasks || self.store.held_workflow_polls.iter().any(|(.., deadline)| expired(deadline));
-        let held = if answer_workflow_polls { std::mem::take(&mut self.store.held_workflow_polls) } else { Vec::new() };
-        for (from, req_id, deadline) in held {
-            let task = if find_workflow_tasks {
-                let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
-                self.store.protocol.store().poll_workflow_task(now, &worker_name)
-            } else {
-                None
-            };
-            match task {
-                Some(task) => self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: Some(Box::new(task)) }),
-                None if deadline <= now => self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: None }),
-                None => self.store.held_workflow_polls.push((from, req_id, deadline)),
-            }
+        // Answered in place: the lists keep their room for the polls held after this look.
+        if answer_workflow_polls {
+            let mut held = std::mem::take(&mut self.store.held_workflow_polls);
+            held.retain(|&(from, req_id, deadline)| {
+                let task = if find_workflow_tasks {
+                    let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+                    self.store.protocol.store().poll_workflow_task(now, &worker_name)
+                } else {
+                    None
+                };
+                match task {
+                    Some(task) => {
+                        self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: Some(Box::new(task)) })
+                    }
+                    None if deadline <= now => {
+                        self.store_reply(now, from, Msg::PollWorkflowResp { req_id, task: None })
+                    }
+                    None => return true,
+                }
+                false
+            });
+            self.store.held_workflow_polls = held;
         }
         let answer_activity_polls =
             find_activity_tasks || self.store.held_activity_polls.iter().any(|(.., deadline)| expired(deadline));
-        let held = if answer_activity_polls { std::mem::take(&mut self.store.held_activity_polls) } else { Vec::new() };
-        for (from, req_id, blocked, deadline) in held {
-            let lease = if find_activity_tasks {
-                let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
-                self.store.protocol.store().poll_activity_task(now, &worker_name, &blocked).map(|l| (l, worker_name))
-            } else {
-                None
-            };
-            match lease {
-                Some((lease, worker_name)) => {
-                    self.evidence.grant(&lease.task.run_id, lease.task.seq, lease.task.attempt, &worker_name);
-                    self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: Some(Box::new(lease)) });
+        if answer_activity_polls {
+            let mut held = std::mem::take(&mut self.store.held_activity_polls);
+            held.retain(|(from, req_id, blocked, deadline)| {
+                let (from, req_id, deadline) = (*from, *req_id, *deadline);
+                let lease = if find_activity_tasks {
+                    let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+                    self.store.protocol.store().poll_activity_task(now, &worker_name, blocked).map(|l| (l, worker_name))
+                } else {
+                    None
+                };
+                match lease {
+                    Some((lease, worker_name)) => {
+                        self.evidence.grant(&lease.task.run_id, lease.task.seq, lease.task.attempt, &worker_name);
+                        self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: Some(Box::new(lease)) });
+                    }
+                    None if deadline <= now => {
+                        self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: None })
+                    }
+                    None => return true,
                 }
-                None if deadline <= now => self.store_reply(now, from, Msg::PollActivityResp { req_id, lease: None }),
-                None => self.store.held_activity_polls.push((from, req_id, blocked, deadline)),
-            }
+                false
+            });
+            self.store.held_activity_polls = held;
         }
         let store = self.store.protocol.store();
         let next = store.next_wakeup(now);
@@ -1399,40 +1444,48 @@ impl<'s> World<'s> {
             | Msg::Heartbeat { req_id, .. } => *req_id,
             other => panic!("not a worker request: {other:?}"),
         };
-        self.workers[index].requests.push((req_id, pending));
-        self.deadline_add(host, Time(now.0 + timeout_ms), req_id);
+        let deadline = Time(now.0 + timeout_ms);
+        self.workers[index].requests.push((req_id, deadline, pending));
+        self.deadline_add(host, deadline, req_id);
         self.send(host, STORE, now, msg);
     }
 
+    /// The store answered worker request `req_id`: forgets it and its deadline, and returns
+    /// what it was if the worker still awaited it.
+    fn worker_answered(&mut self, index: usize, req_id: u64) -> Option<Pending> {
+        let (deadline, pending) = self.workers[index].request_done(req_id)?;
+        self.deadlines.done(worker_host(index), deadline, req_id);
+        Some(pending)
+    }
+
     fn deadline_add(&mut self, host: HostId, at: Time, req_id: u64) {
-        self.deadlines.by_host.entry(host).or_default().insert((at, req_id));
-        self.deadlines.of_request.insert(req_id, (host, at));
+        let deadlines = self.deadlines.of_host(host);
+        deadlines.pending.insert((at, req_id));
         self.deadline_reschedule(host);
     }
 
     /// Makes sure the host wakes at its earliest deadline.
     fn deadline_reschedule(&mut self, host: HostId) {
-        let Some(&(first, _)) = self.deadlines.by_host.get(&host).and_then(|d| d.first()) else { return };
-        if self.deadlines.wake_at.get(&host).is_none_or(|at| first < *at) {
-            self.deadlines.wake_at.insert(host, first);
+        let deadlines = self.deadlines.of_host(host);
+        let Some(&(first, _)) = deadlines.pending.first() else { return };
+        if deadlines.wake_at.is_none_or(|at| first < at) {
+            deadlines.wake_at = Some(first);
             self.wake(host, first, Wake::Deadlines);
         }
     }
 
     /// Times out every request of `host` whose deadline has come.
     fn deadlines_due(&mut self, now: Time, host: HostId) {
-        if self.deadlines.wake_at.get(&host) != Some(&now) {
+        let deadlines = self.deadlines.of_host(host);
+        if deadlines.wake_at != Some(now) {
             return;
         }
-        self.deadlines.wake_at.remove(&host);
-        let due: Vec<u64> = self
-            .deadlines
-            .by_host
-            .get(&host)
-            .map(|d| d.iter().take_while(|(at, _)| *at <= now).map(|(_, req_id)| *req_id).collect())
-            .unwrap_or_default();
-        for req_id in due {
-            self.deadlines.done(req_id);
+        deadlines.wake_at = None;
+        let due: Vec<(Time, u64)> = deadlines.pending.iter().take_while(|(at, _)| *at <= now).copied().collect();
+        // Each is taken out just before it is handled, so while one is handled the others still
+        // count as pending (a request sent then schedules a wake for them, as the trace records).
+        for (at, req_id) in due {
+            self.deadlines.done(host, at, req_id);
             let timeout = Wake::RequestTimeout { req_id };
             match self.worker_index(host) {
                 Some(index) => self.worker_wake(now, index, timeout),
@@ -1470,8 +1523,7 @@ impl<'s> World<'s> {
     fn worker_receive(&mut self, now: Time, index: usize, msg: Msg) {
         match msg {
             Msg::PollWorkflowResp { req_id, task } => {
-                self.deadlines.done(req_id);
-                if self.workers[index].request_done(req_id).is_none() {
+                if self.worker_answered(index, req_id).is_none() {
                     return;
                 }
                 self.workers[index].workflow_poll = None;
@@ -1481,16 +1533,14 @@ impl<'s> World<'s> {
                 }
             }
             Msg::CompleteWorkflowResp { req_id, run_id, ack } => {
-                self.deadlines.done(req_id);
-                if self.workers[index].request_done(req_id).is_none() {
+                if self.worker_answered(index, req_id).is_none() {
                     return;
                 }
                 self.workers[index].workflows.acknowledged(&run_id, ack == Ack::Accepted);
                 self.worker_poll_workflow(index);
             }
             Msg::PollActivityResp { req_id, lease } => {
-                self.deadlines.done(req_id);
-                if self.workers[index].request_done(req_id).is_none() {
+                if self.worker_answered(index, req_id).is_none() {
                     return;
                 }
                 self.workers[index].activity_poll = None;
@@ -1500,12 +1550,10 @@ impl<'s> World<'s> {
                 self.worker_poll_activity(now, index);
             }
             Msg::CompleteActivityResp { req_id } => {
-                self.deadlines.done(req_id);
-                self.workers[index].request_done(req_id);
+                self.worker_answered(index, req_id);
             }
             Msg::HeartbeatResp { req_id, token, ack } => {
-                self.deadlines.done(req_id);
-                self.workers[index].request_done(req_id);
+                self.worker_answered(index, req_id);
                 if let Ack::Rejected(reason) = ack {
                     // The lease is gone: another worker may own this attempt now. Give up.
                     tracing::debug!(target: "tempest::world", "{now} {} gives up attempt {token:#x}: {reason}", self.workers[index].name);
@@ -1570,10 +1618,13 @@ impl<'s> World<'s> {
                 now,
                 self.rng_faults.chance(self.faults.lease_expiry_probability),
             );
+        let slots = Rc::new(RefCell::new(CallSlots::default()));
+        let services = Rc::new(SimServices { slots: slots.clone(), call_ids: self.call_ids.clone() });
         let running = Running {
-            lease,
+            ctx: ActivityCtx::new(lease.task, services),
+            expires_at: lease.expires_at,
             future: None,
-            slots: Rc::new(RefCell::new(CallSlots::default())),
+            slots,
             stalled,
             started: false,
             report: None,
@@ -1587,9 +1638,10 @@ impl<'s> World<'s> {
     fn worker_try_start(&mut self, now: Time, index: usize, token: u64) {
         let worker = &mut self.workers[index];
         let Some(running) = worker.running.get(&token) else { return };
-        let options = &running.lease.task.options;
-        let (key, tokens) = (options.rate_limit_key.clone(), options.token_count);
-        if let Some(key) = &key {
+        let ctx = running.ctx.clone();
+        let options = &ctx.task().options;
+        if let Some(key) = &options.rate_limit_key {
+            let tokens = options.token_count;
             match worker.limiter.next_allowed(now, key, tokens) {
                 Some(at) if at == now => {}
                 Some(at) => {
@@ -1607,9 +1659,8 @@ impl<'s> World<'s> {
         }
         let running = self.workers[index].running.get_mut(&token).expect("checked above");
         running.started = true;
-        let services = Rc::new(SimServices { slots: running.slots.clone(), call_ids: self.call_ids.clone() });
-        let ctx = ActivityCtx::new(running.lease.task.clone(), services);
-        running.future = Some(self.activities.start(ctx, running.lease.task.input.clone()));
+        let input = ctx.task().input.clone();
+        running.future = Some(self.activities.start(ctx, input));
         if !running.stalled {
             self.wake(worker_host(index), Time(now.0 + HEARTBEAT_MS), Wake::Heartbeat { token });
         }
@@ -1643,12 +1694,12 @@ impl<'s> World<'s> {
             Ok(output) => AttemptReport::Completed { output },
             Err(failure) => AttemptReport::Failed { failure },
         });
-        if let Some(key) = &running.lease.task.options.rate_limit_key {
+        if let Some(key) = &running.ctx.task().options.rate_limit_key {
             worker.limiter.finish(key);
         }
         if running.stalled {
             // A GC pause or VM migration: the worker resumes after its lease is gone.
-            let at = Time(running.lease.expires_at.0.max(now.0) + 1 + self.rng_faults.exp_ms(5_000));
+            let at = Time(running.expires_at.0.max(now.0) + 1 + self.rng_faults.exp_ms(5_000));
             self.wake(worker_host(index), at, Wake::ActivityReport { token });
         } else {
             self.worker_report(now, index, token);
@@ -1658,7 +1709,7 @@ impl<'s> World<'s> {
     fn worker_report(&mut self, now: Time, index: usize, token: u64) {
         let Some(running) = self.workers[index].running.remove(&token) else { return };
         let report = running.report.expect("only finished activities are reported");
-        let (run_id, seq) = (running.lease.task.run_id.clone(), running.lease.task.seq);
+        let (run_id, seq) = (running.ctx.task().run_id.clone(), running.ctx.task().seq);
         let req_id = self.next_req_id();
         let msg = Msg::CompleteActivity { req_id, run_id: run_id.clone(), seq, token, report: report.clone() };
         let pending = Pending::CompleteActivity { run_id, seq, token, report, tries: 1 };
@@ -1670,7 +1721,7 @@ impl<'s> World<'s> {
         let worker = &mut self.workers[index];
         if let Some(running) = worker.running.remove(&token) {
             if running.started && running.future.is_some() {
-                if let Some(key) = &running.lease.task.options.rate_limit_key {
+                if let Some(key) = &running.ctx.task().options.rate_limit_key {
                     worker.limiter.finish(key);
                 }
             }
@@ -1687,7 +1738,8 @@ impl<'s> World<'s> {
     fn worker_wake(&mut self, now: Time, index: usize, wake: Wake) {
         match wake {
             Wake::RequestTimeout { req_id } => {
-                let Some(pending) = self.workers[index].request_done(req_id) else {
+                // Its deadline is gone already: `deadlines_due` took it out.
+                let Some((_, pending)) = self.workers[index].request_done(req_id) else {
                     return;
                 };
                 match pending {
@@ -1745,7 +1797,7 @@ impl<'s> World<'s> {
                 if running.report.is_some() {
                     return;
                 }
-                let (run_id, seq) = (running.lease.task.run_id.clone(), running.lease.task.seq);
+                let (run_id, seq) = (running.ctx.task().run_id.clone(), running.ctx.task().seq);
                 let req_id = self.next_req_id();
                 let msg = Msg::Heartbeat { req_id, run_id, seq, token };
                 self.worker_request(now, index, Pending::Heartbeat, msg, REQUEST_TIMEOUT_MS);
@@ -1781,23 +1833,32 @@ impl<'s> World<'s> {
                 payload: payload.clone(),
             },
         };
-        self.client_requests.insert(req_id, request);
-        self.deadline_add(from, Time(now.0 + REQUEST_TIMEOUT_MS), req_id);
+        let deadline = Time(now.0 + REQUEST_TIMEOUT_MS);
+        self.client_requests.insert(req_id, (request, Some(deadline)));
+        self.deadline_add(from, deadline, req_id);
         self.send(from, STORE, now, msg);
+    }
+
+    /// The store answered client request `req_id` of `host`: forgets it and its deadline, and
+    /// returns it if the host still awaited it.
+    fn client_answered(&mut self, host: HostId, req_id: u64) -> Option<ClientRequest> {
+        let (request, deadline) = self.client_requests.remove(&req_id)?;
+        if let Some(deadline) = deadline {
+            self.deadlines.done(host, deadline, req_id);
+        }
+        Some(request)
     }
 
     fn client_receive(&mut self, now: Time, to: HostId, msg: Msg) {
         match msg {
             Msg::StartResp { req_id } => {
-                self.deadlines.done(req_id);
-                if let Some(ClientRequest::Start { index }) = self.client_requests.remove(&req_id) {
+                if let Some(ClientRequest::Start { index }) = self.client_answered(to, req_id) {
                     let workflow_id = self.workload[index].workflow_id.clone();
                     self.evidence.accepted_starts.insert(workflow_id);
                 }
             }
             Msg::SignalResp { req_id, status } => {
-                self.deadlines.done(req_id);
-                let Some(request) = self.client_requests.remove(&req_id) else {
+                let Some(request) = self.client_answered(to, req_id) else {
                     return;
                 };
                 let ClientRequest::Signal { workflow_id, signal_id, .. } = &request else {
@@ -1809,7 +1870,7 @@ impl<'s> World<'s> {
                     }
                     SignalStatus::Pending => {
                         let req_id = self.next_req_id();
-                        self.client_requests.insert(req_id, request);
+                        self.client_requests.insert(req_id, (request, None));
                         self.wake(to, Time(now.0 + SIGNAL_RECHECK_MS), Wake::ClientRetry { req_id });
                     }
                     SignalStatus::RunClosed | SignalStatus::UnknownWorkflow => {}
@@ -1834,7 +1895,8 @@ impl<'s> World<'s> {
             // A request without an answer in time, or a planned re-ask: send it again (same
             // workflow id or signal id, so the store does it at most once).
             Wake::RequestTimeout { req_id } | Wake::ClientRetry { req_id } => {
-                if let Some(request) = self.client_requests.remove(&req_id) {
+                // A timed-out request's deadline is gone already: `deadlines_due` took it out.
+                if let Some((request, _)) = self.client_requests.remove(&req_id) {
                     self.client_send(now, host, request);
                 }
             }
@@ -2074,21 +2136,37 @@ impl TraceBytes {
 }
 
 impl Deadlines {
-    /// The request was answered (or timed out): its deadline is gone.
-    fn done(&mut self, req_id: u64) {
-        if let Some((host, at)) = self.of_request.remove(&req_id) {
-            if let Some(deadlines) = self.by_host.get_mut(&host) {
-                deadlines.remove(&(at, req_id));
+    /// Room for the requests of `worker_count` workers, the client and the humans.
+    fn new(worker_count: usize) -> Deadlines {
+        Deadlines { hosts: (0..worker_count + 2).map(|_| HostDeadlines::default()).collect() }
+    }
+
+    /// The deadlines of `host`, a worker (`worker_host(index)` sits at `index`), the client
+    /// or the humans; no other host sends requests.
+    fn of_host(&mut self, host: HostId) -> &mut HostDeadlines {
+        let worker_count = self.hosts.len() - 2;
+        let index = match host {
+            CLIENT => worker_count,
+            HUMAN => worker_count + 1,
+            HostId(n) => {
+                let index = (n as usize).wrapping_sub(1);
+                assert!(index < worker_count, "{host} sends no requests");
+                index
             }
-        }
+        };
+        &mut self.hosts[index]
+    }
+
+    /// Request `req_id` of `host`, due at `at`, was answered: its deadline is gone.
+    fn done(&mut self, host: HostId, at: Time, req_id: u64) {
+        self.of_host(host).pending.remove(&(at, req_id));
     }
 
     /// A crashed host forgets its requests, and its scheduled wake died with it.
     fn forget_host(&mut self, host: HostId) {
-        for (_, req_id) in self.by_host.remove(&host).unwrap_or_default() {
-            self.of_request.remove(&req_id);
-        }
-        self.wake_at.remove(&host);
+        let deadlines = self.of_host(host);
+        deadlines.pending.clear();
+        deadlines.wake_at = None;
     }
 }
 
