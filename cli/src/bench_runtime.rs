@@ -363,8 +363,9 @@ fn measure(config: &Config, dir: &Path) -> anyhow::Result<Report> {
 
 impl Report {
     pub(crate) fn write_summary(&self, out: &mut impl Write) -> io::Result<()> {
-        let optional =
-            |value: Option<f64>, unit: &str| value.map_or("not measured".to_owned(), |v| format!("{v:.2} {unit}"));
+        let optional = |value: Option<f64>, unit: &str| {
+            value.map_or_else(|| "not measured".to_owned(), |v| format!("{v:.2} {unit}"))
+        };
         writeln!(out, "bench runtime ({} build): {}", self.build, self.workflow)?;
         if let Some(load) = self.load_average_at_start {
             writeln!(out, "  load average at start: {load:.2} on {} cores", crate::core_count())?;

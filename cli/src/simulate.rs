@@ -567,11 +567,23 @@ mod tests {
         // One failing check: only the lowest seed is shrunk, the others keep their explicit plan.
         assert!(failures[0].shrunk_from.is_some() && failures[1].shrunk_from.is_none(), "{failures:?}");
         let first = &failures[0];
-        assert_eq!(first.plan_faults, Some(1), "{first:?}");
         let plan = FaultPlan::from_json(&std::fs::read_to_string(&first.plan).expect("plan written")).expect("plan");
-        let replayed =
-            tempest_sim::world::run_catching(scenarios[0].as_ref(), Options { plan, ..Options::swarm(first.seed) });
-        assert_eq!(replayed.failure.map(|f| f.check), Some(first.check.clone()));
+        assert!(first.plan_faults < first.shrunk_from.map(|n| n / 4), "{first:?}");
+        let run_with = |plan: FaultPlan| {
+            let outcome =
+                tempest_sim::world::run_catching(scenarios[0].as_ref(), Options { plan, ..Options::swarm(first.seed) });
+            outcome.failure.map(|f| f.check)
+        };
+        assert_eq!(run_with(plan.clone()), Some(first.check.clone()));
+        // Shrunk means every fault left is needed: without any one of them the failure is gone.
+        // (Scheduled faults hit the nth decision of their kind, so dropping one message can
+        // move a later fault onto another message; a minimal plan may need several.)
+        let schedule = plan.schedule.clone().expect("shrunk plans are explicit");
+        for index in 0..schedule.len() {
+            let mut smaller = plan.clone();
+            smaller.schedule.as_mut().expect("explicit").remove(index);
+            assert_ne!(run_with(smaller), Some(first.check.clone()), "fault {index} of {plan:?} is not needed");
+        }
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -200,6 +200,15 @@ impl Kind {
         }
     }
 
+    /// Whether the workflow code must run to take this input in. An attempt failure that the
+    /// store will retry changes nothing the code can see (the activity is still open, the
+    /// code still waits on it), so it needs no workflow task of its own: it waits in the
+    /// inbox and enters the history, in its place, with the next input that does wake the
+    /// code. Under a storm of 429s this saves a workflow task per failed attempt.
+    pub fn wakes_workflow(&self) -> bool {
+        !self.is_command() && !matches!(self, Kind::ActivityAttemptFailed { .. })
+    }
+
     /// A run ends with exactly one of these.
     pub fn is_terminal(&self) -> bool {
         matches!(

@@ -8,7 +8,7 @@
 //! first is decided by history order, never by polling order. It never touches the store,
 //! the network or a clock.
 
-use crate::history::{Event, Kind, Marker};
+use crate::history::{Event, Kind, Marker, Payload};
 use crate::time::Time;
 use crate::workflow::{Ctx, Registry, WorkflowError, WorkflowFuture};
 use serde::Serialize;
@@ -47,7 +47,7 @@ pub enum Error {
 /// What a pending command future is waiting for.
 #[derive(Debug)]
 pub(crate) enum Resolution {
-    Activity(Result<Value, crate::activity::Error>),
+    Activity(Result<Payload, crate::activity::Error>),
     Timer(Result<(), WorkflowError>),
     Child(crate::history::ChildOutcome),
 }
@@ -55,7 +55,7 @@ pub(crate) enum Resolution {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct SignalRecord {
     pub(crate) signal_id: String,
-    pub(crate) payload: Value,
+    pub(crate) payload: Payload,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -240,7 +240,7 @@ impl Machine {
             nondeterminism: None,
             queries: BTreeMap::new(),
         }));
-        let future = factory(Ctx::new(shared.clone()), Value::clone(input));
+        let future = factory(Ctx::new(shared.clone()), input.clone());
         let flag = Arc::new(Flag(AtomicBool::new(false)));
         let waker = Waker::from(flag.clone());
         let mut machine = Machine { shared, future: Some(future), flag, waker };
@@ -427,7 +427,7 @@ fn batch_after(events: &[Event], index: usize) -> (VecDeque<Event>, Option<usize
 fn apply_input(shared: &mut Shared, kind: &Kind) {
     match kind {
         Kind::ActivityCompleted { seq, output, .. } => {
-            shared.resolve(*seq, Resolution::Activity(Ok(Value::clone(output))));
+            shared.resolve(*seq, Resolution::Activity(Ok(output.clone())));
         }
         Kind::ActivityFailed { seq, attempt, cause, failure, .. } => {
             let activity_type = String::new();
@@ -447,7 +447,7 @@ fn apply_input(shared: &mut Shared, kind: &Kind) {
                 .signals
                 .entry(name.clone())
                 .or_default()
-                .push_back(SignalRecord { signal_id: signal_id.clone(), payload: Value::clone(payload) });
+                .push_back(SignalRecord { signal_id: signal_id.clone(), payload: payload.clone() });
             shared.wake_signal_waiters(name);
         }
         Kind::CancelRequested { .. } => {

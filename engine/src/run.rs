@@ -151,7 +151,8 @@ impl RunState {
     }
 
     fn open_activity(&mut self, seq: u32, attempt: u32) -> Result<&mut ActivityState, String> {
-        let activity = self.activities.get_mut(&seq).ok_or(format!("activity seq {seq} was never scheduled"))?;
+        let activity =
+            self.activities.get_mut(&seq).ok_or_else(|| format!("activity seq {seq} was never scheduled"))?;
         if activity.closed {
             return Err(format!("activity seq {seq} already closed"));
         }
@@ -209,7 +210,7 @@ impl RunState {
                 self.timers.insert(*seq, TimerState { fire_at: *fire_at_ms, closed: false });
             }
             Kind::TimerFired { seq } => {
-                let timer = self.timers.get_mut(seq).ok_or(format!("timer seq {seq} was never started"))?;
+                let timer = self.timers.get_mut(seq).ok_or_else(|| format!("timer seq {seq} was never started"))?;
                 if timer.closed {
                     return Err(format!("timer seq {seq} fired twice or after cancellation"));
                 }
@@ -247,7 +248,7 @@ impl RunState {
                 );
             }
             Kind::ChildCompleted { seq, outcome } => {
-                let child = self.children.get_mut(seq).ok_or(format!("child seq {seq} was never started"))?;
+                let child = self.children.get_mut(seq).ok_or_else(|| format!("child seq {seq} was never started"))?;
                 if child.outcome.is_some() {
                     return Err(format!("child seq {seq} completed twice"));
                 }

@@ -113,6 +113,15 @@ pub struct StoredRun {
     pub rejected_signals: BTreeSet<String>,
 }
 
+impl StoredRun {
+    /// When the oldest inbox input that needs the workflow code arrived: from then on the run
+    /// has a workflow task. Inputs that wake nothing (`Kind::wakes_workflow`) ride along with
+    /// the next task instead of asking for one.
+    pub fn waiting_since(&self) -> Option<Time> {
+        self.inbox.iter().find(|(_, kind)| kind.wakes_workflow()).map(|(time, _)| *time)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     pub token: u64,
@@ -202,7 +211,7 @@ pub struct Store {
     /// know when to look again.
     version: u64,
     /// Finer than `version`: bumped only when a workflow-task poll may find a task it could
-    /// not find before (a run gained inputs, lost its lease or its sticky worker). Writes that
+    /// not find before (a run gained inputs that wake its code, lost its lease or its sticky worker). Writes that
     /// only take tasks away (a lease granted, inputs consumed, a run closed) or touch other
     /// things (an activity leased, a timer set) leave it alone.
     workflow_tasks_version: u64,
@@ -211,8 +220,8 @@ pub struct Store {
     /// Open runs with inputs waiting, open activities or open timers: the only runs polls,
     /// ticks and wake-ups look at, so runs idling on a signal cost nothing per operation.
     active: BTreeSet<Arc<str>>,
-    /// The active runs with inputs in their inbox: the only runs a workflow-task poll can
-    /// hand out, in the same (run id) order as `active`, so a poll under load does not look
+    /// The active runs with inputs in their inbox that wake the workflow code
+    /// (`StoredRun::waiting_since`): the only runs a workflow-task poll can hand out, in the same (run id) order as `active`, so a poll under load does not look
     /// at every run that merely waits on an activity or a timer.
     with_inbox: BTreeSet<Arc<str>>,
     /// Everything that falls due with time, ordered by when: unleased activity attempts (when
@@ -274,7 +283,7 @@ impl Store {
                 }
             }
             entries.extend(run.logical.open_timers().map(|(seq, timer)| (timer.fire_at, Due::Timer(seq))));
-            if let (Some((waiting_since, _)), true) = (run.inbox.front(), self.sticky.contains_key(run_id)) {
+            if let (Some(waiting_since), true) = (run.waiting_since(), self.sticky.contains_key(run_id)) {
                 entries.push((waiting_since.plus(Duration::from_millis(self.config.sticky_ms)), Due::Sticky));
             }
         }
@@ -284,7 +293,7 @@ impl Store {
         } else if !self.active.contains(run_id) {
             self.active.insert(key.clone());
         }
-        let has_inbox = active && !run.inbox.is_empty();
+        let has_inbox = active && run.waiting_since().is_some();
         if !has_inbox {
             self.with_inbox.remove(run_id);
         } else if !self.with_inbox.contains(run_id) {
@@ -480,7 +489,7 @@ impl Store {
     /// The run whose workflow task a poll by `worker` would claim now.
     fn claimable_workflow_run(&self, now: Time, worker: &str) -> Option<&Arc<str>> {
         self.with_inbox.iter().find(|run_id| {
-            let Some((waiting_since, _)) = self.runs[*run_id].inbox.front() else { return false };
+            let Some(waiting_since) = self.runs[*run_id].waiting_since() else { return false };
             let leased = self.workflow_leases.get(*run_id).is_some_and(|l| l.expires_at > now);
             let sticky_elsewhere = self.sticky.get(*run_id).is_some_and(|(w, _)| w != worker)
                 && now < waiting_since.plus(Duration::from_millis(self.config.sticky_ms));
@@ -1049,10 +1058,35 @@ mod tests {
         let leased = versions(&store);
         let (report, _) = store.tick(lease.expires_at);
         assert_eq!(report.activity_leases_expired, 1);
-        assert!(versions(&store).0 > leased.0, "the timed-out attempt is an input waiting");
+        assert_eq!(versions(&store).0, leased.0, "a timed-out attempt that is retried wakes no workflow code");
+        assert!(!store.has_workflow_task(lease.expires_at, "w1"));
         assert!(versions(&store).1 > leased.1, "the attempt's retry will fall due");
         assert!(!store.has_activity_task(lease.expires_at, &no_blocked_keys), "the retry waits out its backoff");
         let retry_at = lease.expires_at.plus(Duration::from_millis(1_000));
         assert!(store.has_activity_task(retry_at, &no_blocked_keys));
+    }
+
+    #[test]
+    fn a_retried_attempt_enters_the_history_in_its_place_with_the_next_task() {
+        let mut store = Store::new(Config::default());
+        let run_id = run_waiting_on_an_activity(&mut store);
+        let no_blocked_keys = BTreeSet::new();
+        let first = store.poll_activity_task(T0, "w1", &no_blocked_keys).expect("activity 1 is due");
+        let overloaded = AttemptReport::Failed { failure: Failure::Overloaded { retry_after_ms: Some(1_000) } };
+        let (ack, _) = store.complete_activity_task(T0, &run_id, 1, first.token, overloaded, "w1");
+        assert_eq!(ack, Ack::Accepted);
+        assert!(!store.has_workflow_task(T0, "w1"), "the failed attempt asks for no workflow task");
+        assert_eq!(store.run(&run_id).expect("started").inbox.len(), 1, "it waits, durable, in the inbox");
+
+        let retry_at = T0.plus(Duration::from_millis(1_000));
+        let second = store.poll_activity_task(retry_at, "w1", &no_blocked_keys).expect("the retry is due");
+        assert_eq!(second.task.attempt, 2);
+        let completed = AttemptReport::Completed { output: json!("done") };
+        let (ack, _) = store.complete_activity_task(retry_at, &run_id, 1, second.token, completed, "w1");
+        assert_eq!(ack, Ack::Accepted);
+        let task = store.poll_workflow_task(retry_at, "w1").expect("the completion wakes the code");
+        let names: Vec<&str> = task.inbox.iter().map(|(_, kind)| kind.name()).collect();
+        assert_eq!(names, ["activity_attempt_failed", "activity_completed"], "in the order they were accepted");
+        assert_eq!(task.inbox[0].0, T0, "the failure keeps the time it was accepted");
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::activity::{self, Options};
 use crate::hash;
-use crate::history::{ChildOutcome, Kind, Marker};
+use crate::history::{ChildOutcome, Kind, Marker, Payload};
 use crate::machine::{Issued, PendingKind, Resolution, Shared};
 use crate::retry::RetryPolicy;
 use crate::time::{duration_ms, Time};
@@ -66,7 +66,10 @@ impl From<serde_json::Error> for WorkflowError {
 
 pub type WorkflowResult<T> = Result<T, WorkflowError>;
 pub(crate) type WorkflowFuture = Pin<Box<dyn Future<Output = Result<Value, WorkflowError>>>>;
-type Factory = Arc<dyn Fn(Ctx, Value) -> WorkflowFuture + Send + Sync>;
+/// Builds a run's future from its input. The input is the shared payload of the
+/// `workflow_started` event, read in place: decoding from a reference copies only what the
+/// input type keeps, where decoding an owned copy would first copy the whole JSON tree.
+type Factory = Arc<dyn Fn(Ctx, Payload) -> WorkflowFuture + Send + Sync>;
 pub(crate) type QueryHandler = Box<dyn Fn(&Value) -> Value>;
 
 /// Workflow types by name. Cheap to share between threads; each run's future stays on one.
@@ -90,10 +93,10 @@ impl Registry {
         Fut: Future<Output = WorkflowResult<O>> + 'static,
     {
         let workflow = Arc::new(workflow);
-        let factory: Factory = Arc::new(move |ctx: Ctx, input: Value| {
+        let factory: Factory = Arc::new(move |ctx: Ctx, input: Payload| {
             let workflow = workflow.clone();
             Box::pin(async move {
-                let input: I = serde_json::from_value(input)?;
+                let input = I::deserialize(&*input)?;
                 let output = workflow(ctx, input).await?;
                 Ok(serde_json::to_value(output)?)
             })
@@ -123,7 +126,23 @@ pub fn next_run_id(workflow_id: &str, run_id: &str) -> String {
 /// The idempotency key of activity `seq` of run `run_id`: the same for every attempt, worker
 /// and replay.
 pub fn idempotency_key(run_id: &str, seq: u32) -> String {
-    format!("{run_id}:{seq}")
+    // Written by hand, not with `format!`: every activity call builds one, on every replay.
+    let mut digits = [0u8; 10];
+    let mut start = digits.len();
+    let mut rest = seq;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut key = String::with_capacity(run_id.len() + 1 + digits.len() - start);
+    key.push_str(run_id);
+    key.push(':');
+    key.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
+    key
 }
 
 /// A workflow's handle on the world. Every method is a command recorded in, or replayed
@@ -371,7 +390,7 @@ impl<O: DeserializeOwned> Future for ActivityFuture<O> {
         match take_resolution(&this.shared, this.seq, cx) {
             None => Poll::Pending,
             Some(Resolution::Activity(Ok(output))) => {
-                Poll::Ready(serde_json::from_value(output).map_err(|e| activity::Error {
+                Poll::Ready(O::deserialize(&*output).map_err(|e| activity::Error {
                     activity_type: this.activity_type.clone(),
                     seq: this.seq,
                     attempt_count: 0,
@@ -418,7 +437,7 @@ impl<T: DeserializeOwned> Future for SignalWait<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut shared = self.shared.borrow_mut();
         if let Some(record) = shared.signals.get_mut(&self.name).and_then(|q| q.pop_front()) {
-            return Poll::Ready(serde_json::from_value(record.payload).map_err(Into::into));
+            return Poll::Ready(T::deserialize(&*record.payload).map_err(Into::into));
         }
         if shared.cancel_requested {
             return Poll::Ready(Err(WorkflowError::Canceled));
@@ -484,7 +503,7 @@ impl<O: DeserializeOwned> Future for ChildFuture<O> {
         match take_resolution(&self.shared, self.seq, cx) {
             None => Poll::Pending,
             Some(Resolution::Child(ChildOutcome::Completed { output })) => {
-                Poll::Ready(serde_json::from_value(Value::clone(&output)).map_err(Into::into))
+                Poll::Ready(O::deserialize(&*output).map_err(Into::into))
             }
             Some(Resolution::Child(ChildOutcome::Failed { error })) => {
                 Poll::Ready(Err(WorkflowError::Child { workflow_id: self.workflow_id.clone(), error }))

@@ -339,7 +339,7 @@ async fn run_activity(worker: Rc<Worker>, lease: ActivityLease, _slot: OwnedSema
         worker.limiter.borrow_mut().dispatch(now(), key, token_count);
     }
     let implementation =
-        worker.activities.iter().find(|a| a.contains(&task.activity_type)).or(worker.activities.first());
+        worker.activities.iter().find(|a| a.contains(&task.activity_type)).or_else(|| worker.activities.first());
     let mut attempt = match implementation {
         Some(activities) => {
             activities.start(ActivityCtx::new(task.clone(), worker.services.clone()), task.input.clone())

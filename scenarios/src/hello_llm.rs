@@ -46,7 +46,7 @@ async fn llm(ctx: ActivityCtx, prompt: String) -> Result<String, Failure> {
     value["answer"]
         .as_str()
         .map(str::to_owned)
-        .ok_or(Failure::InvalidOutput { message: "missing field `answer`".to_owned() })
+        .ok_or_else(|| Failure::InvalidOutput { message: "missing field `answer`".to_owned() })
 }
 
 pub(crate) fn register(registry: &mut Registry) {

@@ -111,7 +111,7 @@ async fn draft(ctx: ActivityCtx, input: DraftInput) -> Result<String, Failure> {
     value["text"]
         .as_str()
         .map(str::to_owned)
-        .ok_or(Failure::InvalidOutput { message: "missing field `text`".to_owned() })
+        .ok_or_else(|| Failure::InvalidOutput { message: "missing field `text`".to_owned() })
 }
 
 async fn tool(ctx: ActivityCtx, name: &'static str, arguments: Value) -> Result<Value, Failure> {

@@ -173,7 +173,7 @@ async fn summarize(ctx: ActivityCtx, input: SummarizeInput) -> Result<String, Fa
     answer["summary"]
         .as_str()
         .map(str::to_owned)
-        .ok_or(Failure::InvalidOutput { message: "missing field `summary`".to_owned() })
+        .ok_or_else(|| Failure::InvalidOutput { message: "missing field `summary`".to_owned() })
 }
 
 async fn notify(ctx: ActivityCtx, notice: Value) -> Result<Value, Failure> {

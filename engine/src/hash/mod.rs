@@ -57,6 +57,8 @@ fn absorb(mut state: u64, bytes: &[u8]) -> u64 {
 pub struct Digest {
     state: u64,
     record_count: u64,
+    /// `update_structure`'s item buffer, kept so that digesting allocates once per digest.
+    scratch: Vec<u8>,
 }
 
 impl Digest {

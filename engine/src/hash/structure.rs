@@ -4,10 +4,12 @@
 //! name a `Serialize` implementation emits goes into the digest with a tag saying what it was,
 //! so whatever the values' JSON would tell apart, their digests tell apart too (barring 64-bit
 //! collisions). It is several times cheaper than serializing to JSON and hashing the text:
-//! nothing is escaped, formatted or buffered, and the hash takes 8 bytes per step. It must
-//! never depend on anything but the value (no addresses, no iteration order of its own).
+//! nothing is escaped or formatted; each item is a tag byte and a self-delimiting encoding
+//! (varint numbers, length-prefixed strings) written into a reused buffer, which is then hashed
+//! 16 bytes per multiply. It must never depend on anything but the value (no addresses, no
+//! iteration order of its own).
 
-use super::{absorb, mix, Digest};
+use super::{mix, Digest};
 use serde::ser::{self, Serialize};
 use std::fmt;
 
@@ -15,11 +17,41 @@ impl Digest {
     /// Adds one record: the structure of `value` (see the module comment). Panics if its
     /// `Serialize` reports an error, which no history, record or JSON value does.
     pub fn update_structure<T: Serialize + ?Sized>(&mut self, value: &T) {
-        let mut feed = Feed { state: self.state ^ self.record_count };
+        let mut feed = Feed { buf: std::mem::take(&mut self.scratch) };
+        feed.buf.clear();
         value.serialize(&mut feed).expect("digesting a value cannot fail");
-        self.state = mix(feed.state);
+        self.state = mix(absorb_wide(self.state ^ self.record_count, &feed.buf));
+        self.scratch = feed.buf;
         self.record_count += 1;
     }
+}
+
+/// Hashes `bytes` 16 at a time with one 64x64->128-bit multiply each, folded (wyhash's
+/// step), after their length. An item stream is mostly tags, short names and small numbers,
+/// so a multiply per 16 bytes instead of a finalizer per item is what makes digesting cheap.
+fn absorb_wide(state: u64, bytes: &[u8]) -> u64 {
+    const P0: u64 = 0xa076_1d64_78bd_642f;
+    const P1: u64 = 0xe703_7ed1_a0b4_28db;
+    let folded = |a: u64, b: u64| {
+        let product = u128::from(a) * u128::from(b);
+        (product as u64) ^ ((product >> 64) as u64)
+    };
+    let mut state = folded(state ^ P0, bytes.len() as u64 ^ P1);
+    let mut blocks = bytes.chunks_exact(16);
+    for block in &mut blocks {
+        let low = u64::from_le_bytes(block[..8].try_into().expect("8 bytes"));
+        let high = u64::from_le_bytes(block[8..].try_into().expect("8 bytes"));
+        state = folded(low ^ P0, high ^ state);
+    }
+    let rest = blocks.remainder();
+    if !rest.is_empty() {
+        let mut last = [0u8; 16];
+        last[..rest.len()].copy_from_slice(rest);
+        let low = u64::from_le_bytes(last[..8].try_into().expect("8 bytes"));
+        let high = u64::from_le_bytes(last[8..].try_into().expect("8 bytes"));
+        state = folded(low ^ P0, high ^ state);
+    }
+    state
 }
 
 /// What kind of item went into the digest; part of every item, so a string cannot pass for a
@@ -49,22 +81,32 @@ enum Tag {
 }
 
 struct Feed {
-    state: u64,
+    buf: Vec<u8>,
 }
 
 impl Feed {
     fn word(&mut self, tag: Tag, word: u64) {
         self.tag(tag);
-        self.state = mix(self.state ^ word);
+        self.varint(word);
     }
 
     fn tag(&mut self, tag: Tag) {
-        self.state = mix(self.state ^ (tag as u64));
+        self.buf.push(tag as u8);
     }
 
     fn bytes(&mut self, tag: Tag, bytes: &[u8]) {
         self.tag(tag);
-        self.state = absorb(self.state, bytes);
+        self.varint(bytes.len() as u64);
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// LEB128: seven bits a byte, high bit set on all but the last, so it ends itself.
+    fn varint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.buf.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        self.buf.push(value as u8);
     }
 }
 
@@ -315,6 +357,17 @@ mod tests {
             json!("1"),
             json!("abcdefgh"),
             json!("abcdefgh\u{0}"),
+            json!(127),
+            json!(128),
+            json!(16_384),
+            json!(u64::MAX),
+            json!("abcdefghijklmnop"),
+            json!("abcdefghijklmnoq"),
+            json!("abcdefghijklmnopq"),
+            json!(["abcdefghijklmno", "p"]),
+            // A string holding the string tag's byte must not pass for two strings.
+            json!(["a", "b"]),
+            json!(["a\u{6}b"]),
             json!(["ab", "c"]),
             json!(["a", "bc"]),
             json!([["a"], "b"]),
@@ -340,6 +393,6 @@ mod tests {
     fn digest_is_pinned() {
         // Pinned so that a change to the function is a visible, reviewed change: golden trace
         // digests depend on it.
-        assert_eq!(format!("{:016x}", digest_of(&json!({"a": [1, "b", null]}))), "747251c59a762266");
+        assert_eq!(format!("{:016x}", digest_of(&json!({"a": [1, "b", null]}))), "730ae3e9838d5b64");
     }
 }

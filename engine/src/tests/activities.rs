@@ -254,6 +254,13 @@ fn idempotency_key_is_stable_across_attempts_and_replays() {
 }
 
 #[test]
+fn idempotency_key_is_the_run_id_and_the_decimal_seq() {
+    for seq in [0, 1, 9, 10, 99, 100, 4_294_967_295] {
+        assert_eq!(crate::workflow::idempotency_key("r0123456789ab", seq), format!("r0123456789ab:{seq}"));
+    }
+}
+
+#[test]
 fn start_to_close_timeout_fails_attempt_and_retries() {
     let call =
         Call { policy: RetryPolicy::attempts(3), start_to_close: Some(Duration::from_secs(10)), ..Call::default() };
