@@ -36,20 +36,22 @@ fn absorb_wide(state: u64, bytes: &[u8]) -> u64 {
         let product = u128::from(a) * u128::from(b);
         (product as u64) ^ ((product >> 64) as u64)
     };
+    let step = |state: u64, block: &[u8]| {
+        let low = u64::from_le_bytes(block[..8].try_into().expect("8 bytes"));
+        let high = u64::from_le_bytes(block[8..].try_into().expect("8 bytes"));
+        folded(low ^ P0, high ^ state)
+    };
     let mut state = folded(state ^ P0, bytes.len() as u64 ^ P1);
     let mut blocks = bytes.chunks_exact(16);
     for block in &mut blocks {
-        let low = u64::from_le_bytes(block[..8].try_into().expect("8 bytes"));
-        let high = u64::from_le_bytes(block[8..].try_into().expect("8 bytes"));
-        state = folded(low ^ P0, high ^ state);
+        state = step(state, block);
     }
     let rest = blocks.remainder();
     if !rest.is_empty() {
+        // Zero-padded: the length went in first, so padding cannot pass for data.
         let mut last = [0u8; 16];
         last[..rest.len()].copy_from_slice(rest);
-        let low = u64::from_le_bytes(last[..8].try_into().expect("8 bytes"));
-        let high = u64::from_le_bytes(last[8..].try_into().expect("8 bytes"));
-        state = folded(low ^ P0, high ^ state);
+        state = step(state, &last);
     }
     state
 }
