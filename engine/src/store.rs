@@ -211,9 +211,9 @@ pub struct Store {
     /// know when to look again.
     version: u64,
     /// Finer than `version`: bumped only when a workflow-task poll may find a task it could
-    /// not find before (a run gained inputs that wake its code, lost its lease or its sticky worker). Writes that
-    /// only take tasks away (a lease granted, inputs consumed, a run closed) or touch other
-    /// things (an activity leased, a timer set) leave it alone.
+    /// not find before (a run gained inputs that wake its code, lost its lease or its sticky
+    /// worker). Writes that only take tasks away (a lease granted, inputs consumed, a run
+    /// closed) or touch other things (an activity leased, a timer set) leave it alone.
     workflow_tasks_version: u64,
     /// Likewise for activity-task polls: bumped only when an unleased attempt enters `due`.
     activity_tasks_version: u64,
@@ -221,8 +221,9 @@ pub struct Store {
     /// ticks and wake-ups look at, so runs idling on a signal cost nothing per operation.
     active: BTreeSet<Arc<str>>,
     /// The active runs with inputs in their inbox that wake the workflow code
-    /// (`StoredRun::waiting_since`): the only runs a workflow-task poll can hand out, in the same (run id) order as `active`, so a poll under load does not look
-    /// at every run that merely waits on an activity or a timer.
+    /// (`StoredRun::waiting_since`): the only runs a workflow-task poll can hand out, in the
+    /// same (run id) order as `active`, so a poll under load does not look at every run that
+    /// merely waits on an activity or a timer.
     with_inbox: BTreeSet<Arc<str>>,
     /// Everything that falls due with time, ordered by when: unleased activity attempts (when
     /// they may start), schedule-to-close deadlines, timers, and tasks kept for a sticky
@@ -272,6 +273,7 @@ impl Store {
         let (key, run) = self.runs.get_key_value(run_id).unwrap_or_else(|| panic!("refresh of unknown run {run_id}"));
         let mut entries = std::mem::take(&mut self.due_scratch);
         entries.clear();
+        let waiting_since = run.waiting_since();
         if !run.logical.is_closed() {
             let leases = self.activity_leases.get(run_id);
             for (seq, activity) in run.logical.open_activities() {
@@ -283,7 +285,7 @@ impl Store {
                 }
             }
             entries.extend(run.logical.open_timers().map(|(seq, timer)| (timer.fire_at, Due::Timer(seq))));
-            if let (Some(waiting_since), true) = (run.waiting_since(), self.sticky.contains_key(run_id)) {
+            if let (Some(waiting_since), true) = (waiting_since, self.sticky.contains_key(run_id)) {
                 entries.push((waiting_since.plus(Duration::from_millis(self.config.sticky_ms)), Due::Sticky));
             }
         }
@@ -293,7 +295,7 @@ impl Store {
         } else if !self.active.contains(run_id) {
             self.active.insert(key.clone());
         }
-        let has_inbox = active && run.waiting_since().is_some();
+        let has_inbox = active && waiting_since.is_some();
         if !has_inbox {
             self.with_inbox.remove(run_id);
         } else if !self.with_inbox.contains(run_id) {

@@ -986,6 +986,11 @@ impl<'s> World<'s> {
         (index < self.workers.len() && host != STORE).then_some(index)
     }
 
+    /// The name the store knows worker `host` by (empty for a host that is not a worker).
+    fn worker_name(&self, host: HostId) -> Rc<str> {
+        self.worker_index(host).map(|i| self.workers[i].name.clone()).unwrap_or_default()
+    }
+
     fn is_up(&self, host: HostId) -> bool {
         if host == STORE {
             self.store.up
@@ -1139,7 +1144,7 @@ impl<'s> World<'s> {
     // ---- store host ---------------------------------------------------------------------
 
     fn store_receive(&mut self, now: Time, from: HostId, msg: Msg) {
-        let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+        let worker_name = self.worker_name(from);
         let (reply, records) = match msg {
             Msg::StartReq { req_id, start } => {
                 let (_, records) =
@@ -1309,7 +1314,7 @@ impl<'s> World<'s> {
             let mut held = std::mem::take(&mut self.store.held_workflow_polls);
             held.retain(|&(from, req_id, deadline)| {
                 let task = if find_workflow_tasks {
-                    let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+                    let worker_name = self.worker_name(from);
                     self.store.protocol.store().poll_workflow_task(now, &worker_name)
                 } else {
                     None
@@ -1334,7 +1339,7 @@ impl<'s> World<'s> {
             held.retain(|(from, req_id, blocked, deadline)| {
                 let (from, req_id, deadline) = (*from, *req_id, *deadline);
                 let lease = if find_activity_tasks {
-                    let worker_name = self.worker_index(from).map(|i| self.workers[i].name.clone()).unwrap_or_default();
+                    let worker_name = self.worker_name(from);
                     self.store.protocol.store().poll_activity_task(now, &worker_name, blocked).map(|l| (l, worker_name))
                 } else {
                     None
@@ -1374,17 +1379,16 @@ impl<'s> World<'s> {
     /// Debug builds check what skipping a held poll's re-poll rests on: the store has nothing
     /// for it.
     fn check_held_polls_find_nothing(&mut self, now: Time, workflow_polls: bool, activity_polls: bool) {
-        let worker_name = |world: &Self, from| world.worker_index(from).map(|i| world.workers[i].name.clone());
         if workflow_polls {
             for (from, ..) in self.store.held_workflow_polls.clone() {
-                let name = worker_name(self, from).unwrap_or_default();
+                let name = self.worker_name(from);
                 let found = self.store.protocol.store().has_workflow_task(now, &name);
                 assert!(!found, "{now}: a held workflow poll of {name} was not asked again though it has a task");
             }
         }
         if activity_polls {
             for (from, _, blocked, _) in self.store.held_activity_polls.clone() {
-                let name = worker_name(self, from).unwrap_or_default();
+                let name = self.worker_name(from);
                 let found = self.store.protocol.store().has_activity_task(now, &blocked);
                 assert!(!found, "{now}: a held activity poll of {name} was not asked again though it has a task");
             }
