@@ -211,7 +211,7 @@ fn record_mix(event_count_min: usize) -> Vec<Event> {
     while !host.closed.contains(&run_id) {
         assert!(host.appended[&run_id].len() <= event_count, "run {run_id} outgrew its planned {event_count} events");
         if let Some(task) = host.activities.values().next().cloned() {
-            let step_index = task.input.as_u64().expect("tool input is the step index");
+            let step_index = task.input.decode::<u64>().expect("tool input is the step index");
             if task.attempt <= Step::of(step_index).failed_attempt_count {
                 let failure = if task.attempt == 1 {
                     Failure::Overloaded { retry_after_ms: None }

@@ -122,7 +122,7 @@ pub(crate) fn run(request: Request<'_>) -> Result<Summary, Error> {
         at: began_at,
         workflow_id: history.workflow_id.clone(),
         workflow_type: history.workflow_type.clone(),
-        input: serde_json::Value::clone(input),
+        input: input.to_value(),
     }];
     let worlds: Vec<(u64, FaultPlan)> = match &request.worlds {
         Worlds::Seeds { base, count } => {

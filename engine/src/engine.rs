@@ -368,7 +368,7 @@ impl Engine {
             Input::ActivityCompleted { run_id, seq, attempt, output, worker } => {
                 let state = &self.run(&run_id)?.state;
                 if let Some(kind) =
-                    state.activity_report(now, seq, attempt, AttemptReport::Completed { output }, worker)
+                    state.activity_report(now, seq, attempt, AttemptReport::Completed { output: output.into() }, worker)
                 {
                     work.push_back((run_id, kind));
                 }

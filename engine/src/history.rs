@@ -7,16 +7,106 @@
 
 use crate::activity::{Cause, Failure, Options};
 use crate::time::Time;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::fmt;
 use std::sync::Arc;
 
 /// A JSON value an event carries (a run's input, an activity's input or output, a signal's
-/// payload). Shared, not copied: an event is cloned into the store, its inbox, its records,
-/// workflow tasks and replays, and a conversation payload grows with every agent turn, so a
-/// clone must not copy it. It reads and writes exactly as the `Value` inside.
-pub type Payload = Arc<Value>;
+/// payload), kept as its compact JSON text.
+///
+/// Text, not a parsed `serde_json::Value`: a conversation payload grows with every agent turn,
+/// and as a `Value` tree it costs an allocation per string and per object (a B-tree map),
+/// to build, to compare on replay, to digest and to drop. As text it is one allocation, one
+/// `memcmp` and one free; it is parsed only where code reads it (`decode`). Shared, not
+/// copied: an event is cloned into the store, its inbox, its records, workflow tasks and
+/// replays, so a clone is a reference count.
+///
+/// It reads and writes as the JSON value it holds (in a history file it is that value, not a
+/// string). Equality is equality of the values: two texts that differ only in key order or
+/// spacing (a history file written by another tool, or by an older build that sorted keys)
+/// are equal. Equal texts, the common case, never need parsing.
+#[derive(Clone)]
+pub struct Payload(Arc<RawValue>);
+
+impl Payload {
+    /// The payload of `value` as `serde_json` writes it.
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Payload, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(|raw| Payload(Arc::from(raw)))
+    }
+
+    /// JSON `null`.
+    pub fn null() -> Payload {
+        Payload::from(&Value::Null)
+    }
+
+    /// Reads the payload as a `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.json())
+    }
+
+    /// The payload as a `Value`, for code that inspects it generically.
+    pub fn to_value(&self) -> Value {
+        // The text was written by `serde_json` (from a value it serialized, or a value it
+        // parsed), so it always parses back.
+        self.decode().unwrap_or(Value::Null)
+    }
+
+    /// The compact JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl From<&Value> for Payload {
+    fn from(value: &Value) -> Payload {
+        // Serializing a `Value` cannot fail: its map keys are strings.
+        Payload::encode(value).expect("a JSON value serializes")
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Payload {
+        Payload::from(&value)
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || self.json() == other.json()
+            || matches!((self.decode::<Value>(), other.decode::<Value>()), (Ok(a), Ok(b)) if a == b)
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.json())
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.json())
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    /// Through a `Value`, so any deserializer works (a history arrives as a file, or inside
+    /// an HTTP body already parsed), and the text comes out compact whatever the input's
+    /// spacing was.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Payload, D::Error> {
+        Value::deserialize(deserializer).map(Payload::from)
+    }
+}
 
 /// The format tag written into every history file.
 pub const FORMAT: &str = "tempest-history/1";
@@ -280,11 +370,11 @@ impl Kind {
     }
 }
 
-fn compact(value: &Value) -> String {
-    let text = value.to_string();
+fn compact(payload: &Payload) -> String {
+    let text = payload.json();
     const LEN_MAX: usize = 120;
     if text.len() <= LEN_MAX {
-        return text;
+        return text.to_owned();
     }
     let mut cut = LEN_MAX;
     while !text.is_char_boundary(cut) {
@@ -453,4 +543,40 @@ pub fn render(events: &[Event]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Serialize)]
+    struct Message {
+        role: &'static str,
+        content: &'static str,
+    }
+
+    #[test]
+    fn payload_keeps_the_text_serde_writes_and_reads_back_as_the_value() {
+        let payload = Payload::encode(&Message { role: "user", content: "say \"hi\"" }).unwrap();
+        assert_eq!(payload.json(), r#"{"role":"user","content":"say \"hi\""}"#);
+        assert_eq!(payload.to_value(), json!({ "role": "user", "content": "say \"hi\"" }));
+        // In a file a payload is the JSON value itself, not a string holding it.
+        let event = Kind::WorkflowCompleted { output: payload.clone() };
+        let text = serde_json::to_string(&event).unwrap();
+        assert_eq!(text, r#"{"type":"workflow_completed","output":{"role":"user","content":"say \"hi\""}}"#);
+        assert_eq!(serde_json::from_str::<Kind>(&text).unwrap(), event);
+    }
+
+    #[test]
+    fn payloads_are_equal_when_their_values_are() {
+        let declared = Payload::encode(&Message { role: "user", content: "hi" }).unwrap();
+        // What a history file written with sorted keys and indentation holds.
+        let from_file: Payload = serde_json::from_str("{\n  \"content\": \"hi\",\n  \"role\": \"user\"\n}").unwrap();
+        assert_eq!(from_file.json(), r#"{"content":"hi","role":"user"}"#, "read payloads are compact");
+        assert_ne!(declared.json(), from_file.json());
+        assert_eq!(declared, from_file);
+        assert_ne!(declared, Payload::from(json!({ "role": "user", "content": "bye" })));
+        assert_ne!(Payload::from(json!(1)), Payload::from(json!(1.0)), "JSON tells 1 and 1.0 apart");
+    }
 }

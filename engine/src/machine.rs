@@ -350,14 +350,14 @@ impl Machine {
         Ok(std::mem::take(&mut shared.issued))
     }
 
-    fn terminal_command(&self, result: Result<Value, WorkflowError>) -> Kind {
+    fn terminal_command(&self, result: Result<Payload, WorkflowError>) -> Kind {
         match result {
-            Ok(output) => Kind::WorkflowCompleted { output: output.into() },
+            Ok(output) => Kind::WorkflowCompleted { output },
             Err(WorkflowError::Canceled) => Kind::WorkflowCanceled,
             Err(WorkflowError::ContinueAsNew { input }) => {
                 let shared = self.shared.borrow();
                 let next_run_id = crate::workflow::next_run_id(&shared.workflow_id, &shared.run_id);
-                Kind::WorkflowContinuedAsNew { input: input.into(), next_run_id }
+                Kind::WorkflowContinuedAsNew { input, next_run_id }
             }
             Err(error) => Kind::WorkflowFailed { error: error.to_string() },
         }

@@ -11,7 +11,6 @@ use crate::history::{ChildOutcome, Event, Kind, Parent, Payload};
 use crate::retry::Decision;
 use crate::time::Time;
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -99,7 +98,7 @@ pub struct RunState {
 /// An input a host reports about an activity attempt.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttemptReport {
-    Completed { output: Value },
+    Completed { output: Payload },
     Failed { failure: Failure },
 }
 
@@ -297,9 +296,7 @@ impl RunState {
         }
         let activity = self.activities.get(&seq).filter(|a| !a.closed && a.attempt == attempt)?;
         Some(match report {
-            AttemptReport::Completed { output } => {
-                Kind::ActivityCompleted { seq, attempt, output: output.into(), worker }
-            }
+            AttemptReport::Completed { output } => Kind::ActivityCompleted { seq, attempt, output, worker },
             AttemptReport::Failed { failure } => {
                 let decision = activity.options.retry.decide(attempt, &failure, &activity.idempotency_key);
                 match decision {

@@ -124,7 +124,7 @@ impl ActivityCtx {
     }
 }
 
-pub type ActivityFuture = Pin<Box<dyn Future<Output = Result<Value, Failure>>>>;
+pub type ActivityFuture = Pin<Box<dyn Future<Output = Result<Payload, Failure>>>>;
 type ActivityFn = Arc<dyn Fn(ActivityCtx, Payload) -> ActivityFuture + Send + Sync>;
 
 /// Activity implementations by activity type.
@@ -151,12 +151,11 @@ impl Activities {
             let implementation = implementation.clone();
             let activity_type = activity_type_owned.clone();
             Box::pin(async move {
-                // Decoded from the shared payload in place: an attempt copies nothing it only reads.
-                let input: I = I::deserialize(&*input).map_err(|e| Failure::Refused {
+                let input: I = input.decode().map_err(|e| Failure::Refused {
                     message: format!("activity {activity_type}: input does not decode: {e}"),
                 })?;
                 let output = implementation(ctx, input).await?;
-                serde_json::to_value(output).map_err(|e| Failure::Refused {
+                Payload::encode(&output).map_err(|e| Failure::Refused {
                     message: format!("activity {activity_type}: output does not encode: {e}"),
                 })
             })

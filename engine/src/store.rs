@@ -1042,7 +1042,7 @@ mod tests {
         assert_eq!(store.heartbeat(T0, &run_id, 1, lease.token), Ack::Accepted);
         assert_eq!(versions(&store), leased, "a heartbeat changes what no poll finds");
 
-        let report = AttemptReport::Completed { output: json!("done") };
+        let report = AttemptReport::Completed { output: json!("done").into() };
         let (ack, _) = store.complete_activity_task(T0, &run_id, 1, lease.token, report, "w1");
         assert_eq!(ack, Ack::Accepted);
         let reported = versions(&store);
@@ -1083,7 +1083,7 @@ mod tests {
         let retry_at = T0.plus(Duration::from_millis(1_000));
         let second = store.poll_activity_task(retry_at, "w1", &no_blocked_keys).expect("the retry is due");
         assert_eq!(second.task.attempt, 2);
-        let completed = AttemptReport::Completed { output: json!("done") };
+        let completed = AttemptReport::Completed { output: json!("done").into() };
         let (ack, _) = store.complete_activity_task(retry_at, &run_id, 1, second.token, completed, "w1");
         assert_eq!(ack, Ack::Accepted);
         let task = store.poll_workflow_task(retry_at, "w1").expect("the completion wakes the code");

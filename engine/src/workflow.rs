@@ -38,7 +38,7 @@ pub enum WorkflowError {
     Canceled,
     /// Not a failure: the run hands over to a fresh run of the same workflow id.
     #[error("continued as new")]
-    ContinueAsNew { input: Value },
+    ContinueAsNew { input: Payload },
     #[error("payload does not decode: {message}")]
     Payload { message: String },
 }
@@ -65,10 +65,8 @@ impl From<serde_json::Error> for WorkflowError {
 }
 
 pub type WorkflowResult<T> = Result<T, WorkflowError>;
-pub(crate) type WorkflowFuture = Pin<Box<dyn Future<Output = Result<Value, WorkflowError>>>>;
-/// Builds a run's future from its input. The input is the shared payload of the
-/// `workflow_started` event, read in place: decoding from a reference copies only what the
-/// input type keeps, where decoding an owned copy would first copy the whole JSON tree.
+pub(crate) type WorkflowFuture = Pin<Box<dyn Future<Output = Result<Payload, WorkflowError>>>>;
+/// Builds a run's future from its input: the shared payload of the `workflow_started` event.
 type Factory = Arc<dyn Fn(Ctx, Payload) -> WorkflowFuture + Send + Sync>;
 pub(crate) type QueryHandler = Box<dyn Fn(&Value) -> Value>;
 
@@ -96,9 +94,9 @@ impl Registry {
         let factory: Factory = Arc::new(move |ctx: Ctx, input: Payload| {
             let workflow = workflow.clone();
             Box::pin(async move {
-                let input = I::deserialize(&*input)?;
+                let input = input.decode::<I>()?;
                 let output = workflow(ctx, input).await?;
-                Ok(serde_json::to_value(output)?)
+                Ok(Payload::encode(&output)?)
             })
         });
         self.workflows.insert(workflow_type.to_owned(), factory);
@@ -227,7 +225,7 @@ impl Ctx {
 
     /// The error to return to end this run and start a fresh one with `input`.
     pub fn continue_as_new(&self, input: &impl Serialize) -> WorkflowError {
-        match serde_json::to_value(input) {
+        match Payload::encode(input) {
             Ok(input) => WorkflowError::ContinueAsNew { input },
             Err(error) => error.into(),
         }
@@ -250,7 +248,7 @@ impl Ctx {
         ActivityCall {
             ctx: self.clone(),
             activity_type: activity_type.to_owned(),
-            input: serde_json::to_value(input).unwrap_or(Value::Null),
+            input: Payload::encode(input).unwrap_or_else(|_| Payload::null()),
             options: Options::default(),
             output: PhantomData,
         }
@@ -298,7 +296,7 @@ impl Ctx {
             ctx: self.clone(),
             workflow_type: workflow_type.to_owned(),
             workflow_id: None,
-            input: serde_json::to_value(input).unwrap_or(Value::Null),
+            input: Payload::encode(input).unwrap_or_else(|_| Payload::null()),
             output: PhantomData,
         }
     }
@@ -309,7 +307,7 @@ impl Ctx {
 pub struct ActivityCall<O> {
     ctx: Ctx,
     activity_type: String,
-    input: Value,
+    input: Payload,
     options: Options,
     output: PhantomData<fn() -> O>,
 }
@@ -345,7 +343,7 @@ impl<O: DeserializeOwned> ActivityCall<O> {
         shared.issue(Kind::ActivityScheduled {
             seq,
             activity_type: self.activity_type.clone(),
-            input: self.input.into(),
+            input: self.input,
             idempotency_key,
             options: self.options,
         });
@@ -389,15 +387,13 @@ impl<O: DeserializeOwned> Future for ActivityFuture<O> {
         let this = self.get_mut();
         match take_resolution(&this.shared, this.seq, cx) {
             None => Poll::Pending,
-            Some(Resolution::Activity(Ok(output))) => {
-                Poll::Ready(O::deserialize(&*output).map_err(|e| activity::Error {
-                    activity_type: this.activity_type.clone(),
-                    seq: this.seq,
-                    attempt_count: 0,
-                    cause: activity::Cause::NonRetryable,
-                    last_failure: activity::Failure::InvalidOutput { message: format!("output does not decode: {e}") },
-                }))
-            }
+            Some(Resolution::Activity(Ok(output))) => Poll::Ready(output.decode::<O>().map_err(|e| activity::Error {
+                activity_type: this.activity_type.clone(),
+                seq: this.seq,
+                attempt_count: 0,
+                cause: activity::Cause::NonRetryable,
+                last_failure: activity::Failure::InvalidOutput { message: format!("output does not decode: {e}") },
+            })),
             Some(Resolution::Activity(Err(mut error))) => {
                 error.activity_type.clone_from(&this.activity_type);
                 Poll::Ready(Err(error))
@@ -437,7 +433,7 @@ impl<T: DeserializeOwned> Future for SignalWait<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut shared = self.shared.borrow_mut();
         if let Some(record) = shared.signals.get_mut(&self.name).and_then(|q| q.pop_front()) {
-            return Poll::Ready(T::deserialize(&*record.payload).map_err(Into::into));
+            return Poll::Ready(record.payload.decode::<T>().map_err(Into::into));
         }
         if shared.cancel_requested {
             return Poll::Ready(Err(WorkflowError::Canceled));
@@ -455,7 +451,7 @@ pub struct ChildCall<O> {
     ctx: Ctx,
     workflow_type: String,
     workflow_id: Option<String>,
-    input: Value,
+    input: Payload,
     output: PhantomData<fn() -> O>,
 }
 
@@ -473,7 +469,7 @@ impl<O: DeserializeOwned> ChildCall<O> {
             seq,
             workflow_type: self.workflow_type,
             workflow_id: workflow_id.clone(),
-            input: self.input.into(),
+            input: self.input,
         });
         shared.register(seq, PendingKind::Child);
         ChildFuture { shared: self.ctx.shared.clone(), seq, workflow_id, output: PhantomData }
@@ -503,7 +499,7 @@ impl<O: DeserializeOwned> Future for ChildFuture<O> {
         match take_resolution(&self.shared, self.seq, cx) {
             None => Poll::Pending,
             Some(Resolution::Child(ChildOutcome::Completed { output })) => {
-                Poll::Ready(O::deserialize(&*output).map_err(Into::into))
+                Poll::Ready(output.decode::<O>().map_err(Into::into))
             }
             Some(Resolution::Child(ChildOutcome::Failed { error })) => {
                 Poll::Ready(Err(WorkflowError::Child { workflow_id: self.workflow_id.clone(), error }))

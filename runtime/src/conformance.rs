@@ -72,8 +72,8 @@ async fn drive(store: &dyn RunStore, now: Time) {
     loop {
         let mut progressed = workflow_step(store, &mut worker, now).await.is_some();
         if let Some(lease) = store.poll_activity_task(now, WORKER, &BTreeSet::new()).await.expect("poll") {
-            let output = json!(format!("step{}", lease.task.input["index"]));
-            let report = AttemptReport::Completed { output };
+            let output = json!(format!("step{}", lease.task.input.to_value()["index"]));
+            let report = AttemptReport::Completed { output: output.into() };
             let ack = store
                 .complete_activity_task(now, &lease.task.run_id, lease.task.seq, lease.token, report, WORKER)
                 .await
@@ -157,7 +157,7 @@ pub async fn activity_report_needs_current_lease(subject: &mut dyn Subject) {
     let second = store.poll_activity_task(retry_at, WORKER, &BTreeSet::new()).await.expect("poll").expect("a retry");
     assert_eq!((second.task.run_id.as_str(), second.task.seq), (run_id.as_str(), seq));
     assert_ne!(second.token, first.token, "activity_report_needs_current_lease: a new lease, a new token");
-    let report = || AttemptReport::Completed { output: json!("step0") };
+    let report = || AttemptReport::Completed { output: json!("step0").into() };
     let ack = store.complete_activity_task(retry_at, &run_id, seq, first.token, report(), WORKER).await.expect("c");
     assert!(matches!(ack, Ack::Rejected(_)), "activity_report_needs_current_lease: the expired lease's report");
     let ack = store.complete_activity_task(retry_at, &run_id, seq, second.token, report(), WORKER).await.expect("c");
@@ -181,7 +181,7 @@ pub async fn restart_makes_old_tokens_stale(subject: &mut dyn Subject) {
     let (run_id, seq) = (old.task.run_id.clone(), old.task.seq);
     let ack = store.heartbeat(T0, &run_id, seq, old.token).await.expect("heartbeat");
     assert!(matches!(ack, Ack::Rejected(_)), "restart_makes_old_tokens_stale: an old epoch's heartbeat");
-    let report = AttemptReport::Completed { output: json!("step0") };
+    let report = AttemptReport::Completed { output: json!("step0").into() };
     let ack = store.complete_activity_task(T0, &run_id, seq, old.token, report, WORKER).await.expect("complete");
     assert!(matches!(ack, Ack::Rejected(_)), "restart_makes_old_tokens_stale: an old epoch's report");
     // In-process workers' appends are not awaited for durability (they die with the store),
@@ -193,7 +193,7 @@ pub async fn restart_makes_old_tokens_stale(subject: &mut dyn Subject) {
     let new = new.expect("restart_makes_old_tokens_stale: the unfinished attempt is claimable again");
     assert_eq!((&new.task.run_id, new.task.seq), (&run_id, seq), "restart_makes_old_tokens_stale: the same step");
     assert_ne!(new.token >> 32, old.token >> 32, "restart_makes_old_tokens_stale: tokens carry the new epoch");
-    let report = AttemptReport::Completed { output: json!("step0") };
+    let report = AttemptReport::Completed { output: json!("step0").into() };
     let ack = store.complete_activity_task(T0, &run_id, seq, new.token, report, WORKER).await.expect("complete");
     assert_eq!(ack, Ack::Accepted);
     drive(store, T0).await;

@@ -265,7 +265,7 @@ fn view_of(store: &Store, run_id: &str) -> Option<RunView> {
     let run = store.run(run_id)?;
     let state = &run.logical;
     let (result, error) = match state.terminal.as_deref() {
-        Some(Kind::WorkflowCompleted { output }) => (Some(Value::clone(output)), None),
+        Some(Kind::WorkflowCompleted { output }) => (Some(output.to_value()), None),
         Some(Kind::WorkflowFailed { error }) => (None, Some(error.clone())),
         _ => (None, None),
     };

@@ -292,6 +292,6 @@ async fn activity_code_reaches_the_provider_through_services() {
     let first = activities.start(ActivityCtx::new(task(1), services.clone()), json!("rain").into()).await;
     assert_eq!(first, Err(Failure::Overloaded { retry_after_ms: None }));
     let second = activities.start(ActivityCtx::new(task(2), services), json!("rain").into()).await;
-    assert_eq!(second, Ok(json!(r#"{"answer": "a haiku"}"#)));
+    assert_eq!(second, Ok(json!(r#"{"answer": "a haiku"}"#).into()));
     assert_eq!(mock.received()[1].body["messages"][0]["content"], "write about rain");
 }

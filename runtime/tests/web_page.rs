@@ -45,7 +45,7 @@ fn view_of(history: &History) -> Value {
     match history.events.last().map(|e| &e.kind) {
         Some(Kind::WorkflowCompleted { output }) => {
             view["status"] = json!("completed");
-            view["result"] = serde_json::Value::clone(output);
+            view["result"] = output.to_value();
         }
         Some(Kind::WorkflowFailed { error }) => {
             view["status"] = json!("failed");

@@ -185,10 +185,11 @@ impl Scenario for AgentLoop {
             let Kind::WorkflowCompleted { output } = &last.kind else {
                 continue;
             };
-            let output: AgentOutput = serde_json::from_value(serde_json::Value::clone(output))
+            let output: AgentOutput = output
+                .decode()
                 .map_err(|e| format!("run {}: output {output} is not an agent output: {e}", history.run_id))?;
             let limit = match &history.events[0].kind {
-                Kind::WorkflowStarted { input, .. } => input["turn_limit"].as_u64().unwrap_or(0) as u32,
+                Kind::WorkflowStarted { input, .. } => input.to_value()["turn_limit"].as_u64().unwrap_or(0) as u32,
                 _ => 0,
             };
             if output.turns > limit || output.tool_calls > limit {

@@ -53,23 +53,21 @@ pub(crate) fn completed_output<T: serde::de::DeserializeOwned>(
     let Some(tempest_engine::Kind::WorkflowCompleted { output }) = history.events.last().map(|e| &e.kind) else {
         return Ok(None);
     };
-    serde_json::from_value(serde_json::Value::clone(output))
-        .map(Some)
-        .map_err(|e| format!("run {}: output {output} does not decode: {e}", history.run_id))
+    output.decode().map(Some).map_err(|e| format!("run {}: output {output} does not decode: {e}", history.run_id))
 }
 
 /// The inputs of every activity of `activity_type` the run scheduled, with their seqs, in
 /// history order.
-pub(crate) fn scheduled<'h>(
-    history: &'h tempest_engine::History,
+pub(crate) fn scheduled(
+    history: &tempest_engine::History,
     activity_type: &str,
-) -> Vec<(u32, &'h serde_json::Value)> {
+) -> Vec<(u32, serde_json::Value)> {
     history
         .events
         .iter()
         .filter_map(|e| match &e.kind {
             tempest_engine::Kind::ActivityScheduled { seq, activity_type: t, input, .. } if t == activity_type => {
-                Some((*seq, &**input))
+                Some((*seq, input.to_value()))
             }
             _ => None,
         })

@@ -200,13 +200,13 @@ impl Scenario for HumanApproval {
             let Some(Kind::WorkflowCompleted { output }) = history.events.last().map(|e| &e.kind) else {
                 continue;
             };
-            let decision: Decision = serde_json::from_value(serde_json::Value::clone(output))
-                .map_err(|e| format!("run {}: {output} is not a decision: {e}", history.run_id))?;
+            let decision: Decision =
+                output.decode().map_err(|e| format!("run {}: {output} is not a decision: {e}", history.run_id))?;
             let approvals: Vec<bool> = history
                 .events
                 .iter()
                 .filter_map(|e| match &e.kind {
-                    Kind::SignalReceived { payload, .. } => payload["approved"].as_bool(),
+                    Kind::SignalReceived { payload, .. } => payload.to_value()["approved"].as_bool(),
                     _ => None,
                 })
                 .collect();

@@ -287,7 +287,8 @@ fn check_subscription(workflow_id: &str, runs: &[&History]) -> Result<(), String
                 }
                 Kind::TimerFired { seq } if daily_timers.contains(seq) => daily_wakes += 1,
                 Kind::SignalReceived { payload, .. } => {
-                    let items: Items = serde_json::from_value(serde_json::Value::clone(payload))
+                    let items: Items = payload
+                        .decode()
                         .map_err(|e| format!("run {}: items {payload} do not decode: {e}", history.run_id))?;
                     received.extend(items.items.into_iter().map(|i| i.id));
                 }

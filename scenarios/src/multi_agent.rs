@@ -307,9 +307,7 @@ fn check_planner(history: &tempest_engine::History) -> Result<(), String> {
         .events
         .iter()
         .find_map(|e| match &e.kind {
-            Kind::ActivityCompleted { seq, output, .. } if Some(*seq) == plan_seq => {
-                serde_json::from_value(serde_json::Value::clone(output)).ok()
-            }
+            Kind::ActivityCompleted { seq, output, .. } if Some(*seq) == plan_seq => output.decode().ok(),
             _ => None,
         })
         .ok_or_else(|| format!("run {run}: completed without a plan"))?;
@@ -319,12 +317,14 @@ fn check_planner(history: &tempest_engine::History) -> Result<(), String> {
             _ => None,
         })
     };
-    let children = |workflow_type: &str| -> Vec<(u32, &Value)> {
+    let children = |workflow_type: &str| -> Vec<(u32, Value)> {
         history
             .events
             .iter()
             .filter_map(|e| match &e.kind {
-                Kind::ChildStarted { seq, workflow_type: t, input, .. } if t == workflow_type => Some((*seq, &**input)),
+                Kind::ChildStarted { seq, workflow_type: t, input, .. } if t == workflow_type => {
+                    Some((*seq, input.to_value()))
+                }
                 _ => None,
             })
             .collect()
@@ -343,8 +343,8 @@ fn check_planner(history: &tempest_engine::History) -> Result<(), String> {
         let reported_failed = report.failed.contains(subtopic);
         match succeeded {
             Some(output) => {
-                let notes: Research = serde_json::from_value(serde_json::Value::clone(output))
-                    .map_err(|e| format!("run {run}: research {output} does not decode: {e}"))?;
+                let notes: Research =
+                    output.decode().map_err(|e| format!("run {run}: research {output} does not decode: {e}"))?;
                 if !in_report || reported_failed {
                     return Err(format!("run {run}: research on {subtopic:?} completed but is not in the report"));
                 }
@@ -366,7 +366,7 @@ fn check_planner(history: &tempest_engine::History) -> Result<(), String> {
     }
     let writers = children("writer");
     for (seq, input) in &writers {
-        let request: DraftRequest = serde_json::from_value((*input).clone())
+        let request: DraftRequest = serde_json::from_value(input.clone())
             .map_err(|e| format!("run {run}: writer input {input} does not decode: {e}"))?;
         if request.research != research {
             return Err(format!(
@@ -377,10 +377,10 @@ fn check_planner(history: &tempest_engine::History) -> Result<(), String> {
         }
     }
     let last_draft = writers.last().and_then(|(seq, _)| match outcome_of(*seq) {
-        Some(ChildOutcome::Completed { output }) => output.as_str(),
+        Some(ChildOutcome::Completed { output }) => output.decode::<String>().ok(),
         _ => None,
     });
-    if last_draft != Some(report.draft.as_str()) {
+    if last_draft.as_deref() != Some(report.draft.as_str()) {
         return Err(format!("run {run}: reports a draft that is not the last writer's ({last_draft:?})"));
     }
     if let Some(missing) = research.iter().find(|r| !report.draft.contains(&r.notes)) {
@@ -456,7 +456,7 @@ mod tests {
                 let tries = history
                     .events
                     .iter()
-                    .filter(|e| matches!(&e.kind, Kind::ChildStarted { input, .. } if input["subtopic"] == failed_part.as_str()))
+                    .filter(|e| matches!(&e.kind, Kind::ChildStarted { input, .. } if input.to_value()["subtopic"] == failed_part.as_str()))
                     .count();
                 assert_eq!(tries, RESEARCH_ATTEMPT_COUNT_MAX, "seed {seed}: failed research is retried once");
             }

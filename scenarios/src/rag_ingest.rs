@@ -311,7 +311,7 @@ impl Scenario for RagIngest {
                     _ => None,
                 });
                 let documents: Vec<Document> = listed
-                    .map(|output| serde_json::from_value(serde_json::Value::clone(output)))
+                    .map(|output| output.decode())
                     .transpose()
                     .map_err(|e| format!("run {}: listed documents do not decode: {e}", history.run_id))?
                     .unwrap_or_default();

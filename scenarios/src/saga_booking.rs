@@ -338,7 +338,7 @@ mod tests {
             .filter(|(seq, _)| {
                 history.events.iter().any(|e| {
                     matches!(&e.kind, Kind::ActivityCompleted { seq: s, output, .. }
-                        if s == seq && output["status"] == "confirmed")
+                        if s == seq && output.to_value()["status"] == "confirmed")
                 })
             })
             .map(|(_, input)| input["step"].as_str().unwrap_or_default().to_owned())

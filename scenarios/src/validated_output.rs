@@ -208,7 +208,7 @@ fn check_run(history: &tempest_engine::History) -> Result<(), String> {
     };
     let mut told = None;
     for (index, (seq, input)) in extracts.iter().enumerate() {
-        let input: ExtractInput = serde_json::from_value((*input).clone())
+        let input: ExtractInput = serde_json::from_value(input.clone())
             .map_err(|e| format!("run {run}: extract input {input} does not decode: {e}"))?;
         if input.feedback != told {
             return Err(format!(
@@ -228,7 +228,7 @@ fn check_run(history: &tempest_engine::History) -> Result<(), String> {
             let Some(Ok(recorded)) = last else {
                 return Err(format!("run {run}: reports a valid answer but its last extract did not complete"));
             };
-            let valid = validate(recorded)
+            let valid = validate(&recorded.to_value())
                 .map_err(|e| format!("run {run}: accepted {recorded}, which fails the schema: {e}"))?;
             if valid != triage || attempts != count {
                 return Err(format!(

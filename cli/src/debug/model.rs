@@ -8,7 +8,6 @@
 //! only workflow code it runs is a replay up to the cursor, to ask which signals the code
 //! awaits there, and replay performs no activity.
 
-use serde_json::Value;
 use std::collections::BTreeMap;
 use tempest_engine::history::{ChildOutcome, Event, History, Kind};
 use tempest_engine::run::{RunState, Status};
@@ -295,7 +294,7 @@ fn result_so_far(state: &RunState) -> String {
     }
 }
 
-pub(crate) fn compact(value: &Value) -> String {
+pub(crate) fn compact(value: &impl std::fmt::Display) -> String {
     let text = value.to_string();
     if text.chars().count() <= 100 {
         return text;

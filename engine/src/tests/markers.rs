@@ -62,7 +62,7 @@ fn now_random_and_uuid_are_recorded_and_replayed() {
 
     let events = host.events(&run);
     let output = match host.engine.run_state(&run).unwrap().terminal.as_deref() {
-        Some(Kind::WorkflowCompleted { output }) => output.clone(),
+        Some(Kind::WorkflowCompleted { output }) => output.to_value(),
         other => panic!("{other:?}"),
     };
     assert_eq!(output["started_at"], json!(1_000));
@@ -113,7 +113,7 @@ fn replay_returns_recorded_random_even_if_derivation_changes() {
         )
         .unwrap();
     match engine.run_state(&run).unwrap().terminal.as_deref() {
-        Some(Kind::WorkflowCompleted { output }) => assert_eq!(output["random"], json!(42)),
+        Some(Kind::WorkflowCompleted { output }) => assert_eq!(output.to_value()["random"], json!(42)),
         other => panic!("{other:?}"),
     }
 }
