@@ -58,10 +58,7 @@ pub(crate) fn completed_output<T: serde::de::DeserializeOwned>(
 
 /// The inputs of every activity of `activity_type` the run scheduled, with their seqs, in
 /// history order.
-pub(crate) fn scheduled(
-    history: &tempest_engine::History,
-    activity_type: &str,
-) -> Vec<(u32, serde_json::Value)> {
+pub(crate) fn scheduled(history: &tempest_engine::History, activity_type: &str) -> Vec<(u32, serde_json::Value)> {
     history
         .events
         .iter()
