@@ -5,7 +5,12 @@
 //!
 //! - Seeds per second: `agent_loop` worlds under their swarm fault plans, seeds counted up
 //!   from 0, first on one thread, then the same seeds on one thread per core. Events per
-//!   second is the worlds' summed `step_count` over the wall time.
+//!   second is the worlds' summed `step_count` over the wall time. The baseline, measured in
+//!   the same run: replaying the final histories of the same seeds with the workflow code
+//!   (the end-of-world replay check alone, which is one pass of the workflow code over each
+//!   run). `world_over_replay` says how many such passes a whole world costs; the world runs
+//!   the code at least twice (live, then the check), plus replays after cache misses, the
+//!   activities, the store, the network and the other checks.
 //! - Long waits: `human_approval` worlds under swarm faults, whose runs wait minutes to days
 //!   for humans, on one thread; simulated seconds per wall second.
 //! - Waiting runs: one fault-free world whose workload starts N runs that each wait for a
@@ -108,6 +113,12 @@ pub(crate) struct Report {
     seeds_per_second_per_core: f64,
     seeds_per_second_per_core_goal: f64,
     events_per_second_per_core: f64,
+    /// One core replaying every final history of the same seeds (not counting how long the
+    /// worlds took to make them).
+    replay_seconds: f64,
+    replay_seeds_per_second_per_core: f64,
+    /// `one_core_seconds` over `replay_seconds`.
+    world_over_replay: f64,
     all_cores_seconds: f64,
     seeds_per_second: f64,
     /// Summed `step_count` of the all-cores run over its wall time.
@@ -157,6 +168,7 @@ pub(crate) fn run(config: &Config) -> Result<Report, Error> {
 
     let agent_loop = tempest_scenarios::find("agent_loop").expect("agent_loop is a built-in scenario");
     let one_core = run_seeds(agent_loop.as_ref(), config.seed_count, 1);
+    let replay = measure_replay(agent_loop.as_ref(), config.seed_count)?;
     let all_cores = run_seeds(agent_loop.as_ref(), config.seed_count, config.jobs);
 
     let human_approval = tempest_scenarios::find("human_approval").expect("human_approval is a built-in scenario");
@@ -187,6 +199,9 @@ pub(crate) fn run(config: &Config) -> Result<Report, Error> {
         seeds_per_second_per_core: per_second(config.seed_count as f64, one_core.wall),
         seeds_per_second_per_core_goal: SEEDS_PER_SECOND_PER_CORE_GOAL,
         events_per_second_per_core: per_second(one_core.step_count as f64, one_core.wall),
+        replay_seconds: replay.as_secs_f64(),
+        replay_seeds_per_second_per_core: per_second(config.seed_count as f64, replay),
+        world_over_replay: one_core.wall.as_secs_f64() / replay.as_secs_f64().max(1e-9),
         all_cores_seconds: all_cores.wall.as_secs_f64(),
         seeds_per_second: per_second(config.seed_count as f64, all_cores.wall),
         events_per_second: per_second(all_cores.step_count as f64, all_cores.wall),
@@ -245,6 +260,11 @@ impl Report {
             verdict(self.seeds_per_second_per_core >= self.seeds_per_second_per_core_goal),
             self.seeds_per_second_per_core_goal,
             grouped(self.events_per_second_per_core as u64),
+        )?;
+        writeln!(
+            out,
+            "  baseline: replaying the same seeds' final histories takes {:.2} s = {:.0} seeds/s on one core; a world costs {:.1} such replays",
+            self.replay_seconds, self.replay_seeds_per_second_per_core, self.world_over_replay,
         )?;
         writeln!(
             out,
@@ -345,6 +365,21 @@ fn run_seeds(scenario: &dyn Scenario, seed_count: u64, jobs: usize) -> SeedRun {
     let mut total = total.into_inner().expect("no bench thread panicked");
     total.wall = started.elapsed();
     total
+}
+
+/// Wall time of replaying, with the workflow code, every final history of seeds
+/// `0..seed_count` of `scenario` under swarm faults (made first, untimed).
+fn measure_replay(scenario: &dyn Scenario, seed_count: u64) -> Result<Duration, Error> {
+    let histories: Vec<History> = (0..seed_count)
+        .flat_map(|seed| run_catching(scenario, Options { keep_histories: true, ..Options::swarm(seed) }).histories)
+        .collect();
+    let registry = scenario.registry();
+    let started = Instant::now();
+    for history in &histories {
+        tempest_sim::check::replay_reproduces(&registry, history)
+            .map_err(|detail| Error::Workload { scenario: scenario.name(), detail })?;
+    }
+    Ok(started.elapsed())
 }
 
 // ---- waiting runs -------------------------------------------------------------------------
@@ -671,6 +706,8 @@ mod tests {
         let json = serde_json::to_value(&report).unwrap();
         for key in [
             "seeds_per_second_per_core",
+            "replay_seeds_per_second_per_core",
+            "world_over_replay",
             "seeds_per_second",
             "events_per_second",
             "simulated_seconds_per_wall_second",
