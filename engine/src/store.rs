@@ -184,6 +184,27 @@ pub enum SignalStatus {
     UnknownWorkflow,
 }
 
+/// Whose workflow-task polls could find a task (`Store::claim_workflow_task`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claimants {
+    /// Every waiting run's task is leased: no poll finds one.
+    Nobody,
+    /// Every claimable task is kept for this worker, which has its run cached (sticky): only
+    /// its polls can find one.
+    Only(Arc<str>),
+    /// Any worker's poll may find one.
+    Any,
+}
+
+/// Why an activity-task poll found nothing (`Store::claim_activity_task`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoAttempt {
+    /// No unleased attempt is due: no poll finds one.
+    NoneDue,
+    /// Every due attempt's rate-limit key is one the poll left out.
+    Blocked,
+}
+
 /// What happened during `tick`, for fault accounting.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TickReport {
@@ -206,7 +227,7 @@ pub struct Store {
     /// run id -> activity seq -> lease; iterates in (run id, seq) order.
     activity_leases: BTreeMap<Arc<str>, BTreeMap<u32, Lease>>,
     /// run id -> (worker, history length it has cached).
-    sticky: BTreeMap<Arc<str>, (String, u64)>,
+    sticky: BTreeMap<Arc<str>, (Arc<str>, u64)>,
     /// Bumped by every change that could change what a poll finds, so hosts holding polls
     /// know when to look again.
     version: u64,
@@ -488,25 +509,54 @@ impl Store {
         (true, vec![record])
     }
 
-    /// The run whose workflow task a poll by `worker` would claim now.
-    fn claimable_workflow_run(&self, now: Time, worker: &str) -> Option<&Arc<str>> {
-        self.with_inbox.iter().find(|run_id| {
-            let Some(waiting_since) = self.runs[*run_id].waiting_since() else { return false };
-            let leased = self.workflow_leases.get(*run_id).is_some_and(|l| l.expires_at > now);
-            let sticky_elsewhere = self.sticky.get(*run_id).is_some_and(|(w, _)| w != worker)
-                && now < waiting_since.plus(Duration::from_millis(self.config.sticky_ms));
-            !leased && !sticky_elsewhere
+    /// The run whose workflow task a poll by `worker` would claim now; if there is none, whose
+    /// polls could claim one, learnt in the same pass over the waiting runs.
+    fn claimable_workflow_run(&self, now: Time, worker: &str) -> Result<Arc<str>, Claimants> {
+        // The one worker every unleased waiting run seen so far is kept for, or `Err` once two
+        // runs are kept for different workers.
+        let mut kept_for_one: Result<Option<&Arc<str>>, ()> = Ok(None);
+        for run_id in &self.with_inbox {
+            let Some(waiting_since) = self.runs[run_id].waiting_since() else { continue };
+            if self.workflow_leases.get(run_id).is_some_and(|l| l.expires_at > now) {
+                continue;
+            }
+            match self.sticky.get(run_id) {
+                Some((kept_for, _))
+                    if **kept_for != *worker
+                        && now < waiting_since.plus(Duration::from_millis(self.config.sticky_ms)) =>
+                {
+                    kept_for_one = match kept_for_one {
+                        Ok(None) => Ok(Some(kept_for)),
+                        Ok(Some(one)) if one == kept_for => Ok(Some(one)),
+                        _ => Err(()),
+                    };
+                }
+                _ => return Ok(run_id.clone()),
+            }
+        }
+        Err(match kept_for_one {
+            Ok(None) => Claimants::Nobody,
+            Ok(Some(one)) => Claimants::Only(one.clone()),
+            Err(()) => Claimants::Any,
         })
     }
 
     /// Whether a workflow-task poll by `worker` would find a task now; claims nothing.
     pub fn has_workflow_task(&self, now: Time, worker: &str) -> bool {
-        self.claimable_workflow_run(now, worker).is_some()
+        self.claimable_workflow_run(now, worker).is_ok()
     }
 
     /// Claims the next workflow task for `worker`, if any run has inputs waiting.
     pub fn poll_workflow_task(&mut self, now: Time, worker: &str) -> Option<WorkflowTask> {
-        let run_id = self.claimable_workflow_run(now, worker)?.clone();
+        self.claim_workflow_task(now, worker).ok()
+    }
+
+    /// `poll_workflow_task`, which when it finds nothing also says whose polls could find a task
+    /// now: a host holding several polls then need not ask for the others. Claiming a task only
+    /// takes tasks away, so the answer stays true (if less precise) while the host claims
+    /// tasks at the same `now`.
+    pub fn claim_workflow_task(&mut self, now: Time, worker: &str) -> Result<WorkflowTask, Claimants> {
+        let run_id = self.claimable_workflow_run(now, worker)?;
         let token = self.next_token();
         let expires_at = now.plus(Duration::from_millis(self.config.workflow_lease_ms));
         self.workflow_leases.insert(
@@ -516,10 +566,10 @@ impl Store {
         let run = &self.runs[&run_id];
         let base_len = run.events.len() as u64;
         let from = match self.sticky.get(&run_id) {
-            Some((sticky_worker, len)) if sticky_worker == worker && *len <= base_len => *len,
+            Some((sticky_worker, len)) if **sticky_worker == *worker && *len <= base_len => *len,
             _ => 0,
         };
-        Some(WorkflowTask {
+        Ok(WorkflowTask {
             run_id: run_id.to_string(),
             token,
             base_len,
@@ -585,7 +635,7 @@ impl Store {
         self.workflow_leases.remove(&key);
         let len = base_len + events.len() as u64;
         // Kept for this worker before the append, whose refresh of the run then sees it.
-        self.sticky.insert(key.clone(), (worker.to_owned(), len));
+        self.sticky.insert(key.clone(), (Arc::from(worker), len));
         let record = Record::Append { run_id, time_ms: now, events, consumed };
         self.apply(&record);
         if self.with_inbox.contains(&key) {
@@ -595,19 +645,24 @@ impl Store {
         (Ack::Accepted, vec![record])
     }
 
-    /// The activity attempt an activity-task poll would claim now.
-    fn due_activity_attempt(&self, now: Time, blocked_keys: &BTreeSet<String>) -> Option<(&Arc<str>, u32)> {
-        self.due.iter().take_while(|(time, _, _)| *time <= now).find_map(|(_, run_id, due)| {
-            let Due::Activity(seq) = *due else { return None };
+    /// The activity attempt an activity-task poll would claim now, or why there is none.
+    fn due_activity_attempt(&self, now: Time, blocked_keys: &BTreeSet<String>) -> Result<(&Arc<str>, u32), NoAttempt> {
+        let mut none = NoAttempt::NoneDue;
+        for (_, run_id, due) in self.due.iter().take_while(|(time, _, _)| *time <= now) {
+            let Due::Activity(seq) = *due else { continue };
             let activity = &self.runs[run_id].logical.activities[&seq];
-            let blocked = activity.options.rate_limit_key.as_ref().is_some_and(|k| blocked_keys.contains(k));
-            (!blocked).then_some((run_id, seq))
-        })
+            if activity.options.rate_limit_key.as_ref().is_some_and(|k| blocked_keys.contains(k)) {
+                none = NoAttempt::Blocked;
+            } else {
+                return Ok((run_id, seq));
+            }
+        }
+        Err(none)
     }
 
     /// Whether an activity-task poll would find an attempt now; claims nothing.
     pub fn has_activity_task(&self, now: Time, blocked_keys: &BTreeSet<String>) -> bool {
-        self.due_activity_attempt(now, blocked_keys).is_some()
+        self.due_activity_attempt(now, blocked_keys).is_ok()
     }
 
     /// Claims the next due activity attempt whose rate-limit key is not in `blocked_keys`.
@@ -617,6 +672,17 @@ impl Store {
         worker: &str,
         blocked_keys: &BTreeSet<String>,
     ) -> Option<ActivityLease> {
+        self.claim_activity_task(now, worker, blocked_keys).ok()
+    }
+
+    /// `poll_activity_task`, which when it finds nothing also says why: with no attempt due, no
+    /// poll finds one until the store changes or time passes (claims only take attempts away).
+    pub fn claim_activity_task(
+        &mut self,
+        now: Time,
+        worker: &str,
+        blocked_keys: &BTreeSet<String>,
+    ) -> Result<ActivityLease, NoAttempt> {
         let (run_id, seq) = self.due_activity_attempt(now, blocked_keys).map(|(run_id, seq)| (run_id.clone(), seq))?;
         let token = self.next_token();
         let run = &self.runs[&run_id];
@@ -644,7 +710,7 @@ impl Store {
             .or_default()
             .insert(seq, Lease { token, worker: worker.to_owned(), expires_at, attempt, started_at: now });
         self.refresh_active(&run_id);
-        Some(ActivityLease { task, token, expires_at })
+        Ok(ActivityLease { task, token, expires_at })
     }
 
     fn check_activity_lease(&self, now: Time, run_id: &str, seq: u32, token: u64) -> Result<&Lease, Ack> {
@@ -1049,6 +1115,59 @@ mod tests {
         assert!(reported.0 > leased.0, "the report is an input waiting for a workflow task");
         assert_eq!(reported.1, leased.1, "a completed activity has no attempt left to find");
         assert!(store.has_workflow_task(T0, "w1"));
+    }
+
+    #[test]
+    fn a_poll_that_finds_nothing_names_whose_polls_could_find_something() {
+        let mut store = Store::new(Config::default());
+        let run_id = run_waiting_on_an_activity(&mut store);
+        let no_blocked_keys = BTreeSet::new();
+        assert_eq!(store.claim_workflow_task(T0, "w2").err(), Some(Claimants::Nobody), "no input waits");
+        let lease = store.claim_activity_task(T0, "w1", &no_blocked_keys).expect("activity 1 is due");
+        let next = store.claim_activity_task(T0, "w2", &no_blocked_keys);
+        assert_eq!(next.err(), Some(NoAttempt::NoneDue));
+
+        let report = AttemptReport::Completed { output: json!("done").into() };
+        let (ack, _) = store.complete_activity_task(T0, &run_id, 1, lease.token, report, "w1");
+        assert_eq!(ack, Ack::Accepted);
+        let kept = store.claim_workflow_task(T0, "w2").err();
+        assert_eq!(kept, Some(Claimants::Only(Arc::from("w1"))), "the task is kept for the worker that has the run");
+        assert!(!store.has_workflow_task(T0, "w3"));
+        store.claim_workflow_task(T0, "w1").expect("the sticky worker claims its task");
+        assert_eq!(store.claim_workflow_task(T0, "w2").err(), Some(Claimants::Nobody), "the task is leased");
+
+        let sticky_over = T0.plus(Duration::from_millis(Config::default().sticky_ms));
+        let mut store = Store::new(Config::default());
+        let run_id = run_waiting_on_an_activity(&mut store);
+        let lease = store.claim_activity_task(T0, "w1", &no_blocked_keys).expect("activity 1 is due");
+        let report = AttemptReport::Completed { output: json!("done").into() };
+        let (ack, _) = store.complete_activity_task(T0, &run_id, 1, lease.token, report, "w1");
+        assert_eq!(ack, Ack::Accepted);
+        assert!(store.has_workflow_task(sticky_over, "w2"), "once the sticky time is over any worker may take it");
+    }
+
+    #[test]
+    fn an_activity_poll_that_leaves_out_every_due_key_says_so() {
+        let mut store = Store::new(Config::default());
+        let (run_id, _) = store.start(T0, "wf", "steps", json!({}));
+        let task = store.poll_workflow_task(T0, "w1").expect("the start is a workflow task");
+        let options = Options { rate_limit_key: Some("llm:model".to_owned()), ..Options::default() };
+        let scheduled = Kind::ActivityScheduled {
+            seq: 1,
+            activity_type: "ask".to_owned(),
+            input: json!({}).into(),
+            idempotency_key: "wf:1".to_owned(),
+            options,
+        };
+        let events = vec![
+            Event { index: 0, time_ms: task.inbox[0].0, kind: task.inbox[0].1.clone() },
+            Event { index: 1, time_ms: T0, kind: scheduled },
+        ];
+        let completion = WorkflowCompletion { run_id, token: task.token, base_len: 0, events, consumed: 1 };
+        assert_eq!(store.complete_workflow_task(T0, "w1", completion).0, Ack::Accepted);
+        let blocked = BTreeSet::from(["llm:model".to_owned()]);
+        assert_eq!(store.claim_activity_task(T0, "w1", &blocked).err(), Some(NoAttempt::Blocked));
+        assert!(store.claim_activity_task(T0, "w2", &BTreeSet::new()).is_ok(), "a poll that may use the key gets it");
     }
 
     #[test]

@@ -32,7 +32,8 @@ use tempest_engine::services::{
     Activities, ActivityCtx, ActivityFuture, LlmRequest, LlmResponse, ServiceFuture, Services,
 };
 use tempest_engine::store::{
-    self, Ack, ActivityLease, Record, SignalStatus, Store, TickReport, WorkflowCompletion, WorkflowTask,
+    self, Ack, ActivityLease, Claimants, NoAttempt, Record, SignalStatus, Store, TickReport, WorkflowCompletion,
+    WorkflowTask,
 };
 use tempest_engine::worker::{Outcome as TaskOutcome, WorkflowWorker};
 use tempest_engine::{Failure, Time};
@@ -1311,12 +1312,33 @@ impl<'s> World<'s> {
             find_workflow_tasks || self.store.held_workflow_polls.iter().any(|(.., deadline)| expired(deadline));
         // Answered in place: the lists keep their room for the polls held after this look.
         if answer_workflow_polls {
+            // A poll that finds nothing says whose polls could still find a task; the others
+            // find nothing without being asked (claims only take tasks away).
+            let mut claimants = Claimants::Any;
             let mut held = std::mem::take(&mut self.store.held_workflow_polls);
             held.retain(|&(from, req_id, deadline)| {
-                let task = if find_workflow_tasks {
-                    let worker_name = self.worker_name(from);
-                    self.store.protocol.store().poll_workflow_task(now, &worker_name)
+                let worker_name = self.worker_name(from);
+                let may_find = match &claimants {
+                    Claimants::Nobody => false,
+                    Claimants::Only(only) => **only == *worker_name,
+                    Claimants::Any => true,
+                };
+                let task = if find_workflow_tasks && may_find {
+                    match self.store.protocol.store().claim_workflow_task(now, &worker_name) {
+                        Ok(task) => Some(task),
+                        Err(found_for) => {
+                            claimants = found_for;
+                            None
+                        }
+                    }
                 } else {
+                    if cfg!(debug_assertions) && find_workflow_tasks {
+                        let found = self.store.protocol.store().has_workflow_task(now, &worker_name);
+                        assert!(
+                            !found,
+                            "{now}: a held workflow poll of {worker_name} was skipped though it has a task"
+                        );
+                    }
                     None
                 };
                 match task {
@@ -1335,13 +1357,26 @@ impl<'s> World<'s> {
         let answer_activity_polls =
             find_activity_tasks || self.store.held_activity_polls.iter().any(|(.., deadline)| expired(deadline));
         if answer_activity_polls {
+            // Once a poll finds no attempt due at all, the polls after it find none either
+            // (claims only take attempts away).
+            let mut nothing_due = false;
             let mut held = std::mem::take(&mut self.store.held_activity_polls);
             held.retain(|(from, req_id, blocked, deadline)| {
                 let (from, req_id, deadline) = (*from, *req_id, *deadline);
-                let lease = if find_activity_tasks {
+                let lease = if find_activity_tasks && !nothing_due {
                     let worker_name = self.worker_name(from);
-                    self.store.protocol.store().poll_activity_task(now, &worker_name, blocked).map(|l| (l, worker_name))
+                    match self.store.protocol.store().claim_activity_task(now, &worker_name, blocked) {
+                        Ok(lease) => Some((lease, worker_name)),
+                        Err(why) => {
+                            nothing_due = why == NoAttempt::NoneDue;
+                            None
+                        }
+                    }
                 } else {
+                    if cfg!(debug_assertions) && find_activity_tasks {
+                        let found = self.store.protocol.store().has_activity_task(now, blocked);
+                        assert!(!found, "{now}: a held activity poll of {from} was skipped though it has a task");
+                    }
                     None
                 };
                 match lease {
