@@ -111,6 +111,14 @@ pub struct StoredRun {
     pub recorded_signals: BTreeSet<String>,
     /// Signal ids accepted but dropped because the run closed before reading them.
     pub rejected_signals: BTreeSet<String>,
+    /// The run's id as the store's maps key on it.
+    id: Arc<str>,
+    /// Whether the run is in `Store::active` and in `Store::with_inbox`, and its entries in
+    /// `Store::due`: kept with the run so that a refresh that changes none of them (most do not)
+    /// searches no index.
+    in_active: bool,
+    in_with_inbox: bool,
+    due: Vec<(Time, Due)>,
 }
 
 impl StoredRun {
@@ -249,10 +257,9 @@ pub struct Store {
     /// Everything that falls due with time, ordered by when: unleased activity attempts (when
     /// they may start), schedule-to-close deadlines, timers, and tasks kept for a sticky
     /// worker (when every worker may take them). Polls, ticks and wake-ups read it in time
-    /// order instead of scanning runs.
+    /// order instead of scanning runs. Each run keeps its own entries (`StoredRun::due`), so
+    /// they can be replaced.
     due: BTreeSet<(Time, Arc<str>, Due)>,
-    /// The entries each run has in `due`, so a run's entries can be replaced.
-    due_of: BTreeMap<Arc<str>, Vec<(Time, Due)>>,
     /// Reused by `refresh_active` to list a run's due entries, so a refresh that changes
     /// nothing allocates nothing.
     due_scratch: Vec<(Time, Due)>,
@@ -284,14 +291,13 @@ impl Store {
             active: BTreeSet::new(),
             with_inbox: BTreeSet::new(),
             due: BTreeSet::new(),
-            due_of: BTreeMap::new(),
             due_scratch: Vec::new(),
         }
     }
 
     /// Puts a run into, or takes it out of, the active set after its state changed.
     fn refresh_active(&mut self, run_id: &str) {
-        let (key, run) = self.runs.get_key_value(run_id).unwrap_or_else(|| panic!("refresh of unknown run {run_id}"));
+        let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("refresh of unknown run {run_id}"));
         let mut entries = std::mem::take(&mut self.due_scratch);
         entries.clear();
         let waiting_since = run.waiting_since();
@@ -311,24 +317,28 @@ impl Store {
             }
         }
         let active = !run.logical.is_closed() && (!run.inbox.is_empty() || !entries.is_empty());
-        if !active {
-            self.active.remove(run_id);
-        } else if !self.active.contains(run_id) {
-            self.active.insert(key.clone());
+        if active != run.in_active {
+            run.in_active = active;
+            if active {
+                self.active.insert(run.id.clone());
+            } else {
+                self.active.remove(run_id);
+            }
         }
         let has_inbox = active && waiting_since.is_some();
-        if !has_inbox {
-            self.with_inbox.remove(run_id);
-        } else if !self.with_inbox.contains(run_id) {
-            self.with_inbox.insert(key.clone());
-            self.workflow_tasks_version += 1;
+        if has_inbox != run.in_with_inbox {
+            run.in_with_inbox = has_inbox;
+            if has_inbox {
+                self.with_inbox.insert(run.id.clone());
+                self.workflow_tasks_version += 1;
+            } else {
+                self.with_inbox.remove(run_id);
+            }
         }
         // Most refreshes change nothing that falls due (an append that scheduled nothing, a
         // lease on a run with other open work): then the index already holds these entries.
-        let unchanged = self.due_of.get(run_id).map_or(entries.is_empty(), |old| *old == entries);
-        if !unchanged {
-            let key = key.clone();
-            let mut old = self.due_of.remove(run_id).unwrap_or_default();
+        if run.due != entries {
+            let old = &run.due;
             let new_attempt = entries.iter().any(|entry| matches!(entry.1, Due::Activity(_)) && !old.contains(entry));
             if new_attempt {
                 self.activity_tasks_version += 1;
@@ -336,17 +346,13 @@ impl Store {
             // Only what differs moves in the index: a lease or a fired timer usually changes one
             // entry of a few.
             for &(time, due) in old.iter().filter(|entry| !entries.contains(entry)) {
-                self.due.remove(&(time, key.clone(), due));
+                self.due.remove(&(time, run.id.clone(), due));
             }
             for &(time, due) in entries.iter().filter(|entry| !old.contains(entry)) {
-                self.due.insert((time, key.clone(), due));
+                self.due.insert((time, run.id.clone(), due));
             }
-            if !entries.is_empty() {
-                // The old list's allocation takes the new entries; the scratch list stays ours.
-                old.clear();
-                old.extend_from_slice(&entries);
-                self.due_of.insert(key, old);
-            }
+            // The run keeps the new list, and the old one's allocation becomes the scratch list.
+            std::mem::swap(&mut run.due, &mut entries);
         }
         self.due_scratch = entries;
     }
@@ -857,14 +863,19 @@ impl Store {
         if let Kind::WorkflowStarted { workflow_id, .. } = &kind {
             assert!(!self.runs.contains_key(run_id), "run {run_id} started twice");
             self.chains.entry(workflow_id.clone()).or_default().push(run_id.to_owned());
+            let id: Arc<str> = Arc::from(run_id);
             self.runs.insert(
-                Arc::from(run_id),
+                id.clone(),
                 StoredRun {
                     events: Vec::new(),
                     inbox: VecDeque::new(),
                     logical: RunState::default(),
                     recorded_signals: BTreeSet::new(),
                     rejected_signals: BTreeSet::new(),
+                    id,
+                    in_active: false,
+                    in_with_inbox: false,
+                    due: Vec::new(),
                 },
             );
         }
