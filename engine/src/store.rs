@@ -12,7 +12,7 @@
 //! task is claimable again and older tokens (an older epoch) are rejected.
 
 use crate::engine::ActivityTask;
-use crate::history::{ChildOutcome, Event, Kind, Parent};
+use crate::history::{ChildOutcome, Event, History, Kind, Parent};
 use crate::run::{AttemptReport, RunState, Status};
 use crate::time::Time;
 use crate::Failure;
@@ -406,6 +406,12 @@ impl Store {
 
     pub fn runs(&self) -> &BTreeMap<Arc<str>, StoredRun> {
         &self.runs
+    }
+
+    /// The history of every run that has one, in run id order, moved out of the store (a host
+    /// done with its store hands them on without copying a single event).
+    pub fn into_histories(self) -> Vec<History> {
+        self.runs.into_values().filter(|run| !run.events.is_empty()).map(|run| History::new(run.events)).collect()
     }
 
     pub fn run(&self, run_id: &str) -> Option<&StoredRun> {
@@ -1155,6 +1161,17 @@ mod tests {
         let (ack, _) = store.complete_activity_task(T0, &run_id, 1, lease.token, report, "w1");
         assert_eq!(ack, Ack::Accepted);
         assert!(store.has_workflow_task(sticky_over, "w2"), "once the sticky time is over any worker may take it");
+    }
+
+    #[test]
+    fn into_histories_hands_over_every_started_history_as_stored() {
+        let mut store = Store::new(Config::default());
+        let run_id = run_waiting_on_an_activity(&mut store);
+        store.start(T0, "waiting", "steps", json!({}));
+        let stored = store.run(&run_id).expect("started").events.clone();
+        let histories = store.into_histories();
+        assert_eq!(histories.len(), 1, "a run whose start is still in its inbox has no history yet");
+        assert_eq!((histories[0].run_id.as_str(), &histories[0].events), (run_id.as_str(), &stored));
     }
 
     #[test]

@@ -2102,24 +2102,28 @@ impl<'s> World<'s> {
             self.store.disk.sync();
         }
         let store = self.store.protocol.store();
-        let histories = histories_of(store);
-        if self.failure.is_none() {
+        // The store's own check is judged first, so that the store can then hand its histories
+        // over instead of copying them; its verdict still comes in its place among the others.
+        let starts = self.failure.is_none().then(|| check::check_starts_exactly_once(store, &self.evidence));
+        let histories = std::mem::replace(store, Store::new(store::Config::default())).into_histories();
+        if let Some(starts) = starts {
             let finished = crate::scenario::Finished { histories: &histories, tool_effects: &self.evidence.effects };
             let mut facts = self.scenario.sometimes(&finished);
-            let checked = check::run_all(self.scenario, store, &histories, &self.evidence).and_then(|replayed| {
-                let early = replayed.signals_taken_after_arriving_early as usize;
-                facts.extend(std::iter::repeat_n(check::sometimes::SIGNAL_BEFORE_WAIT, early));
-                // A world that began from seeded histories (a fork) never saw the side effects
-                // of their prefix, so the scenario's business check would count them as
-                // missing; the simulator's own checks above still judge the fork.
-                if !self.options.seeded_histories.is_empty() {
-                    return Ok(());
-                }
-                self.scenario.check(&finished).map_err(|message| CheckFailure {
-                    check: format!("check_{}_outcome", self.scenario.name()),
-                    message,
-                })
-            });
+            let checked =
+                check::run_all_judged(self.scenario, starts, &histories, &self.evidence).and_then(|replayed| {
+                    let early = replayed.signals_taken_after_arriving_early as usize;
+                    facts.extend(std::iter::repeat_n(check::sometimes::SIGNAL_BEFORE_WAIT, early));
+                    // A world that began from seeded histories (a fork) never saw the side effects
+                    // of their prefix, so the scenario's business check would count them as
+                    // missing; the simulator's own checks above still judge the fork.
+                    if !self.options.seeded_histories.is_empty() {
+                        return Ok(());
+                    }
+                    self.scenario.check(&finished).map_err(|message| CheckFailure {
+                        check: format!("check_{}_outcome", self.scenario.name()),
+                        message,
+                    })
+                });
             if let Err(failure) = checked {
                 self.failure = Some(failure);
             }
