@@ -254,17 +254,14 @@ impl Outcome {
 enum Msg {
     StartReq {
         req_id: u64,
-        start: Start,
+        start: Box<Start>,
     },
     StartResp {
         req_id: u64,
     },
     SignalReq {
         req_id: u64,
-        workflow_id: String,
-        signal_id: String,
-        name: String,
-        payload: Value,
+        signal: Box<SignalSend>,
     },
     SignalResp {
         req_id: u64,
@@ -306,7 +303,7 @@ enum Msg {
         run_id: String,
         seq: u32,
         token: u64,
-        report: AttemptReport,
+        report: Box<AttemptReport>,
     },
     CompleteActivityResp {
         req_id: u64,
@@ -324,7 +321,7 @@ enum Msg {
     },
     LlmReq {
         call_id: u64,
-        request: LlmRequest,
+        request: Box<LlmRequest>,
     },
     LlmResp {
         call_id: u64,
@@ -332,14 +329,29 @@ enum Msg {
     },
     ToolReq {
         call_id: u64,
-        name: String,
-        arguments: Value,
-        idempotency_key: Option<String>,
+        call: Box<ToolCall>,
     },
     ToolResp {
         call_id: u64,
         result: Result<Value, Failure>,
     },
+}
+
+/// A signal as the client or a human sends it.
+#[derive(Clone, Debug)]
+struct SignalSend {
+    workflow_id: String,
+    signal_id: String,
+    name: String,
+    payload: Value,
+}
+
+/// A tool call as a worker sends it.
+#[derive(Clone, Debug)]
+struct ToolCall {
+    name: String,
+    arguments: Value,
+    idempotency_key: Option<String>,
 }
 
 /// A host's name in traces.
@@ -360,7 +372,7 @@ impl Msg {
         match self {
             Msg::StartReq { start, .. } => format!("start {} ({})", start.workflow_id, start.workflow_type),
             Msg::StartResp { .. } => "start acknowledged".to_owned(),
-            Msg::SignalReq { workflow_id, signal_id, .. } => format!("signal {signal_id} to {workflow_id}"),
+            Msg::SignalReq { signal, .. } => format!("signal {} to {}", signal.signal_id, signal.workflow_id),
             Msg::SignalResp { status, .. } => format!("signal {status:?}"),
             Msg::PollWorkflow { .. } => "poll workflow task".to_owned(),
             Msg::PollWorkflowResp { task: Some(task), .. } => {
@@ -383,7 +395,7 @@ impl Msg {
                 lease.task.activity_type, lease.task.attempt, lease.task.run_id, lease.task.seq, lease.token
             ),
             Msg::PollActivityResp { lease: None, .. } => "no activity task".to_owned(),
-            Msg::CompleteActivity { run_id, seq, report, .. } => match report {
+            Msg::CompleteActivity { run_id, seq, report, .. } => match &**report {
                 AttemptReport::Completed { .. } => format!("activity {run_id}:{seq} completed"),
                 AttemptReport::Failed { failure } => format!("activity {run_id}:{seq} failed: {failure}"),
             },
@@ -393,7 +405,7 @@ impl Msg {
             Msg::LlmReq { request, .. } => format!("llm request of {} tokens", request.token_count),
             Msg::LlmResp { result: Ok(_), .. } => "llm answer".to_owned(),
             Msg::LlmResp { result: Err(failure), .. } => format!("llm error: {failure}"),
-            Msg::ToolReq { name, idempotency_key, .. } => format!("tool {name} (key {idempotency_key:?})"),
+            Msg::ToolReq { call, .. } => format!("tool {} (key {:?})", call.name, call.idempotency_key),
             Msg::ToolResp { result: Ok(_), .. } => "tool answer".to_owned(),
             Msg::ToolResp { result: Err(failure), .. } => format!("tool error: {failure}"),
         }
@@ -455,7 +467,7 @@ enum Wake {
         index: usize,
     },
     HumanSend {
-        answer: HumanAnswer,
+        answer: Box<HumanAnswer>,
         signal_id: String,
     },
 }
@@ -1152,7 +1164,8 @@ impl<'s> World<'s> {
                     self.store.protocol.start(now, &start.workflow_id, &start.workflow_type, start.input);
                 (Some(Msg::StartResp { req_id }), records)
             }
-            Msg::SignalReq { req_id, workflow_id, signal_id, name, payload } => {
+            Msg::SignalReq { req_id, signal } => {
+                let SignalSend { workflow_id, signal_id, name, payload } = *signal;
                 let (status, records) = self.store.protocol.signal(now, &workflow_id, &signal_id, &name, payload);
                 (Some(Msg::SignalResp { req_id, status }), records)
             }
@@ -1192,7 +1205,7 @@ impl<'s> World<'s> {
             }
             Msg::CompleteActivity { req_id, run_id, seq, token, report } => {
                 let (_, records) =
-                    self.store.protocol.complete_activity_task(now, &run_id, seq, token, report, &worker_name);
+                    self.store.protocol.complete_activity_task(now, &run_id, seq, token, *report, &worker_name);
                 (Some(Msg::CompleteActivityResp { req_id }), records)
             }
             Msg::Heartbeat { req_id, run_id, seq, token } => {
@@ -1717,9 +1730,12 @@ impl<'s> World<'s> {
             let host = worker_host(index);
             self.workers[index].calls.insert(call_id, (token, matches!(call, ServiceCall::Llm(_))));
             let (to, msg, timeout_ms) = match call {
-                ServiceCall::Llm(request) => (LLM, Msg::LlmReq { call_id, request }, LLM_CALL_TIMEOUT_MS),
+                ServiceCall::Llm(request) => {
+                    (LLM, Msg::LlmReq { call_id, request: Box::new(request) }, LLM_CALL_TIMEOUT_MS)
+                }
                 ServiceCall::Tool { name, arguments, idempotency_key } => {
-                    (TOOL, Msg::ToolReq { call_id, name, arguments, idempotency_key }, TOOL_CALL_TIMEOUT_MS)
+                    let call = Box::new(ToolCall { name, arguments, idempotency_key });
+                    (TOOL, Msg::ToolReq { call_id, call }, TOOL_CALL_TIMEOUT_MS)
                 }
             };
             self.wake(host, Time(now.0 + timeout_ms), Wake::ServiceTimeout { call_id });
@@ -1750,7 +1766,8 @@ impl<'s> World<'s> {
         let report = running.report.expect("only finished activities are reported");
         let (run_id, seq) = (running.ctx.task().run_id.clone(), running.ctx.task().seq);
         let req_id = self.next_req_id();
-        let msg = Msg::CompleteActivity { req_id, run_id: run_id.clone(), seq, token, report: report.clone() };
+        let msg =
+            Msg::CompleteActivity { req_id, run_id: run_id.clone(), seq, token, report: Box::new(report.clone()) };
         let pending = Pending::CompleteActivity { run_id, seq, token, report, tries: 1 };
         self.worker_request(now, index, pending, msg, REQUEST_TIMEOUT_MS);
         self.worker_poll_activity(now, index);
@@ -1817,7 +1834,7 @@ impl<'s> World<'s> {
                             run_id: run_id.clone(),
                             seq,
                             token,
-                            report: report.clone(),
+                            report: Box::new(report.clone()),
                         };
                         self.worker_request(
                             now,
@@ -1863,13 +1880,15 @@ impl<'s> World<'s> {
     fn client_send(&mut self, now: Time, from: HostId, request: ClientRequest) {
         let req_id = self.next_req_id();
         let msg = match &request {
-            ClientRequest::Start { index } => Msg::StartReq { req_id, start: self.workload[*index].clone() },
+            ClientRequest::Start { index } => Msg::StartReq { req_id, start: Box::new(self.workload[*index].clone()) },
             ClientRequest::Signal { workflow_id, signal_id, name, payload } => Msg::SignalReq {
                 req_id,
-                workflow_id: workflow_id.clone(),
-                signal_id: signal_id.clone(),
-                name: name.clone(),
-                payload: payload.clone(),
+                signal: Box::new(SignalSend {
+                    workflow_id: workflow_id.clone(),
+                    signal_id: signal_id.clone(),
+                    name: name.clone(),
+                    payload: payload.clone(),
+                }),
             },
         };
         let deadline = Time(now.0 + REQUEST_TIMEOUT_MS);
@@ -1923,6 +1942,7 @@ impl<'s> World<'s> {
         match wake {
             Wake::ClientStart { index } => self.client_send(now, CLIENT, ClientRequest::Start { index }),
             Wake::HumanSend { answer, signal_id } => {
+                let answer = *answer;
                 let request = ClientRequest::Signal {
                     workflow_id: answer.workflow_id,
                     signal_id,
@@ -1970,7 +1990,8 @@ impl<'s> World<'s> {
     }
 
     fn tool_receive(&mut self, now: Time, from: HostId, msg: Msg) {
-        let Msg::ToolReq { call_id, name, arguments, idempotency_key } = msg else { panic!("tool received {msg:?}") };
+        let Msg::ToolReq { call_id, call } = msg else { panic!("tool received {msg:?}") };
+        let ToolCall { name, arguments, idempotency_key } = *call;
         let latency = self.rng_tool.exp_ms(self.faults.tool.latency_ms_mean.max(1));
         let fails = self.faults_on
             && self.gate.decide(Decided::ToolFailure, now, self.rng_tool.chance(self.faults.tool.failure_probability));
@@ -2035,13 +2056,13 @@ impl<'s> World<'s> {
                 self.wake(
                     HUMAN,
                     Time(now.0 + after_ms),
-                    Wake::HumanSend { answer: answer.clone(), signal_id: format!("{base}/1") },
+                    Wake::HumanSend { answer: Box::new(answer.clone()), signal_id: format!("{base}/1") },
                 );
                 if let Some(after_ms) = duplicate_after_ms {
                     self.wake(
                         HUMAN,
                         Time(now.0 + after_ms),
-                        Wake::HumanSend { answer, signal_id: format!("{base}/2") },
+                        Wake::HumanSend { answer: Box::new(answer), signal_id: format!("{base}/2") },
                     );
                 }
             }
