@@ -302,8 +302,11 @@ impl Store {
         entries.clear();
         let waiting_since = run.waiting_since();
         if !run.logical.is_closed() {
-            let leases = self.activity_leases.get(run_id);
+            // Looked up only for a run with open activities, and the sticky map only for one
+            // with inputs waiting: most refreshes need neither.
+            let mut leases = None;
             for (seq, activity) in run.logical.open_activities() {
+                let leases = *leases.get_or_insert_with(|| self.activity_leases.get(run_id));
                 if !leases.is_some_and(|leases| leases.contains_key(&seq)) {
                     entries.push((activity.attempt_not_before, Due::Activity(seq)));
                 }
@@ -312,7 +315,7 @@ impl Store {
                 }
             }
             entries.extend(run.logical.open_timers().map(|(seq, timer)| (timer.fire_at, Due::Timer(seq))));
-            if let (Some(waiting_since), true) = (waiting_since, self.sticky.contains_key(run_id)) {
+            if let Some(waiting_since) = waiting_since.filter(|_| self.sticky.contains_key(run_id)) {
                 entries.push((waiting_since.plus(Duration::from_millis(self.config.sticky_ms)), Due::Sticky));
             }
         }
