@@ -233,7 +233,7 @@ pub struct Store {
     chains: BTreeMap<String, Vec<String>>,
     workflow_leases: BTreeMap<Arc<str>, Lease>,
     /// run id -> activity seq -> lease; iterates in (run id, seq) order.
-    activity_leases: BTreeMap<Arc<str>, BTreeMap<u32, Lease>>,
+    activity_leases: BTreeMap<Arc<str>, RunLeases>,
     /// run id -> (worker, history length it has cached).
     sticky: BTreeMap<Arc<str>, (Arc<str>, u64)>,
     /// Bumped by every change that could change what a poll finds, so hosts holding polls
@@ -263,6 +263,34 @@ pub struct Store {
     /// Reused by `refresh_active` to list a run's due entries, so a refresh that changes
     /// nothing allocates nothing.
     due_scratch: Vec<(Time, Due)>,
+}
+
+/// The activity leases of one run, by seq. A list, since a run has a lease per activity in
+/// flight, usually one: it costs less to search and allocates less than a map of its own.
+#[derive(Clone, Debug, Default)]
+struct RunLeases(Vec<(u32, Lease)>);
+
+impl RunLeases {
+    fn get(&self, seq: u32) -> Option<&Lease> {
+        self.0.iter().find(|(leased, _)| *leased == seq).map(|(_, lease)| lease)
+    }
+
+    fn get_mut(&mut self, seq: u32) -> Option<&mut Lease> {
+        self.0.iter_mut().find(|(leased, _)| *leased == seq).map(|(_, lease)| lease)
+    }
+
+    /// Leases `seq`, replacing its lease if it has one; the list stays in seq order.
+    fn insert(&mut self, seq: u32, lease: Lease) {
+        match self.0.binary_search_by_key(&seq, |(leased, _)| *leased) {
+            Ok(index) => self.0[index].1 = lease,
+            Err(index) => self.0.insert(index, (seq, lease)),
+        }
+    }
+
+    fn remove(&mut self, seq: u32) -> Option<Lease> {
+        let index = self.0.iter().position(|(leased, _)| *leased == seq)?;
+        Some(self.0.remove(index).1)
+    }
 }
 
 /// What falls due in `Store::due`.
@@ -307,7 +335,7 @@ impl Store {
             let mut leases = None;
             for (seq, activity) in run.logical.open_activities() {
                 let leases = *leases.get_or_insert_with(|| self.activity_leases.get(run_id));
-                if !leases.is_some_and(|leases| leases.contains_key(&seq)) {
+                if leases.is_none_or(|leases| leases.get(seq).is_none()) {
                     entries.push((activity.attempt_not_before, Due::Activity(seq)));
                 }
                 if let Some(deadline) = activity.deadline() {
@@ -363,8 +391,8 @@ impl Store {
     /// Takes an activity attempt's lease away, dropping the run's lease map once it is empty.
     fn remove_activity_lease(&mut self, run_id: &str, seq: u32) -> Option<Lease> {
         let leases = self.activity_leases.get_mut(run_id)?;
-        let lease = leases.remove(&seq);
-        if leases.is_empty() {
+        let lease = leases.remove(seq);
+        if leases.0.is_empty() {
             self.activity_leases.remove(run_id);
         }
         lease
@@ -435,7 +463,7 @@ impl Store {
     }
 
     pub fn activity_lease(&self, run_id: &str, seq: u32) -> Option<&Lease> {
-        self.activity_leases.get(run_id)?.get(&seq)
+        self.activity_leases.get(run_id)?.get(seq)
     }
 
     fn next_token(&mut self) -> u64 {
@@ -749,8 +777,7 @@ impl Store {
             let stc = self.runs[run_id].logical.activities[&seq].options.start_to_close_ms;
             stc.map(|ms| lease.started_at.plus(Duration::from_millis(ms)))
         };
-        let lease =
-            self.activity_leases.get_mut(run_id).and_then(|leases| leases.get_mut(&seq)).expect("checked above");
+        let lease = self.activity_leases.get_mut(run_id).and_then(|leases| leases.get_mut(seq)).expect("checked above");
         let extended = now.plus(Duration::from_millis(lease_ms));
         lease.expires_at = deadline.map_or(extended, |d| extended.min(d));
         Ack::Accepted
@@ -795,7 +822,7 @@ impl Store {
         let expired: Vec<(Arc<str>, u32)> = self
             .activity_leases
             .iter()
-            .flat_map(|(run_id, leases)| leases.iter().map(move |(seq, lease)| (run_id, *seq, lease)))
+            .flat_map(|(run_id, leases)| leases.0.iter().map(move |(seq, lease)| (run_id, *seq, lease)))
             .filter(|(_, _, lease)| lease.expires_at <= now)
             .map(|(run_id, seq, _)| (run_id.clone(), seq))
             .collect();
@@ -836,7 +863,8 @@ impl Store {
     /// The earliest time after `now` at which `tick` has something to do, or a poll may be
     /// answered differently (a retry falling due, a sticky run opening up to every worker).
     pub fn next_wakeup(&self, now: Time) -> Option<Time> {
-        let leases = self.activity_leases.values().flat_map(BTreeMap::values).chain(self.workflow_leases.values());
+        let leases = self.activity_leases.values().flat_map(|leases| leases.0.iter().map(|(_, lease)| lease));
+        let leases = leases.chain(self.workflow_leases.values());
         let leases = leases.map(|l| l.expires_at);
         let due = self.due.iter().map(|(time, _, _)| *time).find(|time| *time > now);
         leases.chain(due).min()
