@@ -12,7 +12,7 @@
 //! task is claimable again and older tokens (an older epoch) are rejected.
 
 use crate::engine::ActivityTask;
-use crate::history::{ChildOutcome, Event, Kind, Parent};
+use crate::history::{ChildOutcome, Event, History, Kind, Parent};
 use crate::run::{AttemptReport, RunState, Status};
 use crate::time::Time;
 use crate::Failure;
@@ -111,6 +111,14 @@ pub struct StoredRun {
     pub recorded_signals: BTreeSet<String>,
     /// Signal ids accepted but dropped because the run closed before reading them.
     pub rejected_signals: BTreeSet<String>,
+    /// The run's id as the store's maps key on it.
+    id: Arc<str>,
+    /// Whether the run is in `Store::active` and in `Store::with_inbox`, and its entries in
+    /// `Store::due`: kept with the run so that a refresh that changes none of them (most do not)
+    /// searches no index.
+    in_active: bool,
+    in_with_inbox: bool,
+    due: Vec<(Time, Due)>,
 }
 
 impl StoredRun {
@@ -184,6 +192,27 @@ pub enum SignalStatus {
     UnknownWorkflow,
 }
 
+/// Whose workflow-task polls could find a task (`Store::claim_workflow_task`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claimants {
+    /// Every waiting run's task is leased: no poll finds one.
+    Nobody,
+    /// Every claimable task is kept for this worker, which has its run cached (sticky): only
+    /// its polls can find one.
+    Only(Arc<str>),
+    /// Any worker's poll may find one.
+    Any,
+}
+
+/// Why an activity-task poll found nothing (`Store::claim_activity_task`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoAttempt {
+    /// No unleased attempt is due: no poll finds one.
+    NoneDue,
+    /// Every due attempt's rate-limit key is one the poll left out.
+    Blocked,
+}
+
 /// What happened during `tick`, for fault accounting.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TickReport {
@@ -204,9 +233,9 @@ pub struct Store {
     chains: BTreeMap<String, Vec<String>>,
     workflow_leases: BTreeMap<Arc<str>, Lease>,
     /// run id -> activity seq -> lease; iterates in (run id, seq) order.
-    activity_leases: BTreeMap<Arc<str>, BTreeMap<u32, Lease>>,
+    activity_leases: BTreeMap<Arc<str>, RunLeases>,
     /// run id -> (worker, history length it has cached).
-    sticky: BTreeMap<Arc<str>, (String, u64)>,
+    sticky: BTreeMap<Arc<str>, (Arc<str>, u64)>,
     /// Bumped by every change that could change what a poll finds, so hosts holding polls
     /// know when to look again.
     version: u64,
@@ -228,13 +257,40 @@ pub struct Store {
     /// Everything that falls due with time, ordered by when: unleased activity attempts (when
     /// they may start), schedule-to-close deadlines, timers, and tasks kept for a sticky
     /// worker (when every worker may take them). Polls, ticks and wake-ups read it in time
-    /// order instead of scanning runs.
+    /// order instead of scanning runs. Each run keeps its own entries (`StoredRun::due`), so
+    /// they can be replaced.
     due: BTreeSet<(Time, Arc<str>, Due)>,
-    /// The entries each run has in `due`, so a run's entries can be replaced.
-    due_of: BTreeMap<Arc<str>, Vec<(Time, Due)>>,
     /// Reused by `refresh_active` to list a run's due entries, so a refresh that changes
     /// nothing allocates nothing.
     due_scratch: Vec<(Time, Due)>,
+}
+
+/// The activity leases of one run, by seq. A list, since a run has a lease per activity in
+/// flight, usually one: it costs less to search and allocates less than a map of its own.
+#[derive(Clone, Debug, Default)]
+struct RunLeases(Vec<(u32, Lease)>);
+
+impl RunLeases {
+    fn get(&self, seq: u32) -> Option<&Lease> {
+        self.0.iter().find(|(leased, _)| *leased == seq).map(|(_, lease)| lease)
+    }
+
+    fn get_mut(&mut self, seq: u32) -> Option<&mut Lease> {
+        self.0.iter_mut().find(|(leased, _)| *leased == seq).map(|(_, lease)| lease)
+    }
+
+    /// Leases `seq`, replacing its lease if it has one; the list stays in seq order.
+    fn insert(&mut self, seq: u32, lease: Lease) {
+        match self.0.binary_search_by_key(&seq, |(leased, _)| *leased) {
+            Ok(index) => self.0[index].1 = lease,
+            Err(index) => self.0.insert(index, (seq, lease)),
+        }
+    }
+
+    fn remove(&mut self, seq: u32) -> Option<Lease> {
+        let index = self.0.iter().position(|(leased, _)| *leased == seq)?;
+        Some(self.0.remove(index).1)
+    }
 }
 
 /// What falls due in `Store::due`.
@@ -263,21 +319,23 @@ impl Store {
             active: BTreeSet::new(),
             with_inbox: BTreeSet::new(),
             due: BTreeSet::new(),
-            due_of: BTreeMap::new(),
             due_scratch: Vec::new(),
         }
     }
 
     /// Puts a run into, or takes it out of, the active set after its state changed.
     fn refresh_active(&mut self, run_id: &str) {
-        let (key, run) = self.runs.get_key_value(run_id).unwrap_or_else(|| panic!("refresh of unknown run {run_id}"));
+        let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("refresh of unknown run {run_id}"));
         let mut entries = std::mem::take(&mut self.due_scratch);
         entries.clear();
         let waiting_since = run.waiting_since();
         if !run.logical.is_closed() {
-            let leases = self.activity_leases.get(run_id);
+            // Looked up only for a run with open activities, and the sticky map only for one
+            // with inputs waiting: most refreshes need neither.
+            let mut leases = None;
             for (seq, activity) in run.logical.open_activities() {
-                if !leases.is_some_and(|leases| leases.contains_key(&seq)) {
+                let leases = *leases.get_or_insert_with(|| self.activity_leases.get(run_id));
+                if leases.is_none_or(|leases| leases.get(seq).is_none()) {
                     entries.push((activity.attempt_not_before, Due::Activity(seq)));
                 }
                 if let Some(deadline) = activity.deadline() {
@@ -285,29 +343,33 @@ impl Store {
                 }
             }
             entries.extend(run.logical.open_timers().map(|(seq, timer)| (timer.fire_at, Due::Timer(seq))));
-            if let (Some(waiting_since), true) = (waiting_since, self.sticky.contains_key(run_id)) {
+            if let Some(waiting_since) = waiting_since.filter(|_| self.sticky.contains_key(run_id)) {
                 entries.push((waiting_since.plus(Duration::from_millis(self.config.sticky_ms)), Due::Sticky));
             }
         }
         let active = !run.logical.is_closed() && (!run.inbox.is_empty() || !entries.is_empty());
-        if !active {
-            self.active.remove(run_id);
-        } else if !self.active.contains(run_id) {
-            self.active.insert(key.clone());
+        if active != run.in_active {
+            run.in_active = active;
+            if active {
+                self.active.insert(run.id.clone());
+            } else {
+                self.active.remove(run_id);
+            }
         }
         let has_inbox = active && waiting_since.is_some();
-        if !has_inbox {
-            self.with_inbox.remove(run_id);
-        } else if !self.with_inbox.contains(run_id) {
-            self.with_inbox.insert(key.clone());
-            self.workflow_tasks_version += 1;
+        if has_inbox != run.in_with_inbox {
+            run.in_with_inbox = has_inbox;
+            if has_inbox {
+                self.with_inbox.insert(run.id.clone());
+                self.workflow_tasks_version += 1;
+            } else {
+                self.with_inbox.remove(run_id);
+            }
         }
         // Most refreshes change nothing that falls due (an append that scheduled nothing, a
         // lease on a run with other open work): then the index already holds these entries.
-        let unchanged = self.due_of.get(run_id).map_or(entries.is_empty(), |old| *old == entries);
-        if !unchanged {
-            let key = key.clone();
-            let mut old = self.due_of.remove(run_id).unwrap_or_default();
+        if run.due != entries {
+            let old = &run.due;
             let new_attempt = entries.iter().any(|entry| matches!(entry.1, Due::Activity(_)) && !old.contains(entry));
             if new_attempt {
                 self.activity_tasks_version += 1;
@@ -315,17 +377,13 @@ impl Store {
             // Only what differs moves in the index: a lease or a fired timer usually changes one
             // entry of a few.
             for &(time, due) in old.iter().filter(|entry| !entries.contains(entry)) {
-                self.due.remove(&(time, key.clone(), due));
+                self.due.remove(&(time, run.id.clone(), due));
             }
             for &(time, due) in entries.iter().filter(|entry| !old.contains(entry)) {
-                self.due.insert((time, key.clone(), due));
+                self.due.insert((time, run.id.clone(), due));
             }
-            if !entries.is_empty() {
-                // The old list's allocation takes the new entries; the scratch list stays ours.
-                old.clear();
-                old.extend_from_slice(&entries);
-                self.due_of.insert(key, old);
-            }
+            // The run keeps the new list, and the old one's allocation becomes the scratch list.
+            std::mem::swap(&mut run.due, &mut entries);
         }
         self.due_scratch = entries;
     }
@@ -333,8 +391,8 @@ impl Store {
     /// Takes an activity attempt's lease away, dropping the run's lease map once it is empty.
     fn remove_activity_lease(&mut self, run_id: &str, seq: u32) -> Option<Lease> {
         let leases = self.activity_leases.get_mut(run_id)?;
-        let lease = leases.remove(&seq);
-        if leases.is_empty() {
+        let lease = leases.remove(seq);
+        if leases.0.is_empty() {
             self.activity_leases.remove(run_id);
         }
         lease
@@ -381,6 +439,12 @@ impl Store {
         &self.runs
     }
 
+    /// The history of every run that has one, in run id order, moved out of the store (a host
+    /// done with its store hands them on without copying a single event).
+    pub fn into_histories(self) -> Vec<History> {
+        self.runs.into_values().filter(|run| !run.events.is_empty()).map(|run| History::new(run.events)).collect()
+    }
+
     pub fn run(&self, run_id: &str) -> Option<&StoredRun> {
         self.runs.get(run_id)
     }
@@ -399,7 +463,7 @@ impl Store {
     }
 
     pub fn activity_lease(&self, run_id: &str, seq: u32) -> Option<&Lease> {
-        self.activity_leases.get(run_id)?.get(&seq)
+        self.activity_leases.get(run_id)?.get(seq)
     }
 
     fn next_token(&mut self) -> u64 {
@@ -488,25 +552,54 @@ impl Store {
         (true, vec![record])
     }
 
-    /// The run whose workflow task a poll by `worker` would claim now.
-    fn claimable_workflow_run(&self, now: Time, worker: &str) -> Option<&Arc<str>> {
-        self.with_inbox.iter().find(|run_id| {
-            let Some(waiting_since) = self.runs[*run_id].waiting_since() else { return false };
-            let leased = self.workflow_leases.get(*run_id).is_some_and(|l| l.expires_at > now);
-            let sticky_elsewhere = self.sticky.get(*run_id).is_some_and(|(w, _)| w != worker)
-                && now < waiting_since.plus(Duration::from_millis(self.config.sticky_ms));
-            !leased && !sticky_elsewhere
+    /// The run whose workflow task a poll by `worker` would claim now; if there is none, whose
+    /// polls could claim one, learnt in the same pass over the waiting runs.
+    fn claimable_workflow_run(&self, now: Time, worker: &str) -> Result<Arc<str>, Claimants> {
+        // The one worker every unleased waiting run seen so far is kept for, or `Err` once two
+        // runs are kept for different workers.
+        let mut kept_for_one: Result<Option<&Arc<str>>, ()> = Ok(None);
+        for run_id in &self.with_inbox {
+            let Some(waiting_since) = self.runs[run_id].waiting_since() else { continue };
+            if self.workflow_leases.get(run_id).is_some_and(|l| l.expires_at > now) {
+                continue;
+            }
+            match self.sticky.get(run_id) {
+                Some((kept_for, _))
+                    if **kept_for != *worker
+                        && now < waiting_since.plus(Duration::from_millis(self.config.sticky_ms)) =>
+                {
+                    kept_for_one = match kept_for_one {
+                        Ok(None) => Ok(Some(kept_for)),
+                        Ok(Some(one)) if one == kept_for => Ok(Some(one)),
+                        _ => Err(()),
+                    };
+                }
+                _ => return Ok(run_id.clone()),
+            }
+        }
+        Err(match kept_for_one {
+            Ok(None) => Claimants::Nobody,
+            Ok(Some(one)) => Claimants::Only(one.clone()),
+            Err(()) => Claimants::Any,
         })
     }
 
     /// Whether a workflow-task poll by `worker` would find a task now; claims nothing.
     pub fn has_workflow_task(&self, now: Time, worker: &str) -> bool {
-        self.claimable_workflow_run(now, worker).is_some()
+        self.claimable_workflow_run(now, worker).is_ok()
     }
 
     /// Claims the next workflow task for `worker`, if any run has inputs waiting.
     pub fn poll_workflow_task(&mut self, now: Time, worker: &str) -> Option<WorkflowTask> {
-        let run_id = self.claimable_workflow_run(now, worker)?.clone();
+        self.claim_workflow_task(now, worker).ok()
+    }
+
+    /// `poll_workflow_task`, which when it finds nothing also says whose polls could find a task
+    /// now: a host holding several polls then need not ask for the others. Claiming a task only
+    /// takes tasks away, so the answer stays true (if less precise) while the host claims
+    /// tasks at the same `now`.
+    pub fn claim_workflow_task(&mut self, now: Time, worker: &str) -> Result<WorkflowTask, Claimants> {
+        let run_id = self.claimable_workflow_run(now, worker)?;
         let token = self.next_token();
         let expires_at = now.plus(Duration::from_millis(self.config.workflow_lease_ms));
         self.workflow_leases.insert(
@@ -516,10 +609,10 @@ impl Store {
         let run = &self.runs[&run_id];
         let base_len = run.events.len() as u64;
         let from = match self.sticky.get(&run_id) {
-            Some((sticky_worker, len)) if sticky_worker == worker && *len <= base_len => *len,
+            Some((sticky_worker, len)) if **sticky_worker == *worker && *len <= base_len => *len,
             _ => 0,
         };
-        Some(WorkflowTask {
+        Ok(WorkflowTask {
             run_id: run_id.to_string(),
             token,
             base_len,
@@ -585,7 +678,7 @@ impl Store {
         self.workflow_leases.remove(&key);
         let len = base_len + events.len() as u64;
         // Kept for this worker before the append, whose refresh of the run then sees it.
-        self.sticky.insert(key.clone(), (worker.to_owned(), len));
+        self.sticky.insert(key.clone(), (Arc::from(worker), len));
         let record = Record::Append { run_id, time_ms: now, events, consumed };
         self.apply(&record);
         if self.with_inbox.contains(&key) {
@@ -595,19 +688,24 @@ impl Store {
         (Ack::Accepted, vec![record])
     }
 
-    /// The activity attempt an activity-task poll would claim now.
-    fn due_activity_attempt(&self, now: Time, blocked_keys: &BTreeSet<String>) -> Option<(&Arc<str>, u32)> {
-        self.due.iter().take_while(|(time, _, _)| *time <= now).find_map(|(_, run_id, due)| {
-            let Due::Activity(seq) = *due else { return None };
+    /// The activity attempt an activity-task poll would claim now, or why there is none.
+    fn due_activity_attempt(&self, now: Time, blocked_keys: &BTreeSet<String>) -> Result<(&Arc<str>, u32), NoAttempt> {
+        let mut none = NoAttempt::NoneDue;
+        for (_, run_id, due) in self.due.iter().take_while(|(time, _, _)| *time <= now) {
+            let Due::Activity(seq) = *due else { continue };
             let activity = &self.runs[run_id].logical.activities[&seq];
-            let blocked = activity.options.rate_limit_key.as_ref().is_some_and(|k| blocked_keys.contains(k));
-            (!blocked).then_some((run_id, seq))
-        })
+            if activity.options.rate_limit_key.as_ref().is_some_and(|k| blocked_keys.contains(k)) {
+                none = NoAttempt::Blocked;
+            } else {
+                return Ok((run_id, seq));
+            }
+        }
+        Err(none)
     }
 
     /// Whether an activity-task poll would find an attempt now; claims nothing.
     pub fn has_activity_task(&self, now: Time, blocked_keys: &BTreeSet<String>) -> bool {
-        self.due_activity_attempt(now, blocked_keys).is_some()
+        self.due_activity_attempt(now, blocked_keys).is_ok()
     }
 
     /// Claims the next due activity attempt whose rate-limit key is not in `blocked_keys`.
@@ -617,6 +715,17 @@ impl Store {
         worker: &str,
         blocked_keys: &BTreeSet<String>,
     ) -> Option<ActivityLease> {
+        self.claim_activity_task(now, worker, blocked_keys).ok()
+    }
+
+    /// `poll_activity_task`, which when it finds nothing also says why: with no attempt due, no
+    /// poll finds one until the store changes or time passes (claims only take attempts away).
+    pub fn claim_activity_task(
+        &mut self,
+        now: Time,
+        worker: &str,
+        blocked_keys: &BTreeSet<String>,
+    ) -> Result<ActivityLease, NoAttempt> {
         let (run_id, seq) = self.due_activity_attempt(now, blocked_keys).map(|(run_id, seq)| (run_id.clone(), seq))?;
         let token = self.next_token();
         let run = &self.runs[&run_id];
@@ -644,7 +753,7 @@ impl Store {
             .or_default()
             .insert(seq, Lease { token, worker: worker.to_owned(), expires_at, attempt, started_at: now });
         self.refresh_active(&run_id);
-        Some(ActivityLease { task, token, expires_at })
+        Ok(ActivityLease { task, token, expires_at })
     }
 
     fn check_activity_lease(&self, now: Time, run_id: &str, seq: u32, token: u64) -> Result<&Lease, Ack> {
@@ -668,8 +777,7 @@ impl Store {
             let stc = self.runs[run_id].logical.activities[&seq].options.start_to_close_ms;
             stc.map(|ms| lease.started_at.plus(Duration::from_millis(ms)))
         };
-        let lease =
-            self.activity_leases.get_mut(run_id).and_then(|leases| leases.get_mut(&seq)).expect("checked above");
+        let lease = self.activity_leases.get_mut(run_id).and_then(|leases| leases.get_mut(seq)).expect("checked above");
         let extended = now.plus(Duration::from_millis(lease_ms));
         lease.expires_at = deadline.map_or(extended, |d| extended.min(d));
         Ack::Accepted
@@ -714,7 +822,7 @@ impl Store {
         let expired: Vec<(Arc<str>, u32)> = self
             .activity_leases
             .iter()
-            .flat_map(|(run_id, leases)| leases.iter().map(move |(seq, lease)| (run_id, *seq, lease)))
+            .flat_map(|(run_id, leases)| leases.0.iter().map(move |(seq, lease)| (run_id, *seq, lease)))
             .filter(|(_, _, lease)| lease.expires_at <= now)
             .map(|(run_id, seq, _)| (run_id.clone(), seq))
             .collect();
@@ -755,7 +863,8 @@ impl Store {
     /// The earliest time after `now` at which `tick` has something to do, or a poll may be
     /// answered differently (a retry falling due, a sticky run opening up to every worker).
     pub fn next_wakeup(&self, now: Time) -> Option<Time> {
-        let leases = self.activity_leases.values().flat_map(BTreeMap::values).chain(self.workflow_leases.values());
+        let leases = self.activity_leases.values().flat_map(|leases| leases.0.iter().map(|(_, lease)| lease));
+        let leases = leases.chain(self.workflow_leases.values());
         let leases = leases.map(|l| l.expires_at);
         let due = self.due.iter().map(|(time, _, _)| *time).find(|time| *time > now);
         leases.chain(due).min()
@@ -791,14 +900,19 @@ impl Store {
         if let Kind::WorkflowStarted { workflow_id, .. } = &kind {
             assert!(!self.runs.contains_key(run_id), "run {run_id} started twice");
             self.chains.entry(workflow_id.clone()).or_default().push(run_id.to_owned());
+            let id: Arc<str> = Arc::from(run_id);
             self.runs.insert(
-                Arc::from(run_id),
+                id.clone(),
                 StoredRun {
                     events: Vec::new(),
                     inbox: VecDeque::new(),
                     logical: RunState::default(),
                     recorded_signals: BTreeSet::new(),
                     rejected_signals: BTreeSet::new(),
+                    id,
+                    in_active: false,
+                    in_with_inbox: false,
+                    due: Vec::new(),
                 },
             );
         }
@@ -1049,6 +1163,70 @@ mod tests {
         assert!(reported.0 > leased.0, "the report is an input waiting for a workflow task");
         assert_eq!(reported.1, leased.1, "a completed activity has no attempt left to find");
         assert!(store.has_workflow_task(T0, "w1"));
+    }
+
+    #[test]
+    fn a_poll_that_finds_nothing_names_whose_polls_could_find_something() {
+        let mut store = Store::new(Config::default());
+        let run_id = run_waiting_on_an_activity(&mut store);
+        let no_blocked_keys = BTreeSet::new();
+        assert_eq!(store.claim_workflow_task(T0, "w2").err(), Some(Claimants::Nobody), "no input waits");
+        let lease = store.claim_activity_task(T0, "w1", &no_blocked_keys).expect("activity 1 is due");
+        let next = store.claim_activity_task(T0, "w2", &no_blocked_keys);
+        assert_eq!(next.err(), Some(NoAttempt::NoneDue));
+
+        let report = AttemptReport::Completed { output: json!("done").into() };
+        let (ack, _) = store.complete_activity_task(T0, &run_id, 1, lease.token, report, "w1");
+        assert_eq!(ack, Ack::Accepted);
+        let kept = store.claim_workflow_task(T0, "w2").err();
+        assert_eq!(kept, Some(Claimants::Only(Arc::from("w1"))), "the task is kept for the worker that has the run");
+        assert!(!store.has_workflow_task(T0, "w3"));
+        store.claim_workflow_task(T0, "w1").expect("the sticky worker claims its task");
+        assert_eq!(store.claim_workflow_task(T0, "w2").err(), Some(Claimants::Nobody), "the task is leased");
+
+        let sticky_over = T0.plus(Duration::from_millis(Config::default().sticky_ms));
+        let mut store = Store::new(Config::default());
+        let run_id = run_waiting_on_an_activity(&mut store);
+        let lease = store.claim_activity_task(T0, "w1", &no_blocked_keys).expect("activity 1 is due");
+        let report = AttemptReport::Completed { output: json!("done").into() };
+        let (ack, _) = store.complete_activity_task(T0, &run_id, 1, lease.token, report, "w1");
+        assert_eq!(ack, Ack::Accepted);
+        assert!(store.has_workflow_task(sticky_over, "w2"), "once the sticky time is over any worker may take it");
+    }
+
+    #[test]
+    fn into_histories_hands_over_every_started_history_as_stored() {
+        let mut store = Store::new(Config::default());
+        let run_id = run_waiting_on_an_activity(&mut store);
+        store.start(T0, "waiting", "steps", json!({}));
+        let stored = store.run(&run_id).expect("started").events.clone();
+        let histories = store.into_histories();
+        assert_eq!(histories.len(), 1, "a run whose start is still in its inbox has no history yet");
+        assert_eq!((histories[0].run_id.as_str(), &histories[0].events), (run_id.as_str(), &stored));
+    }
+
+    #[test]
+    fn an_activity_poll_that_leaves_out_every_due_key_says_so() {
+        let mut store = Store::new(Config::default());
+        let (run_id, _) = store.start(T0, "wf", "steps", json!({}));
+        let task = store.poll_workflow_task(T0, "w1").expect("the start is a workflow task");
+        let options = Options { rate_limit_key: Some("llm:model".to_owned()), ..Options::default() };
+        let scheduled = Kind::ActivityScheduled {
+            seq: 1,
+            activity_type: "ask".to_owned(),
+            input: json!({}).into(),
+            idempotency_key: "wf:1".to_owned(),
+            options,
+        };
+        let events = vec![
+            Event { index: 0, time_ms: task.inbox[0].0, kind: task.inbox[0].1.clone() },
+            Event { index: 1, time_ms: T0, kind: scheduled },
+        ];
+        let completion = WorkflowCompletion { run_id, token: task.token, base_len: 0, events, consumed: 1 };
+        assert_eq!(store.complete_workflow_task(T0, "w1", completion).0, Ack::Accepted);
+        let blocked = BTreeSet::from(["llm:model".to_owned()]);
+        assert_eq!(store.claim_activity_task(T0, "w1", &blocked).err(), Some(NoAttempt::Blocked));
+        assert!(store.claim_activity_task(T0, "w2", &BTreeSet::new()).is_ok(), "a poll that may use the key gets it");
     }
 
     #[test]

@@ -32,7 +32,8 @@ use tempest_engine::services::{
     Activities, ActivityCtx, ActivityFuture, LlmRequest, LlmResponse, ServiceFuture, Services,
 };
 use tempest_engine::store::{
-    self, Ack, ActivityLease, Record, SignalStatus, Store, TickReport, WorkflowCompletion, WorkflowTask,
+    self, Ack, ActivityLease, Claimants, NoAttempt, Record, SignalStatus, Store, TickReport, WorkflowCompletion,
+    WorkflowTask,
 };
 use tempest_engine::worker::{Outcome as TaskOutcome, WorkflowWorker};
 use tempest_engine::{Failure, Time};
@@ -253,17 +254,14 @@ impl Outcome {
 enum Msg {
     StartReq {
         req_id: u64,
-        start: Start,
+        start: Box<Start>,
     },
     StartResp {
         req_id: u64,
     },
     SignalReq {
         req_id: u64,
-        workflow_id: String,
-        signal_id: String,
-        name: String,
-        payload: Value,
+        signal: Box<SignalSend>,
     },
     SignalResp {
         req_id: u64,
@@ -305,7 +303,7 @@ enum Msg {
         run_id: String,
         seq: u32,
         token: u64,
-        report: AttemptReport,
+        report: Box<AttemptReport>,
     },
     CompleteActivityResp {
         req_id: u64,
@@ -323,7 +321,7 @@ enum Msg {
     },
     LlmReq {
         call_id: u64,
-        request: LlmRequest,
+        request: Box<LlmRequest>,
     },
     LlmResp {
         call_id: u64,
@@ -331,14 +329,29 @@ enum Msg {
     },
     ToolReq {
         call_id: u64,
-        name: String,
-        arguments: Value,
-        idempotency_key: Option<String>,
+        call: Box<ToolCall>,
     },
     ToolResp {
         call_id: u64,
         result: Result<Value, Failure>,
     },
+}
+
+/// A signal as the client or a human sends it.
+#[derive(Clone, Debug)]
+struct SignalSend {
+    workflow_id: String,
+    signal_id: String,
+    name: String,
+    payload: Value,
+}
+
+/// A tool call as a worker sends it.
+#[derive(Clone, Debug)]
+struct ToolCall {
+    name: String,
+    arguments: Value,
+    idempotency_key: Option<String>,
 }
 
 /// A host's name in traces.
@@ -359,7 +372,7 @@ impl Msg {
         match self {
             Msg::StartReq { start, .. } => format!("start {} ({})", start.workflow_id, start.workflow_type),
             Msg::StartResp { .. } => "start acknowledged".to_owned(),
-            Msg::SignalReq { workflow_id, signal_id, .. } => format!("signal {signal_id} to {workflow_id}"),
+            Msg::SignalReq { signal, .. } => format!("signal {} to {}", signal.signal_id, signal.workflow_id),
             Msg::SignalResp { status, .. } => format!("signal {status:?}"),
             Msg::PollWorkflow { .. } => "poll workflow task".to_owned(),
             Msg::PollWorkflowResp { task: Some(task), .. } => {
@@ -382,7 +395,7 @@ impl Msg {
                 lease.task.activity_type, lease.task.attempt, lease.task.run_id, lease.task.seq, lease.token
             ),
             Msg::PollActivityResp { lease: None, .. } => "no activity task".to_owned(),
-            Msg::CompleteActivity { run_id, seq, report, .. } => match report {
+            Msg::CompleteActivity { run_id, seq, report, .. } => match &**report {
                 AttemptReport::Completed { .. } => format!("activity {run_id}:{seq} completed"),
                 AttemptReport::Failed { failure } => format!("activity {run_id}:{seq} failed: {failure}"),
             },
@@ -392,7 +405,7 @@ impl Msg {
             Msg::LlmReq { request, .. } => format!("llm request of {} tokens", request.token_count),
             Msg::LlmResp { result: Ok(_), .. } => "llm answer".to_owned(),
             Msg::LlmResp { result: Err(failure), .. } => format!("llm error: {failure}"),
-            Msg::ToolReq { name, idempotency_key, .. } => format!("tool {name} (key {idempotency_key:?})"),
+            Msg::ToolReq { call, .. } => format!("tool {} (key {:?})", call.name, call.idempotency_key),
             Msg::ToolResp { result: Ok(_), .. } => "tool answer".to_owned(),
             Msg::ToolResp { result: Err(failure), .. } => format!("tool error: {failure}"),
         }
@@ -454,7 +467,7 @@ enum Wake {
         index: usize,
     },
     HumanSend {
-        answer: HumanAnswer,
+        answer: Box<HumanAnswer>,
         signal_id: String,
     },
 }
@@ -618,11 +631,26 @@ struct Deadlines {
 
 #[derive(Default)]
 struct HostDeadlines {
-    /// Pending requests by deadline, then request id: the order in which they time out. An
-    /// ordered set, since the client of a big world has a request per start in flight.
-    pending: BTreeSet<(Time, u64)>,
+    /// Pending requests by deadline, then request id: the order in which they time out. Kept
+    /// sorted, since the client of a big world has a request per start in flight; a list
+    /// rather than a tree, since a worker has only a few and most deadlines are later than
+    /// every pending one, so a binary search and a short move cost less than a tree's walk.
+    pending: Vec<(Time, u64)>,
     /// The time of the host's scheduled wake; a wake at another time is stale.
     wake_at: Option<Time>,
+}
+
+impl HostDeadlines {
+    fn insert(&mut self, deadline: (Time, u64)) {
+        let index = self.pending.partition_point(|pending| *pending < deadline);
+        self.pending.insert(index, deadline);
+    }
+
+    fn remove(&mut self, deadline: (Time, u64)) {
+        if let Ok(index) = self.pending.binary_search(&deadline) {
+            self.pending.remove(index);
+        }
+    }
 }
 
 enum Pending {
@@ -1151,7 +1179,8 @@ impl<'s> World<'s> {
                     self.store.protocol.start(now, &start.workflow_id, &start.workflow_type, start.input);
                 (Some(Msg::StartResp { req_id }), records)
             }
-            Msg::SignalReq { req_id, workflow_id, signal_id, name, payload } => {
+            Msg::SignalReq { req_id, signal } => {
+                let SignalSend { workflow_id, signal_id, name, payload } = *signal;
                 let (status, records) = self.store.protocol.signal(now, &workflow_id, &signal_id, &name, payload);
                 (Some(Msg::SignalResp { req_id, status }), records)
             }
@@ -1191,7 +1220,7 @@ impl<'s> World<'s> {
             }
             Msg::CompleteActivity { req_id, run_id, seq, token, report } => {
                 let (_, records) =
-                    self.store.protocol.complete_activity_task(now, &run_id, seq, token, report, &worker_name);
+                    self.store.protocol.complete_activity_task(now, &run_id, seq, token, *report, &worker_name);
                 (Some(Msg::CompleteActivityResp { req_id }), records)
             }
             Msg::Heartbeat { req_id, run_id, seq, token } => {
@@ -1311,12 +1340,33 @@ impl<'s> World<'s> {
             find_workflow_tasks || self.store.held_workflow_polls.iter().any(|(.., deadline)| expired(deadline));
         // Answered in place: the lists keep their room for the polls held after this look.
         if answer_workflow_polls {
+            // A poll that finds nothing says whose polls could still find a task; the others
+            // find nothing without being asked (claims only take tasks away).
+            let mut claimants = Claimants::Any;
             let mut held = std::mem::take(&mut self.store.held_workflow_polls);
             held.retain(|&(from, req_id, deadline)| {
-                let task = if find_workflow_tasks {
-                    let worker_name = self.worker_name(from);
-                    self.store.protocol.store().poll_workflow_task(now, &worker_name)
+                let worker_name = self.worker_name(from);
+                let may_find = match &claimants {
+                    Claimants::Nobody => false,
+                    Claimants::Only(only) => **only == *worker_name,
+                    Claimants::Any => true,
+                };
+                let task = if find_workflow_tasks && may_find {
+                    match self.store.protocol.store().claim_workflow_task(now, &worker_name) {
+                        Ok(task) => Some(task),
+                        Err(found_for) => {
+                            claimants = found_for;
+                            None
+                        }
+                    }
                 } else {
+                    if cfg!(debug_assertions) && find_workflow_tasks {
+                        let found = self.store.protocol.store().has_workflow_task(now, &worker_name);
+                        assert!(
+                            !found,
+                            "{now}: a held workflow poll of {worker_name} was skipped though it has a task"
+                        );
+                    }
                     None
                 };
                 match task {
@@ -1335,13 +1385,26 @@ impl<'s> World<'s> {
         let answer_activity_polls =
             find_activity_tasks || self.store.held_activity_polls.iter().any(|(.., deadline)| expired(deadline));
         if answer_activity_polls {
+            // Once a poll finds no attempt due at all, the polls after it find none either
+            // (claims only take attempts away).
+            let mut nothing_due = false;
             let mut held = std::mem::take(&mut self.store.held_activity_polls);
             held.retain(|(from, req_id, blocked, deadline)| {
                 let (from, req_id, deadline) = (*from, *req_id, *deadline);
-                let lease = if find_activity_tasks {
+                let lease = if find_activity_tasks && !nothing_due {
                     let worker_name = self.worker_name(from);
-                    self.store.protocol.store().poll_activity_task(now, &worker_name, blocked).map(|l| (l, worker_name))
+                    match self.store.protocol.store().claim_activity_task(now, &worker_name, blocked) {
+                        Ok(lease) => Some((lease, worker_name)),
+                        Err(why) => {
+                            nothing_due = why == NoAttempt::NoneDue;
+                            None
+                        }
+                    }
                 } else {
+                    if cfg!(debug_assertions) && find_activity_tasks {
+                        let found = self.store.protocol.store().has_activity_task(now, blocked);
+                        assert!(!found, "{now}: a held activity poll of {from} was skipped though it has a task");
+                    }
                     None
                 };
                 match lease {
@@ -1464,7 +1527,7 @@ impl<'s> World<'s> {
 
     fn deadline_add(&mut self, host: HostId, at: Time, req_id: u64) {
         let deadlines = self.deadlines.of_host(host);
-        deadlines.pending.insert((at, req_id));
+        deadlines.insert((at, req_id));
         self.deadline_reschedule(host);
     }
 
@@ -1682,9 +1745,12 @@ impl<'s> World<'s> {
             let host = worker_host(index);
             self.workers[index].calls.insert(call_id, (token, matches!(call, ServiceCall::Llm(_))));
             let (to, msg, timeout_ms) = match call {
-                ServiceCall::Llm(request) => (LLM, Msg::LlmReq { call_id, request }, LLM_CALL_TIMEOUT_MS),
+                ServiceCall::Llm(request) => {
+                    (LLM, Msg::LlmReq { call_id, request: Box::new(request) }, LLM_CALL_TIMEOUT_MS)
+                }
                 ServiceCall::Tool { name, arguments, idempotency_key } => {
-                    (TOOL, Msg::ToolReq { call_id, name, arguments, idempotency_key }, TOOL_CALL_TIMEOUT_MS)
+                    let call = Box::new(ToolCall { name, arguments, idempotency_key });
+                    (TOOL, Msg::ToolReq { call_id, call }, TOOL_CALL_TIMEOUT_MS)
                 }
             };
             self.wake(host, Time(now.0 + timeout_ms), Wake::ServiceTimeout { call_id });
@@ -1715,7 +1781,8 @@ impl<'s> World<'s> {
         let report = running.report.expect("only finished activities are reported");
         let (run_id, seq) = (running.ctx.task().run_id.clone(), running.ctx.task().seq);
         let req_id = self.next_req_id();
-        let msg = Msg::CompleteActivity { req_id, run_id: run_id.clone(), seq, token, report: report.clone() };
+        let msg =
+            Msg::CompleteActivity { req_id, run_id: run_id.clone(), seq, token, report: Box::new(report.clone()) };
         let pending = Pending::CompleteActivity { run_id, seq, token, report, tries: 1 };
         self.worker_request(now, index, pending, msg, REQUEST_TIMEOUT_MS);
         self.worker_poll_activity(now, index);
@@ -1782,7 +1849,7 @@ impl<'s> World<'s> {
                             run_id: run_id.clone(),
                             seq,
                             token,
-                            report: report.clone(),
+                            report: Box::new(report.clone()),
                         };
                         self.worker_request(
                             now,
@@ -1828,13 +1895,15 @@ impl<'s> World<'s> {
     fn client_send(&mut self, now: Time, from: HostId, request: ClientRequest) {
         let req_id = self.next_req_id();
         let msg = match &request {
-            ClientRequest::Start { index } => Msg::StartReq { req_id, start: self.workload[*index].clone() },
+            ClientRequest::Start { index } => Msg::StartReq { req_id, start: Box::new(self.workload[*index].clone()) },
             ClientRequest::Signal { workflow_id, signal_id, name, payload } => Msg::SignalReq {
                 req_id,
-                workflow_id: workflow_id.clone(),
-                signal_id: signal_id.clone(),
-                name: name.clone(),
-                payload: payload.clone(),
+                signal: Box::new(SignalSend {
+                    workflow_id: workflow_id.clone(),
+                    signal_id: signal_id.clone(),
+                    name: name.clone(),
+                    payload: payload.clone(),
+                }),
             },
         };
         let deadline = Time(now.0 + REQUEST_TIMEOUT_MS);
@@ -1888,6 +1957,7 @@ impl<'s> World<'s> {
         match wake {
             Wake::ClientStart { index } => self.client_send(now, CLIENT, ClientRequest::Start { index }),
             Wake::HumanSend { answer, signal_id } => {
+                let answer = *answer;
                 let request = ClientRequest::Signal {
                     workflow_id: answer.workflow_id,
                     signal_id,
@@ -1935,7 +2005,8 @@ impl<'s> World<'s> {
     }
 
     fn tool_receive(&mut self, now: Time, from: HostId, msg: Msg) {
-        let Msg::ToolReq { call_id, name, arguments, idempotency_key } = msg else { panic!("tool received {msg:?}") };
+        let Msg::ToolReq { call_id, call } = msg else { panic!("tool received {msg:?}") };
+        let ToolCall { name, arguments, idempotency_key } = *call;
         let latency = self.rng_tool.exp_ms(self.faults.tool.latency_ms_mean.max(1));
         let fails = self.faults_on
             && self.gate.decide(Decided::ToolFailure, now, self.rng_tool.chance(self.faults.tool.failure_probability));
@@ -2000,13 +2071,13 @@ impl<'s> World<'s> {
                 self.wake(
                     HUMAN,
                     Time(now.0 + after_ms),
-                    Wake::HumanSend { answer: answer.clone(), signal_id: format!("{base}/1") },
+                    Wake::HumanSend { answer: Box::new(answer.clone()), signal_id: format!("{base}/1") },
                 );
                 if let Some(after_ms) = duplicate_after_ms {
                     self.wake(
                         HUMAN,
                         Time(now.0 + after_ms),
-                        Wake::HumanSend { answer, signal_id: format!("{base}/2") },
+                        Wake::HumanSend { answer: Box::new(answer), signal_id: format!("{base}/2") },
                     );
                 }
             }
@@ -2067,24 +2138,28 @@ impl<'s> World<'s> {
             self.store.disk.sync();
         }
         let store = self.store.protocol.store();
-        let histories = histories_of(store);
-        if self.failure.is_none() {
+        // The store's own check is judged first, so that the store can then hand its histories
+        // over instead of copying them; its verdict still comes in its place among the others.
+        let starts = self.failure.is_none().then(|| check::check_starts_exactly_once(store, &self.evidence));
+        let histories = std::mem::replace(store, Store::new(store::Config::default())).into_histories();
+        if let Some(starts) = starts {
             let finished = crate::scenario::Finished { histories: &histories, tool_effects: &self.evidence.effects };
             let mut facts = self.scenario.sometimes(&finished);
-            let checked = check::run_all(self.scenario, store, &histories, &self.evidence).and_then(|replayed| {
-                let early = replayed.signals_taken_after_arriving_early as usize;
-                facts.extend(std::iter::repeat_n(check::sometimes::SIGNAL_BEFORE_WAIT, early));
-                // A world that began from seeded histories (a fork) never saw the side effects
-                // of their prefix, so the scenario's business check would count them as
-                // missing; the simulator's own checks above still judge the fork.
-                if !self.options.seeded_histories.is_empty() {
-                    return Ok(());
-                }
-                self.scenario.check(&finished).map_err(|message| CheckFailure {
-                    check: format!("check_{}_outcome", self.scenario.name()),
-                    message,
-                })
-            });
+            let checked =
+                check::run_all_judged(self.scenario, starts, &histories, &self.evidence).and_then(|replayed| {
+                    let early = replayed.signals_taken_after_arriving_early as usize;
+                    facts.extend(std::iter::repeat_n(check::sometimes::SIGNAL_BEFORE_WAIT, early));
+                    // A world that began from seeded histories (a fork) never saw the side effects
+                    // of their prefix, so the scenario's business check would count them as
+                    // missing; the simulator's own checks above still judge the fork.
+                    if !self.options.seeded_histories.is_empty() {
+                        return Ok(());
+                    }
+                    self.scenario.check(&finished).map_err(|message| CheckFailure {
+                        check: format!("check_{}_outcome", self.scenario.name()),
+                        message,
+                    })
+                });
             if let Err(failure) = checked {
                 self.failure = Some(failure);
             }
@@ -2163,7 +2238,7 @@ impl Deadlines {
 
     /// Request `req_id` of `host`, due at `at`, was answered: its deadline is gone.
     fn done(&mut self, host: HostId, at: Time, req_id: u64) {
-        self.of_host(host).pending.remove(&(at, req_id));
+        self.of_host(host).remove((at, req_id));
     }
 
     /// A crashed host forgets its requests, and its scheduled wake died with it.
