@@ -618,9 +618,9 @@ fn check_time_skip_history(history: &History) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the workload once, then times `world_count` worlds of `workflow_count` workflows.
-/// Runs `world_count` worlds of `workflow_count` time-skip workflows each, seeds counted up
-/// from 0, timed in `batch_count` consecutive batches of (nearly) equal size.
+/// Checks the workload once, then runs `world_count` worlds of `workflow_count` time-skip
+/// workflows each, seeds counted up from 0, timed in `batch_count` consecutive batches of
+/// (nearly) equal size.
 fn measure_time_skip(world_count: usize, workflow_count: usize, batch_count: usize) -> Result<Vec<SeedRun>, Error> {
     let scenario = TimeSkip { workflow_count };
     let checked = run_catching(&scenario, Options { keep_histories: true, ..time_skip_options(0) });

@@ -439,8 +439,13 @@ impl Store {
         &self.runs
     }
 
-    /// The history of every run that has one, in run id order, moved out of the store (a host
-    /// done with its store hands them on without copying a single event).
+    /// The history of every run that has one, in run id order.
+    pub fn histories(&self) -> Vec<History> {
+        self.runs.values().filter(|run| !run.events.is_empty()).map(|run| History::new(run.events.clone())).collect()
+    }
+
+    /// `histories`, moved out of the store: a host done with its store hands them on without
+    /// copying a single event.
     pub fn into_histories(self) -> Vec<History> {
         self.runs.into_values().filter(|run| !run.events.is_empty()).map(|run| History::new(run.events)).collect()
     }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -124,22 +125,12 @@ pub fn next_run_id(workflow_id: &str, run_id: &str) -> String {
 /// The idempotency key of activity `seq` of run `run_id`: the same for every attempt, worker
 /// and replay.
 pub fn idempotency_key(run_id: &str, seq: u32) -> String {
-    // Written by hand, not with `format!`: every activity call builds one, on every replay.
-    let mut digits = [0u8; 10];
-    let mut start = digits.len();
-    let mut rest = seq;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let mut key = String::with_capacity(run_id.len() + 1 + digits.len() - start);
+    // Into one buffer of the right size, not through `format!`: every activity call builds
+    // one, on every replay.
+    let mut key = String::with_capacity(run_id.len() + 11);
     key.push_str(run_id);
     key.push(':');
-    key.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
+    write!(key, "{seq}").expect("writing to a String cannot fail");
     key
 }
 

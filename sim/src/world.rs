@@ -917,7 +917,7 @@ impl<'s> World<'s> {
     /// Every end-of-world safety check over the store as it stands.
     fn check_safety(&mut self) -> Result<(), CheckFailure> {
         let store = self.store.protocol.store();
-        check::run_all(self.scenario, store, &histories_of(store), &self.evidence).map(|_| ())
+        check::run_all(self.scenario, store, &store.histories(), &self.evidence).map(|_| ())
     }
 
     fn fail(&mut self, check: &str, message: String) {
@@ -2247,11 +2247,6 @@ impl Deadlines {
         deadlines.pending.clear();
         deadlines.wake_at = None;
     }
-}
-
-/// The history of every run that has one.
-fn histories_of(store: &Store) -> Vec<History> {
-    store.runs().values().filter(|run| !run.events.is_empty()).map(|run| History::new(run.events.clone())).collect()
 }
 
 /// Per-worker rate limits for each LLM model key: the provider's quota split across the
