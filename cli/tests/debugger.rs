@@ -269,14 +269,15 @@ fn terminal_ui_in_tmux_steps_searches_and_quits() {
         }
     }
     let _kill = Kill(session.clone());
-    let pane = wait_for_pane(&session, "event 0 of ");
-    assert!(pane.contains("workflow_started") && pane.contains("run state"), "{pane}");
+    // Waits for the last panel drawn, not the first: a capture can land mid-draw.
+    let pane = wait_for_pane(&session, "run state");
+    assert!(pane.contains("event 0 of ") && pane.contains("workflow_started"), "{pane}");
     send_keys(&session, &["j", "j"]);
     wait_for_pane(&session, "event 2 of ");
     send_keys(&session, &["G"]);
     let last = event_count(&file) - 1;
-    let pane = wait_for_pane(&session, &format!("event {last} of "));
-    assert!(pane.contains("result: completed"), "{pane}");
+    let pane = wait_for_pane(&session, "result: completed");
+    assert!(pane.contains(&format!("event {last} of ")), "{pane}");
     send_keys(&session, &["g", "/", "call_tool", "Enter"]);
     wait_for_pane(&session, "match for \"call_tool\"");
     send_keys(&session, &["?"]);
