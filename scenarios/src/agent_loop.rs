@@ -34,6 +34,14 @@ struct TurnInput {
     tools: Vec<String>,
 }
 
+/// What the workflow sends as a `TurnInput`: the same JSON, written from the workflow's own
+/// lists instead of from copies of them (the conversation grows every turn).
+#[derive(Serialize)]
+struct TurnRequest<'a> {
+    messages: &'a [Message],
+    tools: &'a [String],
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum TurnOutput {
     Answer(String),
@@ -49,9 +57,10 @@ pub(crate) async fn agent_loop(ctx: Ctx, input: AgentInput) -> WorkflowResult<Ag
     // The tool set grows as the agent works: notes can be written once something was found.
     let mut tools = vec!["search".to_owned(), "calculator".to_owned()];
     let mut tool_calls = 0;
+    let workflow_id = ctx.workflow_id();
     for turn in 1..=input.turn_limit {
         let output: TurnOutput = ctx
-            .activity("llm_turn", &TurnInput { messages: messages.clone(), tools: tools.clone() })
+            .activity("llm_turn", &TurnRequest { messages: &messages, tools: &tools })
             .retry(common::llm_retry())
             .start_to_close(LLM_TIMEOUT)
             .rate_limit(LLM_KEY_NAME, TOKENS_PER_TURN)
@@ -60,7 +69,10 @@ pub(crate) async fn agent_loop(ctx: Ctx, input: AgentInput) -> WorkflowResult<Ag
             TurnOutput::Answer(answer) => return Ok(AgentOutput { answer: Some(answer), turns: turn, tool_calls }),
             TurnOutput::Call(call) => {
                 let result: Value = ctx
-                    .activity("call_tool", &json!({ "name": call.name, "arguments": call.arguments, "workflow_id": ctx.workflow_id(), "turn": turn }))
+                    .activity(
+                        "call_tool",
+                        &ToolRequest { arguments: &call.arguments, name: &call.name, turn, workflow_id: &workflow_id },
+                    )
                     .retry(common::tool_retry())
                     .start_to_close(Duration::from_secs(60))
                     .await?;
@@ -89,6 +101,16 @@ async fn llm_turn(ctx: ActivityCtx, input: TurnInput) -> Result<TurnOutput, Fail
         return Ok(TurnOutput::Call(call));
     }
     Ok(TurnOutput::Answer(response.content))
+}
+
+/// What the workflow sends as a `ToolInput`, without building a JSON map first. The fields are
+/// in the order that map wrote its keys (sorted), so recorded runs keep their exact text.
+#[derive(Serialize)]
+struct ToolRequest<'a> {
+    arguments: &'a Value,
+    name: &'a str,
+    turn: u32,
+    workflow_id: &'a str,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
