@@ -108,6 +108,9 @@ pub(crate) struct Report {
     seeds_failed: u64,
     /// Mean world size, to tell a slow simulator from a big world.
     workflows_per_seed_mean: f64,
+    /// Activities each run scheduled (in its final history), not counting retries; the goal
+    /// describes a world of about ten runs of about ten.
+    activities_per_workflow_mean: f64,
     events_per_seed_mean: f64,
     one_core_seconds: f64,
     seeds_per_second_per_core: f64,
@@ -194,14 +197,15 @@ pub(crate) fn run(config: &Config) -> Result<Report, Error> {
         jobs: config.jobs,
         seeds_failed: one_core.failed_count + all_cores.failed_count,
         workflows_per_seed_mean: one_core.workflow_count as f64 / config.seed_count as f64,
+        activities_per_workflow_mean: replay.activity_count as f64 / replay.history_count.max(1) as f64,
         events_per_seed_mean: one_core.step_count as f64 / config.seed_count as f64,
         one_core_seconds: one_core.wall.as_secs_f64(),
         seeds_per_second_per_core: per_second(config.seed_count as f64, one_core.wall),
         seeds_per_second_per_core_goal: SEEDS_PER_SECOND_PER_CORE_GOAL,
         events_per_second_per_core: per_second(one_core.step_count as f64, one_core.wall),
-        replay_seconds: replay.as_secs_f64(),
-        replay_seeds_per_second_per_core: per_second(config.seed_count as f64, replay),
-        world_over_replay: one_core.wall.as_secs_f64() / replay.as_secs_f64().max(1e-9),
+        replay_seconds: replay.wall.as_secs_f64(),
+        replay_seeds_per_second_per_core: per_second(config.seed_count as f64, replay.wall),
+        world_over_replay: one_core.wall.as_secs_f64() / replay.wall.as_secs_f64().max(1e-9),
         all_cores_seconds: all_cores.wall.as_secs_f64(),
         seeds_per_second: per_second(config.seed_count as f64, all_cores.wall),
         events_per_second: per_second(all_cores.step_count as f64, all_cores.wall),
@@ -245,10 +249,11 @@ impl Report {
         }
         writeln!(
             out,
-            "{} with swarm faults: {} seeds, {:.1} workflows and {:.0} events per seed{}",
+            "{} with swarm faults: {} seeds, {:.1} workflows of {:.1} activities and {:.0} events per seed{}",
             self.scenario,
             grouped(self.seed_count),
             self.workflows_per_seed_mean,
+            self.activities_per_workflow_mean,
             self.events_per_seed_mean,
             if self.seeds_failed > 0 { format!(", {} seeds FAILED a check", self.seeds_failed) } else { String::new() },
         )?;
@@ -367,9 +372,17 @@ fn run_seeds(scenario: &dyn Scenario, seed_count: u64, jobs: usize) -> SeedRun {
     total
 }
 
+/// The replay baseline: what replaying the final histories cost, and what they hold.
+struct Replay {
+    wall: Duration,
+    history_count: usize,
+    /// `activity_scheduled` events over all the histories.
+    activity_count: usize,
+}
+
 /// Wall time of replaying, with the workflow code, every final history of seeds
 /// `0..seed_count` of `scenario` under swarm faults (made first, untimed).
-fn measure_replay(scenario: &dyn Scenario, seed_count: u64) -> Result<Duration, Error> {
+fn measure_replay(scenario: &dyn Scenario, seed_count: u64) -> Result<Replay, Error> {
     let histories: Vec<History> = (0..seed_count)
         .flat_map(|seed| run_catching(scenario, Options { keep_histories: true, ..Options::swarm(seed) }).histories)
         .collect();
@@ -379,7 +392,13 @@ fn measure_replay(scenario: &dyn Scenario, seed_count: u64) -> Result<Duration, 
         tempest_sim::check::replay_reproduces(&registry, history)
             .map_err(|detail| Error::Workload { scenario: scenario.name(), detail })?;
     }
-    Ok(started.elapsed())
+    let wall = started.elapsed();
+    let activity_count = histories
+        .iter()
+        .flat_map(|history| &history.events)
+        .filter(|event| matches!(event.kind, Kind::ActivityScheduled { .. }))
+        .count();
+    Ok(Replay { wall, history_count: histories.len(), activity_count })
 }
 
 // ---- waiting runs -------------------------------------------------------------------------
@@ -699,6 +718,8 @@ mod tests {
         let report = run(&config).unwrap();
         assert!(report.seeds_per_second_per_core > 0.0);
         assert!(report.waiting_runs_bytes.is_some());
+        // Every agent_loop run asks the model at least once.
+        assert!(report.activities_per_workflow_mean >= 1.0, "{}", report.activities_per_workflow_mean);
         let mut summary = Vec::new();
         report.write_summary(&mut summary).unwrap();
         let summary = String::from_utf8(summary).unwrap();
