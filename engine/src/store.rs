@@ -22,6 +22,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod run_key;
+pub use run_key::RunKey;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     /// How long a worker may hold a workflow task, in ms.
@@ -112,7 +115,7 @@ pub struct StoredRun {
     /// Signal ids accepted but dropped because the run closed before reading them.
     pub rejected_signals: BTreeSet<String>,
     /// The run's id as the store's maps key on it.
-    id: Arc<str>,
+    id: RunKey,
     /// Whether the run is in `Store::active` and in `Store::with_inbox`, and its entries in
     /// `Store::due`: kept with the run so that a refresh that changes none of them (most do not)
     /// searches no index.
@@ -225,17 +228,18 @@ pub struct Store {
     config: Config,
     epoch: u32,
     token_count: u32,
-    /// Run ids are shared `Arc<str>`s: the indexes below key on the same ids (in the same
-    /// order as strings) without allocating on every refresh. `Arc`, not `Rc`, because the
-    /// runtime shares the store between threads.
-    runs: BTreeMap<Arc<str>, StoredRun>,
+    /// Every map and set below keys on a run's one `RunKey` (shared, so an index entry costs
+    /// no allocation, and ordered as the id strings are, so iteration orders are those of the
+    /// ids). Requests name runs by id: each looks its run up by string once, and its index
+    /// work then goes by key.
+    runs: BTreeMap<RunKey, StoredRun>,
     /// workflow id -> its runs, first to latest.
     chains: BTreeMap<String, Vec<String>>,
-    workflow_leases: BTreeMap<Arc<str>, Lease>,
+    workflow_leases: BTreeMap<RunKey, Lease>,
     /// run id -> activity seq -> lease; iterates in (run id, seq) order.
-    activity_leases: BTreeMap<Arc<str>, RunLeases>,
+    activity_leases: BTreeMap<RunKey, RunLeases>,
     /// run id -> (worker, history length it has cached).
-    sticky: BTreeMap<Arc<str>, (Arc<str>, u64)>,
+    sticky: BTreeMap<RunKey, (Arc<str>, u64)>,
     /// Bumped by every change that could change what a poll finds, so hosts holding polls
     /// know when to look again.
     version: u64,
@@ -248,18 +252,18 @@ pub struct Store {
     activity_tasks_version: u64,
     /// Open runs with inputs waiting, open activities or open timers: the only runs polls,
     /// ticks and wake-ups look at, so runs idling on a signal cost nothing per operation.
-    active: BTreeSet<Arc<str>>,
+    active: BTreeSet<RunKey>,
     /// The active runs with inputs in their inbox that wake the workflow code
     /// (`StoredRun::waiting_since`): the only runs a workflow-task poll can hand out, in the
     /// same (run id) order as `active`, so a poll under load does not look at every run that
     /// merely waits on an activity or a timer.
-    with_inbox: BTreeSet<Arc<str>>,
+    with_inbox: BTreeSet<RunKey>,
     /// Everything that falls due with time, ordered by when: unleased activity attempts (when
     /// they may start), schedule-to-close deadlines, timers, and tasks kept for a sticky
     /// worker (when every worker may take them). Polls, ticks and wake-ups read it in time
     /// order instead of scanning runs. Each run keeps its own entries (`StoredRun::due`), so
     /// they can be replaced.
-    due: BTreeSet<(Time, Arc<str>, Due)>,
+    due: BTreeSet<(Time, RunKey, Due)>,
     /// Reused by `refresh_active` to list a run's due entries, so a refresh that changes
     /// nothing allocates nothing.
     due_scratch: Vec<(Time, Due)>,
@@ -324,7 +328,7 @@ impl Store {
     }
 
     /// Puts a run into, or takes it out of, the active set after its state changed.
-    fn refresh_active(&mut self, run_id: &str) {
+    fn refresh_active(&mut self, run_id: &RunKey) {
         let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("refresh of unknown run {run_id}"));
         let mut entries = std::mem::take(&mut self.due_scratch);
         entries.clear();
@@ -389,7 +393,7 @@ impl Store {
     }
 
     /// Takes an activity attempt's lease away, dropping the run's lease map once it is empty.
-    fn remove_activity_lease(&mut self, run_id: &str, seq: u32) -> Option<Lease> {
+    fn remove_activity_lease(&mut self, run_id: &RunKey, seq: u32) -> Option<Lease> {
         let leases = self.activity_leases.get_mut(run_id)?;
         let lease = leases.remove(seq);
         if leases.0.is_empty() {
@@ -435,7 +439,7 @@ impl Store {
         self.epoch
     }
 
-    pub fn runs(&self) -> &BTreeMap<Arc<str>, StoredRun> {
+    pub fn runs(&self) -> &BTreeMap<RunKey, StoredRun> {
         &self.runs
     }
 
@@ -559,7 +563,7 @@ impl Store {
 
     /// The run whose workflow task a poll by `worker` would claim now; if there is none, whose
     /// polls could claim one, learnt in the same pass over the waiting runs.
-    fn claimable_workflow_run(&self, now: Time, worker: &str) -> Result<Arc<str>, Claimants> {
+    fn claimable_workflow_run(&self, now: Time, worker: &str) -> Result<RunKey, Claimants> {
         // The one worker every unleased waiting run seen so far is kept for, or `Err` once two
         // runs are kept for different workers.
         let mut kept_for_one: Result<Option<&Arc<str>>, ()> = Ok(None);
@@ -618,7 +622,7 @@ impl Store {
             _ => 0,
         };
         Ok(WorkflowTask {
-            run_id: run_id.to_string(),
+            run_id: run_id.as_str().to_owned(),
             token,
             base_len,
             from,
@@ -630,14 +634,15 @@ impl Store {
     /// Takes back a workflow task the worker could not complete (e.g. its cache missed a
     /// sticky delta); the next poll hands out the full history.
     pub fn abandon_workflow_task(&mut self, run_id: &str, token: u64) -> Ack {
-        if self.workflow_leases.get(run_id).is_none_or(|l| l.token != token) {
-            return Ack::Rejected(format!("run {run_id}: token {token:#x} is not the current workflow task"));
-        }
-        self.workflow_leases.remove(run_id);
-        self.sticky.remove(run_id);
+        let run_id = match self.workflow_leases.get_key_value(run_id) {
+            Some((key, lease)) if lease.token == token => key.clone(),
+            _ => return Ack::Rejected(format!("run {run_id}: token {token:#x} is not the current workflow task")),
+        };
+        self.workflow_leases.remove(&run_id);
+        self.sticky.remove(&run_id);
         self.version += 1;
         self.workflow_tasks_version += 1;
-        self.refresh_active(run_id);
+        self.refresh_active(&run_id);
         Ack::Accepted
     }
 
@@ -649,9 +654,9 @@ impl Store {
         completion: WorkflowCompletion,
     ) -> (Ack, Vec<Record>) {
         let WorkflowCompletion { run_id, token, base_len, events, consumed } = completion;
-        match self.workflow_leases.get(run_id.as_str()) {
-            Some(lease) if lease.token == token && lease.expires_at > now => {}
-            Some(lease) if lease.token == token => {
+        let key = match self.workflow_leases.get_key_value(run_id.as_str()) {
+            Some((key, lease)) if lease.token == token && lease.expires_at > now => key.clone(),
+            Some((_, lease)) if lease.token == token => {
                 return (
                     Ack::Rejected(format!("run {run_id}: workflow task lease expired at {}", lease.expires_at)),
                     Vec::new(),
@@ -663,11 +668,10 @@ impl Store {
                     Vec::new(),
                 )
             }
-        }
-        let Some((key, run)) = self.runs.get_key_value(run_id.as_str()) else {
+        };
+        let Some(run) = self.runs.get(&key) else {
             return (Ack::Rejected(format!("run {run_id} is not known")), Vec::new());
         };
-        let key = key.clone();
         if run.events.len() as u64 != base_len {
             return (
                 Ack::Rejected(format!(
@@ -694,7 +698,7 @@ impl Store {
     }
 
     /// The activity attempt an activity-task poll would claim now, or why there is none.
-    fn due_activity_attempt(&self, now: Time, blocked_keys: &BTreeSet<String>) -> Result<(&Arc<str>, u32), NoAttempt> {
+    fn due_activity_attempt(&self, now: Time, blocked_keys: &BTreeSet<String>) -> Result<(&RunKey, u32), NoAttempt> {
         let mut none = NoAttempt::NoneDue;
         for (_, run_id, due) in self.due.iter().take_while(|(time, _, _)| *time <= now) {
             let Due::Activity(seq) = *due else { continue };
@@ -742,7 +746,7 @@ impl Store {
         let expires_at = now.plus(Duration::from_millis(lease_ms));
         let task = ActivityTask {
             workflow_id: run.logical.workflow_id.clone(),
-            run_id: run_id.to_string(),
+            run_id: run_id.as_str().to_owned(),
             seq,
             attempt: activity.attempt,
             activity_type: activity.activity_type.clone(),
@@ -761,10 +765,12 @@ impl Store {
         Ok(ActivityLease { task, token, expires_at })
     }
 
-    fn check_activity_lease(&self, now: Time, run_id: &str, seq: u32, token: u64) -> Result<&Lease, Ack> {
-        match self.activity_lease(run_id, seq) {
-            Some(lease) if lease.token == token && lease.expires_at > now => Ok(lease),
-            Some(lease) if lease.token == token => {
+    /// The lease of a report or heartbeat, with its run's key, if `token` still holds it.
+    fn check_activity_lease(&self, now: Time, run_id: &str, seq: u32, token: u64) -> Result<(&RunKey, &Lease), Ack> {
+        let leased = self.activity_leases.get_key_value(run_id).and_then(|(key, leases)| Some((key, leases.get(seq)?)));
+        match leased {
+            Some((key, lease)) if lease.token == token && lease.expires_at > now => Ok((key, lease)),
+            Some((_, lease)) if lease.token == token => {
                 Err(Ack::Rejected(format!("activity {run_id}:{seq}: lease expired at {}", lease.expires_at)))
             }
             _ => Err(Ack::Rejected(format!("activity {run_id}:{seq}: token {token:#x} is not the current lease"))),
@@ -774,15 +780,16 @@ impl Store {
     /// Extends an activity lease; `Rejected` tells the worker to give the attempt up.
     pub fn heartbeat(&mut self, now: Time, run_id: &str, seq: u32, token: u64) -> Ack {
         let lease_ms = self.config.activity_lease_ms;
-        let deadline = {
-            let lease = match self.check_activity_lease(now, run_id, seq, token) {
-                Ok(lease) => lease,
+        let (run_id, deadline) = {
+            let (run_id, lease) = match self.check_activity_lease(now, run_id, seq, token) {
+                Ok(leased) => leased,
                 Err(ack) => return ack,
             };
             let stc = self.runs[run_id].logical.activities[&seq].options.start_to_close_ms;
-            stc.map(|ms| lease.started_at.plus(Duration::from_millis(ms)))
+            (run_id.clone(), stc.map(|ms| lease.started_at.plus(Duration::from_millis(ms))))
         };
-        let lease = self.activity_leases.get_mut(run_id).and_then(|leases| leases.get_mut(seq)).expect("checked above");
+        let lease =
+            self.activity_leases.get_mut(&run_id).and_then(|leases| leases.get_mut(seq)).expect("checked above");
         let extended = now.plus(Duration::from_millis(lease_ms));
         lease.expires_at = deadline.map_or(extended, |d| extended.min(d));
         Ack::Accepted
@@ -798,17 +805,17 @@ impl Store {
         report: AttemptReport,
         worker: &str,
     ) -> (Ack, Vec<Record>) {
-        let attempt = match self.check_activity_lease(now, run_id, seq, token) {
-            Ok(lease) => lease.attempt,
+        let (key, attempt) = match self.check_activity_lease(now, run_id, seq, token) {
+            Ok((key, lease)) => (key.clone(), lease.attempt),
             Err(ack) => return (ack, Vec::new()),
         };
-        self.remove_activity_lease(run_id, seq);
+        self.remove_activity_lease(&key, seq);
         self.version += 1;
-        let Some(kind) = self.runs[run_id].logical.activity_report(now, seq, attempt, report, Some(worker.to_owned()))
+        let Some(kind) = self.runs[&key].logical.activity_report(now, seq, attempt, report, Some(worker.to_owned()))
         else {
             // Nothing reaches the run, so its indexes learn here that the lease is gone; an
             // accepted report refreshes them when it enters the inbox.
-            self.refresh_active(run_id);
+            self.refresh_active(&key);
             return (
                 Ack::Rejected(format!("activity {run_id}:{seq}: attempt {attempt} is no longer current")),
                 Vec::new(),
@@ -824,7 +831,7 @@ impl Store {
         self.version += 1;
         let mut report = TickReport::default();
         let mut records = Vec::new();
-        let expired: Vec<(Arc<str>, u32)> = self
+        let expired: Vec<(RunKey, u32)> = self
             .activity_leases
             .iter()
             .flat_map(|(run_id, leases)| leases.0.iter().map(move |(seq, lease)| (run_id, *seq, lease)))
@@ -839,7 +846,7 @@ impl Store {
             if let Some(kind) =
                 self.runs[&run_id].logical.activity_report(now, seq, lease.attempt, failure, Some(lease.worker))
             {
-                records.push(Record::Inbox { run_id: run_id.to_string(), time_ms: now, kind });
+                records.push(Record::Inbox { run_id: run_id.as_str().to_owned(), time_ms: now, kind });
             }
         }
         let expired_workflow_leases = self.workflow_leases.iter().filter(|(_, l)| l.expires_at <= now).count();
@@ -856,7 +863,7 @@ impl Store {
                 Due::Activity(_) | Due::Sticky => None,
             };
             if let Some(kind) = kind {
-                records.push(Record::Inbox { run_id: run_id.to_string(), time_ms: now, kind });
+                records.push(Record::Inbox { run_id: run_id.as_str().to_owned(), time_ms: now, kind });
             }
         }
         for record in &records {
@@ -891,21 +898,30 @@ impl Store {
                 self.workflow_tasks_version += 1;
                 self.activity_tasks_version += 1;
                 // Unleased attempts are due again, and no task is kept for a sticky worker.
-                let active: Vec<Arc<str>> = self.active.iter().cloned().collect();
+                let active: Vec<RunKey> = self.active.iter().cloned().collect();
                 for run_id in active {
                     self.refresh_active(&run_id);
                 }
             }
             Record::Inbox { run_id, time_ms, kind } => self.push_inbox(run_id, *time_ms, kind.clone()),
-            Record::Append { run_id, time_ms, events, consumed } => self.append(run_id, *time_ms, events, *consumed),
+            Record::Append { run_id, time_ms, events, consumed } => {
+                let run_id = self.key(run_id).unwrap_or_else(|| panic!("append to unknown run {run_id}"));
+                self.append(&run_id, *time_ms, events, *consumed)
+            }
         }
     }
 
+    /// The key of a run the store knows, found by its id.
+    fn key(&self, run_id: &str) -> Option<RunKey> {
+        self.runs.get_key_value(run_id).map(|(key, _)| key.clone())
+    }
+
+    /// Accepts an input for the run `run_id` names, creating the run if the input starts it.
     fn push_inbox(&mut self, run_id: &str, time: Time, kind: Kind) {
-        if let Kind::WorkflowStarted { workflow_id, .. } = &kind {
+        let run_id = if let Kind::WorkflowStarted { workflow_id, .. } = &kind {
             assert!(!self.runs.contains_key(run_id), "run {run_id} started twice");
             self.chains.entry(workflow_id.clone()).or_default().push(run_id.to_owned());
-            let id: Arc<str> = Arc::from(run_id);
+            let id = RunKey::new(run_id);
             self.runs.insert(
                 id.clone(),
                 StoredRun {
@@ -914,14 +930,21 @@ impl Store {
                     logical: RunState::default(),
                     recorded_signals: BTreeSet::new(),
                     rejected_signals: BTreeSet::new(),
-                    id,
+                    id: id.clone(),
                     in_active: false,
                     in_with_inbox: false,
                     due: Vec::new(),
                 },
             );
-        }
-        let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("inbox record for unknown run {run_id}"));
+            id
+        } else {
+            self.key(run_id).unwrap_or_else(|| panic!("inbox record for unknown run {run_id}"))
+        };
+        self.push_inbox_to(&run_id, time, kind);
+    }
+
+    fn push_inbox_to(&mut self, run_id: &RunKey, time: Time, kind: Kind) {
+        let run = self.runs.get_mut(run_id).expect("the caller found the run");
         if let Err(detail) = run.logical.accept(time, &kind) {
             // The message names the invariant, so a simulator reports it as that check.
             panic!(
@@ -950,8 +973,8 @@ impl Store {
         }
     }
 
-    fn append(&mut self, run_id: &str, time: Time, events: &[Event], consumed: usize) {
-        let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("append to unknown run {run_id}"));
+    fn append(&mut self, run_id: &RunKey, time: Time, events: &[Event], consumed: usize) {
+        let run = self.runs.get_mut(run_id).expect("the caller found the run");
         assert!(
             consumed <= run.inbox.len(),
             "check_histories_well_formed: run {run_id}: append consumes {consumed} of {} inbox inputs",
@@ -988,14 +1011,14 @@ impl Store {
                 Kind::ChildStarted { seq, workflow_type, workflow_id, input } => {
                     let parent = Parent {
                         workflow_id: self.runs[run_id].logical.workflow_id.clone(),
-                        run_id: run_id.to_owned(),
+                        run_id: run_id.as_str().to_owned(),
                         seq,
                     };
                     if self.chains.contains_key(&workflow_id) {
                         let error = format!("workflow id {workflow_id} is already in use");
                         if let Some(kind) = self.runs[run_id].logical.child_closed(seq, ChildOutcome::Failed { error })
                         {
-                            self.push_inbox(run_id, time, kind);
+                            self.push_inbox_to(run_id, time, kind);
                         }
                         continue;
                     }
@@ -1016,7 +1039,7 @@ impl Store {
         self.refresh_active(run_id);
     }
 
-    fn close(&mut self, run_id: &str, time: Time, terminal: Kind) {
+    fn close(&mut self, run_id: &RunKey, time: Time, terminal: Kind) {
         self.workflow_leases.remove(run_id);
         let run = self.runs.get_mut(run_id).expect("closing a known run");
         let leftovers: Vec<(Time, Kind)> = run.inbox.drain(..).collect();
@@ -1030,7 +1053,7 @@ impl Store {
                     run_id: next_run_id.clone(),
                     input,
                     parent,
-                    continued_from: Some(run_id.to_owned()),
+                    continued_from: Some(run_id.as_str().to_owned()),
                 };
                 self.push_inbox(&next_run_id, time, started);
                 // Signals the old run never read belong to the workflow, so they move on.
