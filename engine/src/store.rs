@@ -231,8 +231,8 @@ pub struct Store {
     /// Every map and set below keys on a run's one `RunKey` (shared, so an index entry costs
     /// no allocation, and ordered as the id strings are, so iteration orders are those of the
     /// ids). Requests name runs by id: each looks its run up by string once, and its index
-    /// work then goes by key.
-    runs: BTreeMap<RunKey, StoredRun>,
+    /// work then goes by key, which leads to the run without a search.
+    runs: Runs,
     /// workflow id -> its runs, first to latest.
     chains: BTreeMap<String, Vec<String>>,
     workflow_leases: BTreeMap<RunKey, Lease>,
@@ -297,6 +297,67 @@ impl RunLeases {
     }
 }
 
+/// The store's runs: a list in the order they started, found by key (`RunKey::slot`) without
+/// a search, and by id through the keys in id order.
+#[derive(Clone, Debug, Default)]
+struct Runs {
+    keys: BTreeSet<RunKey>,
+    slots: Vec<StoredRun>,
+}
+
+impl Runs {
+    fn key(&self, run_id: &str) -> Option<&RunKey> {
+        self.keys.get(run_id)
+    }
+
+    fn get(&self, run_id: &str) -> Option<&StoredRun> {
+        self.key(run_id).map(|key| &self.slots[key.slot()])
+    }
+
+    fn contains(&self, run_id: &str) -> bool {
+        self.keys.contains(run_id)
+    }
+
+    /// Adds a run that is not there yet; its key is the one its `StoredRun::id` holds.
+    fn insert(&mut self, run: StoredRun) {
+        debug_assert_eq!(run.id.slot(), self.slots.len(), "a new run takes the next slot");
+        self.keys.insert(run.id.clone());
+        self.slots.push(run);
+    }
+
+    /// The key the next new run `run_id` gets.
+    fn next_key(&self, run_id: &str) -> RunKey {
+        RunKey::new(run_id, self.slots.len())
+    }
+
+    /// The runs in id order.
+    fn in_id_order(&self) -> impl Iterator<Item = &StoredRun> {
+        self.keys.iter().map(|key| &self.slots[key.slot()])
+    }
+}
+
+impl std::ops::Index<&RunKey> for Runs {
+    type Output = StoredRun;
+
+    fn index(&self, key: &RunKey) -> &StoredRun {
+        &self.slots[key.slot()]
+    }
+}
+
+impl std::ops::IndexMut<&RunKey> for Runs {
+    fn index_mut(&mut self, key: &RunKey) -> &mut StoredRun {
+        &mut self.slots[key.slot()]
+    }
+}
+
+impl std::ops::Index<&str> for Runs {
+    type Output = StoredRun;
+
+    fn index(&self, run_id: &str) -> &StoredRun {
+        self.get(run_id).unwrap_or_else(|| panic!("unknown run {run_id}"))
+    }
+}
+
 /// What falls due in `Store::due`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Due {
@@ -312,7 +373,7 @@ impl Store {
             config,
             epoch: 0,
             token_count: 0,
-            runs: BTreeMap::new(),
+            runs: Runs::default(),
             chains: BTreeMap::new(),
             workflow_leases: BTreeMap::new(),
             activity_leases: BTreeMap::new(),
@@ -329,7 +390,7 @@ impl Store {
 
     /// Puts a run into, or takes it out of, the active set after its state changed.
     fn refresh_active(&mut self, run_id: &RunKey) {
-        let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("refresh of unknown run {run_id}"));
+        let run = &mut self.runs[run_id];
         let mut entries = std::mem::take(&mut self.due_scratch);
         entries.clear();
         let waiting_since = run.waiting_since();
@@ -439,19 +500,18 @@ impl Store {
         self.epoch
     }
 
-    pub fn runs(&self) -> &BTreeMap<RunKey, StoredRun> {
-        &self.runs
-    }
-
     /// The history of every run that has one, in run id order.
     pub fn histories(&self) -> Vec<History> {
-        self.runs.values().filter(|run| !run.events.is_empty()).map(|run| History::new(run.events.clone())).collect()
+        let runs = self.runs.in_id_order();
+        runs.filter(|run| !run.events.is_empty()).map(|run| History::new(run.events.clone())).collect()
     }
 
     /// `histories`, moved out of the store: a host done with its store hands them on without
     /// copying a single event.
     pub fn into_histories(self) -> Vec<History> {
-        self.runs.into_values().filter(|run| !run.events.is_empty()).map(|run| History::new(run.events)).collect()
+        let Runs { keys, mut slots } = self.runs;
+        let events = keys.iter().map(|key| std::mem::take(&mut slots[key.slot()].events));
+        events.filter(|events| !events.is_empty()).map(History::new).collect()
     }
 
     pub fn run(&self, run_id: &str) -> Option<&StoredRun> {
@@ -669,9 +729,7 @@ impl Store {
                 )
             }
         };
-        let Some(run) = self.runs.get(&key) else {
-            return (Ack::Rejected(format!("run {run_id} is not known")), Vec::new());
-        };
+        let run = &self.runs[&key];
         if run.events.len() as u64 != base_len {
             return (
                 Ack::Rejected(format!(
@@ -913,29 +971,26 @@ impl Store {
 
     /// The key of a run the store knows, found by its id.
     fn key(&self, run_id: &str) -> Option<RunKey> {
-        self.runs.get_key_value(run_id).map(|(key, _)| key.clone())
+        self.runs.key(run_id).cloned()
     }
 
     /// Accepts an input for the run `run_id` names, creating the run if the input starts it.
     fn push_inbox(&mut self, run_id: &str, time: Time, kind: Kind) {
         let run_id = if let Kind::WorkflowStarted { workflow_id, .. } = &kind {
-            assert!(!self.runs.contains_key(run_id), "run {run_id} started twice");
+            assert!(!self.runs.contains(run_id), "run {run_id} started twice");
             self.chains.entry(workflow_id.clone()).or_default().push(run_id.to_owned());
-            let id = RunKey::new(run_id);
-            self.runs.insert(
-                id.clone(),
-                StoredRun {
-                    events: Vec::new(),
-                    inbox: VecDeque::new(),
-                    logical: RunState::default(),
-                    recorded_signals: BTreeSet::new(),
-                    rejected_signals: BTreeSet::new(),
-                    id: id.clone(),
-                    in_active: false,
-                    in_with_inbox: false,
-                    due: Vec::new(),
-                },
-            );
+            let id = self.runs.next_key(run_id);
+            self.runs.insert(StoredRun {
+                events: Vec::new(),
+                inbox: VecDeque::new(),
+                logical: RunState::default(),
+                recorded_signals: BTreeSet::new(),
+                rejected_signals: BTreeSet::new(),
+                id: id.clone(),
+                in_active: false,
+                in_with_inbox: false,
+                due: Vec::new(),
+            });
             id
         } else {
             self.key(run_id).unwrap_or_else(|| panic!("inbox record for unknown run {run_id}"))
@@ -944,7 +999,7 @@ impl Store {
     }
 
     fn push_inbox_to(&mut self, run_id: &RunKey, time: Time, kind: Kind) {
-        let run = self.runs.get_mut(run_id).expect("the caller found the run");
+        let run = &mut self.runs[run_id];
         if let Err(detail) = run.logical.accept(time, &kind) {
             // The message names the invariant, so a simulator reports it as that check.
             panic!(
@@ -974,7 +1029,7 @@ impl Store {
     }
 
     fn append(&mut self, run_id: &RunKey, time: Time, events: &[Event], consumed: usize) {
-        let run = self.runs.get_mut(run_id).expect("the caller found the run");
+        let run = &mut self.runs[run_id];
         assert!(
             consumed <= run.inbox.len(),
             "check_histories_well_formed: run {run_id}: append consumes {consumed} of {} inbox inputs",
@@ -1041,7 +1096,7 @@ impl Store {
 
     fn close(&mut self, run_id: &RunKey, time: Time, terminal: Kind) {
         self.workflow_leases.remove(run_id);
-        let run = self.runs.get_mut(run_id).expect("closing a known run");
+        let run = &mut self.runs[run_id];
         let leftovers: Vec<(Time, Kind)> = run.inbox.drain(..).collect();
         let (workflow_id, workflow_type, parent) =
             (run.logical.workflow_id.clone(), run.logical.workflow_type.clone(), run.logical.parent.clone());
@@ -1071,7 +1126,7 @@ impl Store {
             Kind::WorkflowCanceled => ChildOutcome::Canceled,
             other => panic!("run {run_id}: {} is not terminal", other.name()),
         };
-        let run = self.runs.get_mut(run_id).expect("closing a known run");
+        let run = &mut self.runs[run_id];
         for (_, kind) in leftovers {
             if let Kind::SignalReceived { signal_id, .. } = kind {
                 run.rejected_signals.insert(signal_id);

@@ -3,8 +3,8 @@
 //! Owns one promise: a `RunKey` orders, and is equal, exactly as its id string is. Every
 //! iteration order of the store (which run a poll finds first, in which order a tick fires
 //! timers) follows the string order of run ids, and with it every trace; a key that ordered
-//! any other way would change them. It must never be built from anything but the id it
-//! orders by.
+//! any other way would change them. It must never order by anything but its id: the run's
+//! slot it carries is along for the ride, never compared.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
@@ -25,24 +25,33 @@ const HEAD_LEN: usize = 16;
 /// the longer one has there, unless that byte is itself zero. Equal heads mean one id's first
 /// 16 bytes are the other's, or, for an id shorter than 16 bytes, that it is a prefix of the
 /// other (followed there by zero bytes only): the shorter one first, as for strings.
+///
+/// The key also carries the run's slot, its place in the store's list of runs, so that an
+/// index entry leads to its run without a search. Within one store ids and slots go one to
+/// one, so leaving the slot out of the order and of equality loses nothing.
 #[derive(Clone)]
 pub struct RunKey {
     head: [u64; 2],
     id: Arc<str>,
+    slot: usize,
 }
 
 impl RunKey {
-    pub fn new(id: &str) -> RunKey {
+    pub fn new(id: &str, slot: usize) -> RunKey {
         let mut bytes = [0u8; HEAD_LEN];
         let len = id.len().min(HEAD_LEN);
         bytes[..len].copy_from_slice(&id.as_bytes()[..len]);
         let (high, low) = bytes.split_at(8);
         let word = |half: &[u8]| u64::from_be_bytes(half.try_into().expect("8 bytes"));
-        RunKey { head: [word(high), word(low)], id: Arc::from(id) }
+        RunKey { head: [word(high), word(low)], id: Arc::from(id), slot }
     }
 
     pub fn as_str(&self) -> &str {
         &self.id
+    }
+
+    pub fn slot(&self) -> usize {
+        self.slot
     }
 }
 
@@ -138,7 +147,8 @@ mod tests {
         let ids = tricky_ids();
         for a in &ids {
             for b in &ids {
-                let (key_a, key_b) = (RunKey::new(a), RunKey::new(b));
+                // Different slots, so equality can only come from the ids.
+                let (key_a, key_b) = (RunKey::new(a, 1), RunKey::new(b, 2));
                 assert_eq!(key_a.cmp(&key_b), a.cmp(b), "{a:?} vs {b:?}");
                 assert_eq!(key_a == key_b, a == b, "{a:?} vs {b:?}");
             }
@@ -148,7 +158,8 @@ mod tests {
     #[test]
     fn a_set_of_keys_iterates_in_id_order_and_finds_keys_by_id() {
         let ids = tricky_ids();
-        let keys: std::collections::BTreeSet<RunKey> = ids.iter().map(|id| RunKey::new(id)).collect();
+        let keys: std::collections::BTreeSet<RunKey> =
+            ids.iter().enumerate().map(|(i, id)| RunKey::new(id, i)).collect();
         let mut sorted = ids.clone();
         sorted.sort();
         sorted.dedup();
