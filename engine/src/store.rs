@@ -18,6 +18,7 @@ use crate::time::Time;
 use crate::Failure;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -744,10 +745,22 @@ impl Store {
         }
         self.workflow_leases.remove(&key);
         let len = base_len + events.len() as u64;
-        // Kept for this worker before the append, whose refresh of the run then sees it.
-        self.sticky.insert(key.clone(), (Arc::from(worker), len));
+        // Kept for this worker before the append, whose refresh of the run then sees it. Usually
+        // it was kept for this worker already, whose name then needs no new allocation.
+        match self.sticky.entry(key.clone()) {
+            Entry::Occupied(mut kept) => {
+                let (kept_for, kept_len) = kept.get_mut();
+                if **kept_for != *worker {
+                    *kept_for = Arc::from(worker);
+                }
+                *kept_len = len;
+            }
+            Entry::Vacant(free) => {
+                free.insert((Arc::from(worker), len));
+            }
+        }
         let record = Record::Append { run_id, time_ms: now, events, consumed };
-        self.apply(&record);
+        self.apply_written(&key, &record);
         if self.with_inbox.contains(&key) {
             // Inputs arrived while the task ran: the run is free again, now for this worker.
             self.workflow_tasks_version += 1;
@@ -880,7 +893,7 @@ impl Store {
             );
         };
         let record = Record::Inbox { run_id: run_id.to_owned(), time_ms: now, kind };
-        self.apply(&record);
+        self.apply_written(&key, &record);
         (Ack::Accepted, vec![record])
     }
 
@@ -966,6 +979,20 @@ impl Store {
                 let run_id = self.key(run_id).unwrap_or_else(|| panic!("append to unknown run {run_id}"));
                 self.append(&run_id, *time_ms, events, *consumed)
             }
+        }
+    }
+
+    /// `apply` of a record this store has just written for the run of `key`: the same change,
+    /// without looking the run up by id again. Never a run's start, which creates the run.
+    fn apply_written(&mut self, key: &RunKey, record: &Record) {
+        self.version += 1;
+        match record {
+            Record::Inbox { time_ms, kind, .. } => {
+                debug_assert!(!matches!(kind, Kind::WorkflowStarted { .. }), "a start creates its run through apply");
+                self.push_inbox_to(key, *time_ms, kind.clone());
+            }
+            Record::Append { time_ms, events, consumed, .. } => self.append(key, *time_ms, events, *consumed),
+            Record::Epoch { .. } => unreachable!("an epoch record belongs to no run"),
         }
     }
 
