@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod run_key;
-pub use run_key::RunKey;
+use run_key::RunKey;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {

@@ -30,14 +30,14 @@ const HEAD_LEN: usize = 16;
 /// index entry leads to its run without a search. Within one store ids and slots go one to
 /// one, so leaving the slot out of the order and of equality loses nothing.
 #[derive(Clone)]
-pub struct RunKey {
+pub(super) struct RunKey {
     head: [u64; 2],
     id: Arc<str>,
     slot: usize,
 }
 
 impl RunKey {
-    pub fn new(id: &str, slot: usize) -> RunKey {
+    pub(super) fn new(id: &str, slot: usize) -> RunKey {
         let mut bytes = [0u8; HEAD_LEN];
         let len = id.len().min(HEAD_LEN);
         bytes[..len].copy_from_slice(&id.as_bytes()[..len]);
@@ -46,11 +46,11 @@ impl RunKey {
         RunKey { head: [word(high), word(low)], id: Arc::from(id), slot }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(super) fn as_str(&self) -> &str {
         &self.id
     }
 
-    pub fn slot(&self) -> usize {
+    pub(super) fn slot(&self) -> usize {
         self.slot
     }
 }
