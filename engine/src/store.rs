@@ -1316,6 +1316,18 @@ mod tests {
     }
 
     #[test]
+    fn next_wakeup_is_the_first_entry_after_now_or_an_earlier_lease_expiry() {
+        let mut store = Store::new(Config::default());
+        run_waiting_on_an_activity(&mut store);
+        let before = Time(T0.0 - 1);
+        assert_eq!(store.next_wakeup(before), Some(T0), "the first attempt falls due at T0");
+        assert_eq!(store.next_wakeup(T0), None, "an attempt already due wakes nothing later");
+        let lease = store.poll_activity_task(T0, "w1", &BTreeSet::new()).expect("activity 1 is due");
+        assert_eq!(store.next_wakeup(T0), Some(lease.expires_at));
+        assert_eq!(store.next_wakeup(lease.expires_at), Some(lease.expires_at), "a lease counts until it expires");
+    }
+
+    #[test]
     fn an_activity_poll_that_leaves_out_every_due_key_says_so() {
         let mut store = Store::new(Config::default());
         let (run_id, _) = store.start(T0, "wf", "steps", json!({}));
