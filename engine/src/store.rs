@@ -18,9 +18,13 @@ use crate::time::Time;
 use crate::Failure;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod run_key;
+use run_key::RunKey;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -112,7 +116,7 @@ pub struct StoredRun {
     /// Signal ids accepted but dropped because the run closed before reading them.
     pub rejected_signals: BTreeSet<String>,
     /// The run's id as the store's maps key on it.
-    id: Arc<str>,
+    id: RunKey,
     /// Whether the run is in `Store::active` and in `Store::with_inbox`, and its entries in
     /// `Store::due`: kept with the run so that a refresh that changes none of them (most do not)
     /// searches no index.
@@ -225,17 +229,18 @@ pub struct Store {
     config: Config,
     epoch: u32,
     token_count: u32,
-    /// Run ids are shared `Arc<str>`s: the indexes below key on the same ids (in the same
-    /// order as strings) without allocating on every refresh. `Arc`, not `Rc`, because the
-    /// runtime shares the store between threads.
-    runs: BTreeMap<Arc<str>, StoredRun>,
+    /// Every map and set below keys on a run's one `RunKey` (shared, so an index entry costs
+    /// no allocation, and ordered as the id strings are, so iteration orders are those of the
+    /// ids). Requests name runs by id: each looks its run up by string once, and its index
+    /// work then goes by key, which leads to the run without a search.
+    runs: Runs,
     /// workflow id -> its runs, first to latest.
     chains: BTreeMap<String, Vec<String>>,
-    workflow_leases: BTreeMap<Arc<str>, Lease>,
+    workflow_leases: BTreeMap<RunKey, Lease>,
     /// run id -> activity seq -> lease; iterates in (run id, seq) order.
-    activity_leases: BTreeMap<Arc<str>, RunLeases>,
+    activity_leases: BTreeMap<RunKey, RunLeases>,
     /// run id -> (worker, history length it has cached).
-    sticky: BTreeMap<Arc<str>, (Arc<str>, u64)>,
+    sticky: BTreeMap<RunKey, (Arc<str>, u64)>,
     /// Bumped by every change that could change what a poll finds, so hosts holding polls
     /// know when to look again.
     version: u64,
@@ -248,18 +253,18 @@ pub struct Store {
     activity_tasks_version: u64,
     /// Open runs with inputs waiting, open activities or open timers: the only runs polls,
     /// ticks and wake-ups look at, so runs idling on a signal cost nothing per operation.
-    active: BTreeSet<Arc<str>>,
+    active: BTreeSet<RunKey>,
     /// The active runs with inputs in their inbox that wake the workflow code
     /// (`StoredRun::waiting_since`): the only runs a workflow-task poll can hand out, in the
     /// same (run id) order as `active`, so a poll under load does not look at every run that
     /// merely waits on an activity or a timer.
-    with_inbox: BTreeSet<Arc<str>>,
+    with_inbox: BTreeSet<RunKey>,
     /// Everything that falls due with time, ordered by when: unleased activity attempts (when
     /// they may start), schedule-to-close deadlines, timers, and tasks kept for a sticky
     /// worker (when every worker may take them). Polls, ticks and wake-ups read it in time
     /// order instead of scanning runs. Each run keeps its own entries (`StoredRun::due`), so
     /// they can be replaced.
-    due: BTreeSet<(Time, Arc<str>, Due)>,
+    due: BTreeSet<(Time, RunKey, Due)>,
     /// Reused by `refresh_active` to list a run's due entries, so a refresh that changes
     /// nothing allocates nothing.
     due_scratch: Vec<(Time, Due)>,
@@ -293,6 +298,67 @@ impl RunLeases {
     }
 }
 
+/// The store's runs: a list in the order they started, found by key (`RunKey::slot`) without
+/// a search, and by id through the keys in id order.
+#[derive(Clone, Debug, Default)]
+struct Runs {
+    keys: BTreeSet<RunKey>,
+    slots: Vec<StoredRun>,
+}
+
+impl Runs {
+    fn key(&self, run_id: &str) -> Option<&RunKey> {
+        self.keys.get(run_id)
+    }
+
+    fn get(&self, run_id: &str) -> Option<&StoredRun> {
+        self.key(run_id).map(|key| &self.slots[key.slot()])
+    }
+
+    fn contains(&self, run_id: &str) -> bool {
+        self.keys.contains(run_id)
+    }
+
+    /// Adds a run that is not there yet; its key is the one its `StoredRun::id` holds.
+    fn insert(&mut self, run: StoredRun) {
+        debug_assert_eq!(run.id.slot(), self.slots.len(), "a new run takes the next slot");
+        self.keys.insert(run.id.clone());
+        self.slots.push(run);
+    }
+
+    /// The key the next new run `run_id` gets.
+    fn next_key(&self, run_id: &str) -> RunKey {
+        RunKey::new(run_id, self.slots.len())
+    }
+
+    /// The runs in id order.
+    fn in_id_order(&self) -> impl Iterator<Item = &StoredRun> {
+        self.keys.iter().map(|key| &self.slots[key.slot()])
+    }
+}
+
+impl std::ops::Index<&RunKey> for Runs {
+    type Output = StoredRun;
+
+    fn index(&self, key: &RunKey) -> &StoredRun {
+        &self.slots[key.slot()]
+    }
+}
+
+impl std::ops::IndexMut<&RunKey> for Runs {
+    fn index_mut(&mut self, key: &RunKey) -> &mut StoredRun {
+        &mut self.slots[key.slot()]
+    }
+}
+
+impl std::ops::Index<&str> for Runs {
+    type Output = StoredRun;
+
+    fn index(&self, run_id: &str) -> &StoredRun {
+        self.get(run_id).unwrap_or_else(|| panic!("unknown run {run_id}"))
+    }
+}
+
 /// What falls due in `Store::due`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Due {
@@ -308,7 +374,7 @@ impl Store {
             config,
             epoch: 0,
             token_count: 0,
-            runs: BTreeMap::new(),
+            runs: Runs::default(),
             chains: BTreeMap::new(),
             workflow_leases: BTreeMap::new(),
             activity_leases: BTreeMap::new(),
@@ -324,8 +390,8 @@ impl Store {
     }
 
     /// Puts a run into, or takes it out of, the active set after its state changed.
-    fn refresh_active(&mut self, run_id: &str) {
-        let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("refresh of unknown run {run_id}"));
+    fn refresh_active(&mut self, run_id: &RunKey) {
+        let run = &mut self.runs[run_id];
         let mut entries = std::mem::take(&mut self.due_scratch);
         entries.clear();
         let waiting_since = run.waiting_since();
@@ -389,7 +455,7 @@ impl Store {
     }
 
     /// Takes an activity attempt's lease away, dropping the run's lease map once it is empty.
-    fn remove_activity_lease(&mut self, run_id: &str, seq: u32) -> Option<Lease> {
+    fn remove_activity_lease(&mut self, run_id: &RunKey, seq: u32) -> Option<Lease> {
         let leases = self.activity_leases.get_mut(run_id)?;
         let lease = leases.remove(seq);
         if leases.0.is_empty() {
@@ -435,19 +501,18 @@ impl Store {
         self.epoch
     }
 
-    pub fn runs(&self) -> &BTreeMap<Arc<str>, StoredRun> {
-        &self.runs
-    }
-
     /// The history of every run that has one, in run id order.
     pub fn histories(&self) -> Vec<History> {
-        self.runs.values().filter(|run| !run.events.is_empty()).map(|run| History::new(run.events.clone())).collect()
+        let runs = self.runs.in_id_order();
+        runs.filter(|run| !run.events.is_empty()).map(|run| History::new(run.events.clone())).collect()
     }
 
     /// `histories`, moved out of the store: a host done with its store hands them on without
     /// copying a single event.
     pub fn into_histories(self) -> Vec<History> {
-        self.runs.into_values().filter(|run| !run.events.is_empty()).map(|run| History::new(run.events)).collect()
+        let Runs { keys, mut slots } = self.runs;
+        let events = keys.iter().map(|key| std::mem::take(&mut slots[key.slot()].events));
+        events.filter(|events| !events.is_empty()).map(History::new).collect()
     }
 
     pub fn run(&self, run_id: &str) -> Option<&StoredRun> {
@@ -559,7 +624,7 @@ impl Store {
 
     /// The run whose workflow task a poll by `worker` would claim now; if there is none, whose
     /// polls could claim one, learnt in the same pass over the waiting runs.
-    fn claimable_workflow_run(&self, now: Time, worker: &str) -> Result<Arc<str>, Claimants> {
+    fn claimable_workflow_run(&self, now: Time, worker: &str) -> Result<RunKey, Claimants> {
         // The one worker every unleased waiting run seen so far is kept for, or `Err` once two
         // runs are kept for different workers.
         let mut kept_for_one: Result<Option<&Arc<str>>, ()> = Ok(None);
@@ -618,7 +683,7 @@ impl Store {
             _ => 0,
         };
         Ok(WorkflowTask {
-            run_id: run_id.to_string(),
+            run_id: run_id.as_str().to_owned(),
             token,
             base_len,
             from,
@@ -630,14 +695,15 @@ impl Store {
     /// Takes back a workflow task the worker could not complete (e.g. its cache missed a
     /// sticky delta); the next poll hands out the full history.
     pub fn abandon_workflow_task(&mut self, run_id: &str, token: u64) -> Ack {
-        if self.workflow_leases.get(run_id).is_none_or(|l| l.token != token) {
-            return Ack::Rejected(format!("run {run_id}: token {token:#x} is not the current workflow task"));
-        }
-        self.workflow_leases.remove(run_id);
-        self.sticky.remove(run_id);
+        let run_id = match self.workflow_leases.get_key_value(run_id) {
+            Some((key, lease)) if lease.token == token => key.clone(),
+            _ => return Ack::Rejected(format!("run {run_id}: token {token:#x} is not the current workflow task")),
+        };
+        self.workflow_leases.remove(&run_id);
+        self.sticky.remove(&run_id);
         self.version += 1;
         self.workflow_tasks_version += 1;
-        self.refresh_active(run_id);
+        self.refresh_active(&run_id);
         Ack::Accepted
     }
 
@@ -649,9 +715,9 @@ impl Store {
         completion: WorkflowCompletion,
     ) -> (Ack, Vec<Record>) {
         let WorkflowCompletion { run_id, token, base_len, events, consumed } = completion;
-        match self.workflow_leases.get(run_id.as_str()) {
-            Some(lease) if lease.token == token && lease.expires_at > now => {}
-            Some(lease) if lease.token == token => {
+        let key = match self.workflow_leases.get_key_value(run_id.as_str()) {
+            Some((key, lease)) if lease.token == token && lease.expires_at > now => key.clone(),
+            Some((_, lease)) if lease.token == token => {
                 return (
                     Ack::Rejected(format!("run {run_id}: workflow task lease expired at {}", lease.expires_at)),
                     Vec::new(),
@@ -663,11 +729,8 @@ impl Store {
                     Vec::new(),
                 )
             }
-        }
-        let Some((key, run)) = self.runs.get_key_value(run_id.as_str()) else {
-            return (Ack::Rejected(format!("run {run_id} is not known")), Vec::new());
         };
-        let key = key.clone();
+        let run = &self.runs[&key];
         if run.events.len() as u64 != base_len {
             return (
                 Ack::Rejected(format!(
@@ -682,10 +745,22 @@ impl Store {
         }
         self.workflow_leases.remove(&key);
         let len = base_len + events.len() as u64;
-        // Kept for this worker before the append, whose refresh of the run then sees it.
-        self.sticky.insert(key.clone(), (Arc::from(worker), len));
+        // Kept for this worker before the append, whose refresh of the run then sees it. Usually
+        // it was kept for this worker already, whose name then needs no new allocation.
+        match self.sticky.entry(key.clone()) {
+            Entry::Occupied(mut kept) => {
+                let (kept_for, kept_len) = kept.get_mut();
+                if **kept_for != *worker {
+                    *kept_for = Arc::from(worker);
+                }
+                *kept_len = len;
+            }
+            Entry::Vacant(free) => {
+                free.insert((Arc::from(worker), len));
+            }
+        }
         let record = Record::Append { run_id, time_ms: now, events, consumed };
-        self.apply(&record);
+        self.apply_written(&key, &record);
         if self.with_inbox.contains(&key) {
             // Inputs arrived while the task ran: the run is free again, now for this worker.
             self.workflow_tasks_version += 1;
@@ -694,7 +769,7 @@ impl Store {
     }
 
     /// The activity attempt an activity-task poll would claim now, or why there is none.
-    fn due_activity_attempt(&self, now: Time, blocked_keys: &BTreeSet<String>) -> Result<(&Arc<str>, u32), NoAttempt> {
+    fn due_activity_attempt(&self, now: Time, blocked_keys: &BTreeSet<String>) -> Result<(&RunKey, u32), NoAttempt> {
         let mut none = NoAttempt::NoneDue;
         for (_, run_id, due) in self.due.iter().take_while(|(time, _, _)| *time <= now) {
             let Due::Activity(seq) = *due else { continue };
@@ -742,7 +817,7 @@ impl Store {
         let expires_at = now.plus(Duration::from_millis(lease_ms));
         let task = ActivityTask {
             workflow_id: run.logical.workflow_id.clone(),
-            run_id: run_id.to_string(),
+            run_id: run_id.as_str().to_owned(),
             seq,
             attempt: activity.attempt,
             activity_type: activity.activity_type.clone(),
@@ -761,10 +836,12 @@ impl Store {
         Ok(ActivityLease { task, token, expires_at })
     }
 
-    fn check_activity_lease(&self, now: Time, run_id: &str, seq: u32, token: u64) -> Result<&Lease, Ack> {
-        match self.activity_lease(run_id, seq) {
-            Some(lease) if lease.token == token && lease.expires_at > now => Ok(lease),
-            Some(lease) if lease.token == token => {
+    /// The lease of a report or heartbeat, with its run's key, if `token` still holds it.
+    fn check_activity_lease(&self, now: Time, run_id: &str, seq: u32, token: u64) -> Result<(&RunKey, &Lease), Ack> {
+        let leased = self.activity_leases.get_key_value(run_id).and_then(|(key, leases)| Some((key, leases.get(seq)?)));
+        match leased {
+            Some((key, lease)) if lease.token == token && lease.expires_at > now => Ok((key, lease)),
+            Some((_, lease)) if lease.token == token => {
                 Err(Ack::Rejected(format!("activity {run_id}:{seq}: lease expired at {}", lease.expires_at)))
             }
             _ => Err(Ack::Rejected(format!("activity {run_id}:{seq}: token {token:#x} is not the current lease"))),
@@ -774,15 +851,16 @@ impl Store {
     /// Extends an activity lease; `Rejected` tells the worker to give the attempt up.
     pub fn heartbeat(&mut self, now: Time, run_id: &str, seq: u32, token: u64) -> Ack {
         let lease_ms = self.config.activity_lease_ms;
-        let deadline = {
-            let lease = match self.check_activity_lease(now, run_id, seq, token) {
-                Ok(lease) => lease,
+        let (run_id, deadline) = {
+            let (run_id, lease) = match self.check_activity_lease(now, run_id, seq, token) {
+                Ok(leased) => leased,
                 Err(ack) => return ack,
             };
             let stc = self.runs[run_id].logical.activities[&seq].options.start_to_close_ms;
-            stc.map(|ms| lease.started_at.plus(Duration::from_millis(ms)))
+            (run_id.clone(), stc.map(|ms| lease.started_at.plus(Duration::from_millis(ms))))
         };
-        let lease = self.activity_leases.get_mut(run_id).and_then(|leases| leases.get_mut(seq)).expect("checked above");
+        let lease =
+            self.activity_leases.get_mut(&run_id).and_then(|leases| leases.get_mut(seq)).expect("checked above");
         let extended = now.plus(Duration::from_millis(lease_ms));
         lease.expires_at = deadline.map_or(extended, |d| extended.min(d));
         Ack::Accepted
@@ -798,24 +876,24 @@ impl Store {
         report: AttemptReport,
         worker: &str,
     ) -> (Ack, Vec<Record>) {
-        let attempt = match self.check_activity_lease(now, run_id, seq, token) {
-            Ok(lease) => lease.attempt,
+        let (key, attempt) = match self.check_activity_lease(now, run_id, seq, token) {
+            Ok((key, lease)) => (key.clone(), lease.attempt),
             Err(ack) => return (ack, Vec::new()),
         };
-        self.remove_activity_lease(run_id, seq);
+        self.remove_activity_lease(&key, seq);
         self.version += 1;
-        let Some(kind) = self.runs[run_id].logical.activity_report(now, seq, attempt, report, Some(worker.to_owned()))
+        let Some(kind) = self.runs[&key].logical.activity_report(now, seq, attempt, report, Some(worker.to_owned()))
         else {
             // Nothing reaches the run, so its indexes learn here that the lease is gone; an
             // accepted report refreshes them when it enters the inbox.
-            self.refresh_active(run_id);
+            self.refresh_active(&key);
             return (
                 Ack::Rejected(format!("activity {run_id}:{seq}: attempt {attempt} is no longer current")),
                 Vec::new(),
             );
         };
         let record = Record::Inbox { run_id: run_id.to_owned(), time_ms: now, kind };
-        self.apply(&record);
+        self.apply_written(&key, &record);
         (Ack::Accepted, vec![record])
     }
 
@@ -824,7 +902,7 @@ impl Store {
         self.version += 1;
         let mut report = TickReport::default();
         let mut records = Vec::new();
-        let expired: Vec<(Arc<str>, u32)> = self
+        let expired: Vec<(RunKey, u32)> = self
             .activity_leases
             .iter()
             .flat_map(|(run_id, leases)| leases.0.iter().map(move |(seq, lease)| (run_id, *seq, lease)))
@@ -839,7 +917,7 @@ impl Store {
             if let Some(kind) =
                 self.runs[&run_id].logical.activity_report(now, seq, lease.attempt, failure, Some(lease.worker))
             {
-                records.push(Record::Inbox { run_id: run_id.to_string(), time_ms: now, kind });
+                records.push(Record::Inbox { run_id: run_id.as_str().to_owned(), time_ms: now, kind });
             }
         }
         let expired_workflow_leases = self.workflow_leases.iter().filter(|(_, l)| l.expires_at <= now).count();
@@ -856,7 +934,7 @@ impl Store {
                 Due::Activity(_) | Due::Sticky => None,
             };
             if let Some(kind) = kind {
-                records.push(Record::Inbox { run_id: run_id.to_string(), time_ms: now, kind });
+                records.push(Record::Inbox { run_id: run_id.as_str().to_owned(), time_ms: now, kind });
             }
         }
         for record in &records {
@@ -891,37 +969,64 @@ impl Store {
                 self.workflow_tasks_version += 1;
                 self.activity_tasks_version += 1;
                 // Unleased attempts are due again, and no task is kept for a sticky worker.
-                let active: Vec<Arc<str>> = self.active.iter().cloned().collect();
+                let active: Vec<RunKey> = self.active.iter().cloned().collect();
                 for run_id in active {
                     self.refresh_active(&run_id);
                 }
             }
             Record::Inbox { run_id, time_ms, kind } => self.push_inbox(run_id, *time_ms, kind.clone()),
-            Record::Append { run_id, time_ms, events, consumed } => self.append(run_id, *time_ms, events, *consumed),
+            Record::Append { run_id, time_ms, events, consumed } => {
+                let run_id = self.key(run_id).unwrap_or_else(|| panic!("append to unknown run {run_id}"));
+                self.append(&run_id, *time_ms, events, *consumed)
+            }
         }
     }
 
-    fn push_inbox(&mut self, run_id: &str, time: Time, kind: Kind) {
-        if let Kind::WorkflowStarted { workflow_id, .. } = &kind {
-            assert!(!self.runs.contains_key(run_id), "run {run_id} started twice");
-            self.chains.entry(workflow_id.clone()).or_default().push(run_id.to_owned());
-            let id: Arc<str> = Arc::from(run_id);
-            self.runs.insert(
-                id.clone(),
-                StoredRun {
-                    events: Vec::new(),
-                    inbox: VecDeque::new(),
-                    logical: RunState::default(),
-                    recorded_signals: BTreeSet::new(),
-                    rejected_signals: BTreeSet::new(),
-                    id,
-                    in_active: false,
-                    in_with_inbox: false,
-                    due: Vec::new(),
-                },
-            );
+    /// `apply` of a record this store has just written for the run of `key`: the same change,
+    /// without looking the run up by id again. Never a run's start, which creates the run.
+    fn apply_written(&mut self, key: &RunKey, record: &Record) {
+        self.version += 1;
+        match record {
+            Record::Inbox { time_ms, kind, .. } => {
+                debug_assert!(!matches!(kind, Kind::WorkflowStarted { .. }), "a start creates its run through apply");
+                self.push_inbox_to(key, *time_ms, kind.clone());
+            }
+            Record::Append { time_ms, events, consumed, .. } => self.append(key, *time_ms, events, *consumed),
+            Record::Epoch { .. } => unreachable!("an epoch record belongs to no run"),
         }
-        let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("inbox record for unknown run {run_id}"));
+    }
+
+    /// The key of a run the store knows, found by its id.
+    fn key(&self, run_id: &str) -> Option<RunKey> {
+        self.runs.key(run_id).cloned()
+    }
+
+    /// Accepts an input for the run `run_id` names, creating the run if the input starts it.
+    fn push_inbox(&mut self, run_id: &str, time: Time, kind: Kind) {
+        let run_id = if let Kind::WorkflowStarted { workflow_id, .. } = &kind {
+            assert!(!self.runs.contains(run_id), "run {run_id} started twice");
+            self.chains.entry(workflow_id.clone()).or_default().push(run_id.to_owned());
+            let id = self.runs.next_key(run_id);
+            self.runs.insert(StoredRun {
+                events: Vec::new(),
+                inbox: VecDeque::new(),
+                logical: RunState::default(),
+                recorded_signals: BTreeSet::new(),
+                rejected_signals: BTreeSet::new(),
+                id: id.clone(),
+                in_active: false,
+                in_with_inbox: false,
+                due: Vec::new(),
+            });
+            id
+        } else {
+            self.key(run_id).unwrap_or_else(|| panic!("inbox record for unknown run {run_id}"))
+        };
+        self.push_inbox_to(&run_id, time, kind);
+    }
+
+    fn push_inbox_to(&mut self, run_id: &RunKey, time: Time, kind: Kind) {
+        let run = &mut self.runs[run_id];
         if let Err(detail) = run.logical.accept(time, &kind) {
             // The message names the invariant, so a simulator reports it as that check.
             panic!(
@@ -950,8 +1055,8 @@ impl Store {
         }
     }
 
-    fn append(&mut self, run_id: &str, time: Time, events: &[Event], consumed: usize) {
-        let run = self.runs.get_mut(run_id).unwrap_or_else(|| panic!("append to unknown run {run_id}"));
+    fn append(&mut self, run_id: &RunKey, time: Time, events: &[Event], consumed: usize) {
+        let run = &mut self.runs[run_id];
         assert!(
             consumed <= run.inbox.len(),
             "check_histories_well_formed: run {run_id}: append consumes {consumed} of {} inbox inputs",
@@ -988,14 +1093,14 @@ impl Store {
                 Kind::ChildStarted { seq, workflow_type, workflow_id, input } => {
                     let parent = Parent {
                         workflow_id: self.runs[run_id].logical.workflow_id.clone(),
-                        run_id: run_id.to_owned(),
+                        run_id: run_id.as_str().to_owned(),
                         seq,
                     };
                     if self.chains.contains_key(&workflow_id) {
                         let error = format!("workflow id {workflow_id} is already in use");
                         if let Some(kind) = self.runs[run_id].logical.child_closed(seq, ChildOutcome::Failed { error })
                         {
-                            self.push_inbox(run_id, time, kind);
+                            self.push_inbox_to(run_id, time, kind);
                         }
                         continue;
                     }
@@ -1016,9 +1121,9 @@ impl Store {
         self.refresh_active(run_id);
     }
 
-    fn close(&mut self, run_id: &str, time: Time, terminal: Kind) {
+    fn close(&mut self, run_id: &RunKey, time: Time, terminal: Kind) {
         self.workflow_leases.remove(run_id);
-        let run = self.runs.get_mut(run_id).expect("closing a known run");
+        let run = &mut self.runs[run_id];
         let leftovers: Vec<(Time, Kind)> = run.inbox.drain(..).collect();
         let (workflow_id, workflow_type, parent) =
             (run.logical.workflow_id.clone(), run.logical.workflow_type.clone(), run.logical.parent.clone());
@@ -1030,7 +1135,7 @@ impl Store {
                     run_id: next_run_id.clone(),
                     input,
                     parent,
-                    continued_from: Some(run_id.to_owned()),
+                    continued_from: Some(run_id.as_str().to_owned()),
                 };
                 self.push_inbox(&next_run_id, time, started);
                 // Signals the old run never read belong to the workflow, so they move on.
@@ -1048,7 +1153,7 @@ impl Store {
             Kind::WorkflowCanceled => ChildOutcome::Canceled,
             other => panic!("run {run_id}: {} is not terminal", other.name()),
         };
-        let run = self.runs.get_mut(run_id).expect("closing a known run");
+        let run = &mut self.runs[run_id];
         for (_, kind) in leftovers {
             if let Kind::SignalReceived { signal_id, .. } = kind {
                 run.rejected_signals.insert(signal_id);
@@ -1208,6 +1313,18 @@ mod tests {
         let histories = store.into_histories();
         assert_eq!(histories.len(), 1, "a run whose start is still in its inbox has no history yet");
         assert_eq!((histories[0].run_id.as_str(), &histories[0].events), (run_id.as_str(), &stored));
+    }
+
+    #[test]
+    fn next_wakeup_is_the_first_entry_after_now_or_an_earlier_lease_expiry() {
+        let mut store = Store::new(Config::default());
+        run_waiting_on_an_activity(&mut store);
+        let before = Time(T0.0 - 1);
+        assert_eq!(store.next_wakeup(before), Some(T0), "the first attempt falls due at T0");
+        assert_eq!(store.next_wakeup(T0), None, "an attempt already due wakes nothing later");
+        let lease = store.poll_activity_task(T0, "w1", &BTreeSet::new()).expect("activity 1 is due");
+        assert_eq!(store.next_wakeup(T0), Some(lease.expires_at));
+        assert_eq!(store.next_wakeup(lease.expires_at), Some(lease.expires_at), "a lease counts until it expires");
     }
 
     #[test]
