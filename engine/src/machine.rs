@@ -94,8 +94,9 @@ pub(crate) struct Shared {
 
 /// What a command issue found in the history.
 pub(crate) enum Issued {
-    /// Matched a recorded command (returned, for recorded values) or became a new event.
-    Recorded(Box<Kind>),
+    /// Matched a recorded command; carries its marker, if it was one, whose recorded value
+    /// replay returns.
+    Recorded(Option<Marker>),
     New,
     /// Replay already diverged; the caller returns a dummy and the machine stops.
     Diverged,
@@ -119,7 +120,11 @@ impl Shared {
         }
         if let Some(recorded) = self.expected.pop_front() {
             if Kind::same_command(&recorded.kind, &kind) {
-                return Issued::Recorded(Box::new(recorded.kind));
+                let marker = match recorded.kind {
+                    Kind::MarkerRecorded { marker, .. } => Some(marker),
+                    _ => None,
+                };
+                return Issued::Recorded(marker);
             }
             self.diverge(recorded.index, recorded.to_string(), kind.to_string());
             return Issued::Diverged;

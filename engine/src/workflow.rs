@@ -171,11 +171,8 @@ impl Ctx {
         let seq = shared.next_seq();
         let value = hash::hash_parts(&[&shared.run_id, &seq.to_string(), "random"]);
         match shared.issue(Kind::MarkerRecorded { seq, marker: Marker::Random { value } }) {
-            Issued::Recorded(recorded) => match *recorded {
-                Kind::MarkerRecorded { marker: Marker::Random { value: recorded }, .. } => recorded,
-                _ => value,
-            },
-            Issued::New | Issued::Diverged => value,
+            Issued::Recorded(Some(Marker::Random { value: recorded })) => recorded,
+            Issued::Recorded(_) | Issued::New | Issued::Diverged => value,
         }
     }
 
@@ -194,11 +191,8 @@ impl Ctx {
             low & 0xffff_ffff_ffff
         );
         match shared.issue(Kind::MarkerRecorded { seq, marker: Marker::Uuid { value: value.clone() } }) {
-            Issued::Recorded(recorded) => match *recorded {
-                Kind::MarkerRecorded { marker: Marker::Uuid { value: recorded }, .. } => recorded,
-                _ => value,
-            },
-            Issued::New | Issued::Diverged => value,
+            Issued::Recorded(Some(Marker::Uuid { value: recorded })) => recorded,
+            Issued::Recorded(_) | Issued::New | Issued::Diverged => value,
         }
     }
 

@@ -48,6 +48,12 @@ fn worker_host(index: usize) -> HostId {
     HostId(1 + u32::try_from(index).expect("few workers"))
 }
 
+/// The value of a request the store takes, which the sender may still keep for a resend: a
+/// copy then, else the value itself (the sender timed out and gave it up already).
+fn take_shared<T: Clone>(shared: Rc<T>) -> T {
+    Rc::try_unwrap(shared).unwrap_or_else(|kept| (*kept).clone())
+}
+
 /// How long the store holds a poll that finds no work before answering empty. Long, so a
 /// world whose runs wait days for humans spends few events idling.
 const POLL_HOLD_MS: u64 = 3_600_000;
@@ -276,9 +282,10 @@ enum Msg {
         req_id: u64,
         task: Option<Box<WorkflowTask>>,
     },
+    /// Shared with the worker's pending request, which keeps it for a resend.
     CompleteWorkflow {
         req_id: u64,
-        completion: Box<WorkflowCompletion>,
+        completion: Rc<WorkflowCompletion>,
     },
     CompleteWorkflowResp {
         req_id: u64,
@@ -303,7 +310,8 @@ enum Msg {
         run_id: String,
         seq: u32,
         token: u64,
-        report: Box<AttemptReport>,
+        /// Shared with the worker's pending request, which keeps it for a resend.
+        report: Rc<AttemptReport>,
     },
     CompleteActivityResp {
         req_id: u64,
@@ -655,9 +663,9 @@ impl HostDeadlines {
 
 enum Pending {
     PollWorkflow,
-    CompleteWorkflow { completion: Box<WorkflowCompletion>, tries: u32 },
+    CompleteWorkflow { completion: Rc<WorkflowCompletion>, tries: u32 },
     PollActivity,
-    CompleteActivity { run_id: String, seq: u32, token: u64, report: AttemptReport, tries: u32 },
+    CompleteActivity { run_id: String, seq: u32, token: u64, report: Rc<AttemptReport>, tries: u32 },
     Heartbeat,
 }
 
@@ -1197,7 +1205,8 @@ impl<'s> World<'s> {
             }
             Msg::CompleteWorkflow { req_id, completion } => {
                 let run_id = completion.run_id.clone();
-                let (ack, records) = self.store.protocol.complete_workflow_task(now, &worker_name, *completion);
+                let (ack, records) =
+                    self.store.protocol.complete_workflow_task(now, &worker_name, take_shared(completion));
                 (Some(Msg::CompleteWorkflowResp { req_id, run_id, ack }), records)
             }
             Msg::AbandonWorkflow { run_id, token } => {
@@ -1219,8 +1228,14 @@ impl<'s> World<'s> {
                 }
             }
             Msg::CompleteActivity { req_id, run_id, seq, token, report } => {
-                let (_, records) =
-                    self.store.protocol.complete_activity_task(now, &run_id, seq, token, *report, &worker_name);
+                let (_, records) = self.store.protocol.complete_activity_task(
+                    now,
+                    &run_id,
+                    seq,
+                    token,
+                    take_shared(report),
+                    &worker_name,
+                );
                 (Some(Msg::CompleteActivityResp { req_id }), records)
             }
             Msg::Heartbeat { req_id, run_id, seq, token } => {
@@ -1645,7 +1660,7 @@ impl<'s> World<'s> {
         match outcome {
             TaskOutcome::Complete(completion) => {
                 let req_id = self.next_req_id();
-                let completion = Box::new(completion);
+                let completion = Rc::new(completion);
                 let msg = Msg::CompleteWorkflow { req_id, completion: completion.clone() };
                 self.worker_request(
                     now,
@@ -1778,11 +1793,10 @@ impl<'s> World<'s> {
 
     fn worker_report(&mut self, now: Time, index: usize, token: u64) {
         let Some(running) = self.workers[index].running.remove(&token) else { return };
-        let report = running.report.expect("only finished activities are reported");
+        let report = Rc::new(running.report.expect("only finished activities are reported"));
         let (run_id, seq) = (running.ctx.task().run_id.clone(), running.ctx.task().seq);
         let req_id = self.next_req_id();
-        let msg =
-            Msg::CompleteActivity { req_id, run_id: run_id.clone(), seq, token, report: Box::new(report.clone()) };
+        let msg = Msg::CompleteActivity { req_id, run_id: run_id.clone(), seq, token, report: report.clone() };
         let pending = Pending::CompleteActivity { run_id, seq, token, report, tries: 1 };
         self.worker_request(now, index, pending, msg, REQUEST_TIMEOUT_MS);
         self.worker_poll_activity(now, index);
@@ -1849,7 +1863,7 @@ impl<'s> World<'s> {
                             run_id: run_id.clone(),
                             seq,
                             token,
-                            report: Box::new(report.clone()),
+                            report: report.clone(),
                         };
                         self.worker_request(
                             now,
